@@ -1,0 +1,43 @@
+"""Atomic file writes: a crash leaves either the old file or the new one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], *, fsync: bool = True) -> Path:
+    """Write through `write(fileobj)` into a temp file beside `path`, then rename over it.
+
+    `fsync=False` skips the flush to disk: still atomic against a crashed process,
+    for files (cache entries) that are checked on reading anyway.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
+    return atomic_write(path, lambda f: f.write(data), fsync=fsync)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,51 @@
+"""Typed errors: each says what went wrong and how to fix it.
+
+The library raises these; only the CLI turns them into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+
+class FlowerIdError(Exception):
+    """Base class of every error flowerid raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(FlowerIdError):
+    """A setting or argument that cannot work."""
+
+    exit_code = 2
+
+
+class DataError(FlowerIdError):
+    """A data folder that cannot be trained or evaluated on as it is."""
+
+
+class ImageError(FlowerIdError):
+    """An image that cannot be read."""
+
+    def __init__(self, source: object, reason: str) -> None:
+        self.source = str(source)
+        self.reason = reason
+        super().__init__(f"{self.source}: {reason}")
+
+
+class DecompressionBombError(ImageError):
+    """An image whose pixel count is over the limit, refused before decoding."""
+
+
+class BackboneError(FlowerIdError):
+    """An unknown backbone name or weights that cannot be had."""
+
+
+class WeightsUnavailableError(BackboneError):
+    """Pretrained weights that need a network (or a file) this machine lacks."""
+
+
+class CheckpointError(FlowerIdError):
+    """A checkpoint that is missing, damaged, unsafe or of an unknown format."""
+
+
+class DeviceError(FlowerIdError):
+    """A device that was asked for but is not there."""

@@ -1,0 +1,159 @@
+"""Prediction: load a checkpoint once, then name the flowers in photos."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import load_checkpoint
+from .data import load_category_names
+from .errors import CheckpointError, ImageError, UsageError
+from .images import ImageSource, load_image
+from .model import HeadConfig
+from .preprocess import Preprocessing
+
+
+@dataclass(frozen=True)
+class Prediction:
+    category: str
+    name: str | None
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NumpyHead:
+    """The trained head applied with numpy: a head is a matrix or two, torch is not needed."""
+
+    def __init__(self, cfg: HeadConfig, state: dict[str, Any]) -> None:
+        linears = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".weight")}, key=lambda s: int(s))
+        try:
+            self.layers = [
+                (
+                    np.asarray(state[f"{m}.weight"], dtype=np.float32).T.copy(),
+                    np.asarray(state[f"{m}.bias"], dtype=np.float32),
+                )
+                for m in linears
+            ]
+        except KeyError as exc:
+            raise CheckpointError(f"head weights lack {exc}") from None
+        expected = 2 if cfg.hidden_units > 0 else 1
+        if (
+            len(self.layers) != expected
+            or self.layers[0][0].shape[0] != cfg.in_features
+            or self.layers[-1][0].shape[1] != cfg.num_classes
+        ):
+            raise CheckpointError("head weights do not match the head's recorded shape")
+
+    def __call__(self, feats: np.ndarray) -> np.ndarray:
+        x = feats
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                x = np.maximum(x, 0.0)
+        return x
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+class Classifier:
+    """A trained flowerid model. Use `Classifier.load(path)`, then `predict(image)`."""
+
+    def __init__(
+        self, checkpoint: dict[str, Any], device: str = "auto", category_names: dict[str, str] | None = None
+    ) -> None:
+        from .features import load_backbone, resolve_device
+        from .registry import get_spec
+
+        self.checkpoint = checkpoint
+        self.categories: list[str] = list(checkpoint["categories"])
+        names = list(checkpoint["names"])
+        if category_names:
+            names = [category_names.get(c, n) for c, n in zip(self.categories, names, strict=True)]
+        self.names: list[str | None] = names
+        self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
+        info = checkpoint["backbone"]
+        self.spec = get_spec(info["name"])
+        if self.spec.preprocessing != self.preprocessing:
+            raise CheckpointError(f"the checkpoint's preprocessing differs from backbone {self.spec.name}'s")
+        self.device = resolve_device(device)
+        self.backbone = load_backbone(self.spec, self.device, info.get("weights_path"))
+        if self.backbone.digest != info["weights_digest"]:
+            raise CheckpointError(
+                f"the {self.spec.name} weights found here (sha256 {self.backbone.digest[:12]}…) are not the ones "
+                f"this checkpoint was trained on ({str(info['weights_digest'])[:12]}…)"
+            )
+        head = checkpoint["head"]
+        self.head = NumpyHead(HeadConfig.from_dict(head["config"]), head["state_dict"])
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, device: str = "auto", category_names: str | os.PathLike | None = None
+    ) -> Classifier:
+        mapping = load_category_names(category_names) if category_names else None
+        return cls(load_checkpoint(path), device, mapping)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def preprocess(self, image: ImageSource) -> np.ndarray:
+        return self.preprocessing(load_image(image, min_size=self.preprocessing.resize_size))
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C) for a preprocessed NCHW batch."""
+        return softmax(self.head(self.backbone.engine(np.ascontiguousarray(batch, dtype=np.float32))))
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[Prediction]:
+        k = min(k, len(probs))
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [Prediction(self.categories[i], self.names[i], float(probs[i])) for i in order]
+
+    def predict(self, image: ImageSource, top_k: int = 5) -> list[Prediction]:
+        """Top-K predictions for one photo (a path, bytes or a PIL image)."""
+        if top_k < 1:
+            raise UsageError("top_k must be at least 1")
+        return self.top_k(self.predict_proba(self.preprocess(image)[None])[0], top_k)
+
+    def predict_many(
+        self, images: Sequence[ImageSource], top_k: int = 5, batch_size: int = 32
+    ) -> list[list[Prediction] | ImageError]:
+        """Predict a list of photos in batches; an unreadable one yields its ImageError."""
+        if top_k < 1:
+            raise UsageError("top_k must be at least 1")
+        out: list[list[Prediction] | ImageError] = [ImageError("", "")] * len(images)
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            if pending:
+                probs = self.predict_proba(np.stack([a for _, a in pending]))
+                for (i, _), p in zip(pending, probs, strict=True):
+                    out[i] = self.top_k(p, top_k)
+                pending.clear()
+
+        for i, img in enumerate(images):
+            try:
+                pending.append((i, self.preprocess(img)))
+            except ImageError as exc:
+                out[i] = exc
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return out
+
+
+def load(path: str | os.PathLike, device: str = "auto", category_names: str | os.PathLike | None = None) -> Classifier:
+    """Load a trained classifier from a checkpoint file."""
+    return Classifier.load(Path(path), device, category_names)

@@ -1,0 +1,97 @@
+"""Preprocessing derived from a backbone's spec: resize, centre-crop, normalise.
+
+Pure PIL + numpy, so prediction can run without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .images import ImageSource, load_image
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a photo becomes the model's input tensor."""
+
+    crop_size: int
+    resize_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_crop_pct(
+        cls,
+        input_size: int,
+        crop_pct: float,
+        interpolation: str,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+    ) -> Preprocessing:
+        """Resize the shorter side to input_size / crop_pct, as timm does."""
+        return cls(input_size, int(math.floor(input_size / crop_pct)), interpolation, mean, std)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(
+            crop_size=int(d["crop_size"]),
+            resize_size=int(d["resize_size"]),
+            interpolation=str(d["interpolation"]),
+            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+        )
+
+    def resize_crop(self, img: Image.Image) -> Image.Image:
+        """Shorter side to resize_size (torchvision's rounding), then the central crop."""
+        w, h = img.size
+        size = self.resize_size
+        if w <= h:
+            nw, nh = size, max(1, int(size * h / w))
+        else:
+            nw, nh = max(1, int(size * w / h)), size
+        crop = self.crop_size
+        nw, nh = max(nw, crop), max(nh, crop)
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), _RESAMPLE[self.interpolation])
+        left = int(round((nw - crop) / 2.0))
+        top = int(round((nh - crop) / 2.0))
+        return img.crop((left, top, left + crop, top + crop))
+
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """RGB crop to a normalised float32 CHW array."""
+        arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        inv_std = 1.0 / np.asarray(self.std, dtype=np.float32)
+        arr = (arr - mean) * inv_std
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        return self.to_array(self.resize_crop(img))
+
+    def load(self, source: ImageSource, max_pixels: int | None = None) -> np.ndarray:
+        """Read an image from any source and preprocess it."""
+        return self(load_image(source, min_size=self.resize_size, max_pixels=max_pixels))
+
+    def denormalize(self, chw: np.ndarray) -> np.ndarray:
+        """Undo `to_array`: CHW float back to HWC float in 0..1, for pictures."""
+        arr = chw.transpose(1, 2, 0) * np.asarray(self.std) + np.asarray(self.mean)
+        return np.clip(arr, 0.0, 1.0)

@@ -1,0 +1,271 @@
+"""Training: extract (cached) frozen-backbone features, then fit a head on them."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from ._io import atomic_write_bytes, atomic_write_json
+from .checkpoint import save_checkpoint
+from .data import CATEGORY_NAMES_FILE, ImageFolder, load_category_names, load_dataset, names_for
+from .errors import DataError, UsageError
+from .features import Backbone, extract_features, load_backbone, resolve_device
+from .model import HeadConfig, build_head
+from .registry import DEFAULT_BACKBONE, get_spec
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; stored in the checkpoint."""
+
+    arch: str = DEFAULT_BACKBONE
+    epochs: int = 20
+    learning_rate: float = 3e-3
+    hidden_units: int = 0
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    weights: str | None = None
+    category_names: str | None = None
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    dropout: float = 0.0
+    num_workers: int | None = None
+    use_cache: bool = True
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise UsageError("--epochs must be at least 1")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise UsageError("--learning-rate must be a positive number")
+        if self.hidden_units < 0:
+            raise UsageError("--hidden-units must be 0 (a linear head) or more")
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError("dropout must be in [0, 1)")
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    valid_loss: float
+    valid_acc: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    checkpoint_path: Path
+    metrics: dict[str, Any]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def evaluate_head(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of a head on feature rows."""
+    head.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), batch):
+        logits = head(x[i : i + batch])
+        loss += F.cross_entropy(logits, y[i : i + batch], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i : i + batch]).sum().item()
+    n = max(1, len(x))
+    return loss / n, correct / n
+
+
+def fit_head(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_valid: torch.Tensor,
+    y_valid: torch.Tensor,
+    head_cfg: HeadConfig,
+    cfg: TrainConfig,
+    log: Log = print,
+) -> tuple[dict[str, torch.Tensor], list[EpochStats], int]:
+    """AdamW with one warm-up epoch then cosine decay; keep the epoch best on valid.
+
+    Best means highest valid accuracy, ties broken by lower valid loss.
+    Returns the best head state, the per-epoch history and the best epoch (1-based).
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    head = build_head(head_cfg).to(x_train.device)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    n = len(x_train)
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    warmup = min(steps_per_epoch, total // 2)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return cfg.learning_rate * (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    history: list[EpochStats] = []
+    best: tuple[float, float] = (-1.0, float("inf"))
+    best_state: dict[str, torch.Tensor] = {}
+    best_epoch = 0
+    step = 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        head.train()
+        order = torch.randperm(n, generator=gen).to(x_train.device)
+        run_loss, run_correct = 0.0, 0
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            logits = head(x_train[idx])
+            loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            run_loss += loss.item() * len(idx)
+            run_correct += (logits.argmax(1) == y_train[idx]).sum().item()
+        v_loss, v_acc = evaluate_head(head, x_valid, y_valid)
+        stats = EpochStats(
+            epoch, run_loss / n, run_correct / n, v_loss, v_acc, lr_at(step - 1), time.perf_counter() - t0
+        )
+        history.append(stats)
+        improved = (v_acc, -v_loss) > (best[0], -best[1])
+        if improved:
+            best, best_epoch = (v_acc, v_loss), epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in head.state_dict().items()})
+        log(
+            f"epoch {epoch:>3}/{cfg.epochs}  train loss {stats.train_loss:.4f}  acc {stats.train_acc:6.2%}  "
+            f"valid loss {v_loss:.4f}  acc {v_acc:6.2%}{'  *' if improved else ''}"
+        )
+    return best_state, history, best_epoch
+
+
+def _features_for(
+    split: ImageFolder,
+    backbone: Backbone,
+    cfg: TrainConfig,
+    name: str,
+    skipped: dict[str, str],
+    counts: dict[str, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ex = extract_features(
+        split.paths,
+        backbone,
+        num_workers=cfg.num_workers,
+        use_cache=cfg.use_cache,
+        desc=f"{name} features",
+    )
+    counts["computed"] = counts.get("computed", 0) + ex.computed
+    for i, reason in ex.failures.items():
+        skipped[str(split.paths[i])] = reason
+    keep = np.flatnonzero(ex.ok)
+    x = torch.from_numpy(ex.features[keep])
+    y = torch.as_tensor(np.asarray(split.targets, dtype=np.int64)[keep])
+    return x, y
+
+
+def train(
+    data_dir: str | os.PathLike, save_dir: str | os.PathLike, cfg: TrainConfig | None = None, log: Log = print
+) -> TrainResult:
+    """Train a head on a frozen backbone and write checkpoint.pth and metrics.json into save_dir."""
+    cfg = cfg or TrainConfig()
+    cfg.check()
+    t_start = time.perf_counter()
+    spec = get_spec(cfg.arch)
+    device = resolve_device(cfg.device)
+    data = load_dataset(data_dir)
+    names_path = Path(cfg.category_names) if cfg.category_names else Path(data_dir) / CATEGORY_NAMES_FILE
+    mapping = load_category_names(names_path) if (cfg.category_names or names_path.exists()) else None
+    names = names_for(data.categories, mapping)
+    save_dir = Path(save_dir)
+    log(
+        f"data: {len(data.train.samples)} train, {len(data.valid.samples)} valid"
+        + (f", {len(data.test.samples)} test" if data.test else "")
+        + f" images in {len(data.categories)} categories; backbone {spec.name} on {device.type}"
+    )
+
+    backbone = load_backbone(spec, device, cfg.weights)
+    skipped: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    t_feat = time.perf_counter()
+    x_tr, y_tr = _features_for(data.train, backbone, cfg, "train", skipped, counts)
+    x_va, y_va = _features_for(data.valid, backbone, cfg, "valid", skipped, counts)
+    feat_seconds = time.perf_counter() - t_feat
+    if len(x_tr) == 0 or len(x_va) == 0:
+        raise DataError("no readable images left in train/ or valid/ after skipping unreadable files")
+    log(f"features ready in {feat_seconds:.1f}s")
+
+    head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
+    best_state, history, best_epoch = fit_head(
+        x_tr.to(device), y_tr.to(device), x_va.to(device), y_va.to(device), head_cfg, cfg, log
+    )
+    best = history[best_epoch - 1]
+    metrics: dict[str, Any] = {
+        "best_epoch": best_epoch,
+        "valid_acc": best.valid_acc,
+        "valid_loss": best.valid_loss,
+        "train_acc": best.train_acc,
+        "history": [asdict(h) for h in history],
+    }
+    if data.test is not None:
+        head = build_head(head_cfg)
+        head.load_state_dict(best_state)
+        x_te, y_te = _features_for(data.test, backbone, cfg, "test", skipped, counts)
+        metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, x_te, y_te)
+        log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
+    metrics["feature_seconds"] = feat_seconds
+    metrics["features_computed"] = counts.get("computed", 0)
+    metrics["total_seconds"] = time.perf_counter() - t_start
+
+    ckpt = {
+        "flowerid_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "backbone": {
+            "name": spec.name,
+            "weights_digest": backbone.digest,
+            "weights_path": cfg.weights,
+            "num_features": spec.num_features,
+        },
+        "preprocessing": backbone.preprocessing.to_dict(),
+        "categories": list(data.categories),
+        "names": names,
+        "class_to_idx": {c: i for i, c in enumerate(data.categories)},
+        "head": {"config": head_cfg.to_dict(), "state_dict": best_state},
+        "training": {
+            **asdict(cfg),
+            "data_dir": str(Path(data_dir).resolve()),
+            "train_images": int(len(y_tr)),
+            "valid_images": int(len(y_va)),
+            "device": device.type,
+        },
+        "metrics": metrics,
+    }
+    path = save_checkpoint(ckpt, save_dir / "checkpoint.pth")
+    atomic_write_json(save_dir / "metrics.json", metrics)
+    if skipped:
+        lines = "".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items()))
+        atomic_write_bytes(save_dir / "skipped.tsv", ("path\treason\n" + lines).encode())
+        log(f"skipped {len(skipped)} unreadable images; list in {save_dir / 'skipped.tsv'}")
+    log(
+        f"best epoch {best_epoch}: valid accuracy {best.valid_acc:.2%}; saved {path} "
+        f"({metrics['total_seconds']:.0f}s in all)"
+    )
+    return TrainResult(path, metrics, skipped)
