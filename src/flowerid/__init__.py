@@ -47,10 +47,14 @@ def __getattr__(name: str):
         from . import predictor
 
         return getattr(predictor, name)
-    if name in ("train", "TrainConfig"):
-        from . import training
+    if name == "TrainConfig":
+        from .config import TrainConfig
 
-        return getattr(training, name)
+        return TrainConfig
+    if name == "train":
+        from .training import train
+
+        return train
     if name == "load_image":
         from .images import load_image
 

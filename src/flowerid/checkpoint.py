@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from . import _torchfile
 from ._io import atomic_write
 from .errors import CheckpointError
 
@@ -31,10 +31,25 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    import torch
+
     ckpt = {**ckpt, "format": FORMAT, "format_version": FORMAT_VERSION}
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     return atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def _read(path: Path) -> Any:
+    """torch.load(weights_only=True) when torch is already loaded; else the torch-free reader.
+
+    Both refuse any global beyond tensors and plain data. The torch-free one keeps
+    `predict` from paying two seconds to import torch; its tensors are numpy arrays.
+    """
+    if "torch" in sys.modules:
+        import torch
+
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return _torchfile.load(str(path))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -46,9 +61,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         hint = path / "checkpoint.pth"
         raise CheckpointError(f"{path} is a folder" + (f"; did you mean {hint}?" if hint.exists() else ""))
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = _read(path)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only" in str(exc):
+        if isinstance(exc, _torchfile.UnsafeCheckpoint) or "weights_only" in str(exc) or "Weights only" in str(exc):
             raise CheckpointError(
                 f"{path} needs full pickle to load, which can run arbitrary code; flowerid only "
                 "loads plain-data checkpoints. Re-save it with flowerid, or do not trust it"

@@ -18,8 +18,8 @@ def _err(msg: str) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
+    from .config import TrainConfig
     from .registry import DEFAULT_BACKBONE
-    from .training import TrainConfig
 
     d = TrainConfig()
     p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
@@ -52,10 +52,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="category-to-name JSON (default: DATA_DIR/cat_to_name.json if present)",
     )
     p.add_argument("--no-cache", action="store_true", help="recompute features instead of using the cache")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "onnx", "torch"],
+        help="backbone engine: auto = ONNX Runtime on CPU, PyTorch on CUDA (default: %(default)s)",
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .config import TrainConfig
+    from .training import train
 
     cfg = TrainConfig(
         arch=args.arch,
@@ -68,6 +75,7 @@ def run_train(args: argparse.Namespace) -> int:
         weights=args.weights,
         category_names=args.category_names,
         use_cache=not args.no_cache,
+        engine=args.engine,
     )
     train(args.data_dir, args.save_dir, cfg, log=lambda s: print(s, flush=True))
     return 0
@@ -85,6 +93,12 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "onnx", "torch"],
+        help="backbone engine: auto = ONNX Runtime on CPU, PyTorch on CUDA (default: %(default)s)",
+    )
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -93,7 +107,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise FlowerIdError("--top-k must be at least 1")
-    clf = Classifier.load(args.checkpoint, device=args.device, category_names=args.category_names)
+    clf = Classifier.load(args.checkpoint, device=args.device, category_names=args.category_names, engine=args.engine)
     results = clf.predict_many(args.images, top_k=args.top_k)
     failed = 0
     records = []

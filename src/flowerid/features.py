@@ -11,84 +11,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._platform import tune_malloc
-from .cache import FeatureCache, namespace_for
-from .errors import DeviceError, ImageError
-from .images import LOADER_VERSION
+from .cache import FeatureCache
+from .engines import Backbone
+from .errors import ImageError
 from .preprocess import Preprocessing
-from .registry import BackboneSpec, build_backbone
-
-
-class Engine(Protocol):
-    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' is CUDA when present, else CPU; asking for CUDA without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(
-            "CUDA was asked for (--gpu or --device cuda) but no CUDA GPU is available; leave it out to run on the CPU"
-        )
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise DeviceError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
-
-
-class TorchEngine:
-    """Runs a torch module in inference mode; channels-last on CPU, which is faster there."""
-
-    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
-        self.device = device
-        self.channels_last = device.type == "cpu"
-        if device.type == "cpu":
-            tune_malloc()
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.module = module.eval().to(device, memory_format=fmt)
-
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.module(x).float().cpu().numpy()
-
-
-@dataclass
-class Backbone:
-    """A built backbone ready to extract: its spec, weights digest, engine and preprocessing."""
-
-    spec: BackboneSpec
-    digest: str
-    engine: Engine
-    module: torch.nn.Module
-    weights_path: str | None = None
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.spec.preprocessing
-
-    def cache_namespace(self) -> str:
-        return namespace_for(
-            {
-                "backbone": self.spec.name,
-                "weights": self.digest,
-                "preprocessing": self.preprocessing.to_dict(),
-                "loader": LOADER_VERSION,
-            }
-        )
-
-
-def load_backbone(spec: BackboneSpec, device: torch.device, weights_path: str | None = None) -> Backbone:
-    module, digest = build_backbone(spec, weights_path)
-    return Backbone(spec, digest, TorchEngine(module, device), module, weights_path)
 
 
 class _PhotoDataset(torch.utils.data.Dataset):

@@ -13,8 +13,8 @@ import numpy as np
 from .checkpoint import load_checkpoint
 from .data import load_category_names
 from .errors import CheckpointError, ImageError, UsageError
+from .head import HeadConfig
 from .images import ImageSource, load_image
-from .model import HeadConfig
 from .preprocess import Preprocessing
 
 
@@ -72,9 +72,13 @@ class Classifier:
     """A trained flowerid model. Use `Classifier.load(path)`, then `predict(image)`."""
 
     def __init__(
-        self, checkpoint: dict[str, Any], device: str = "auto", category_names: dict[str, str] | None = None
+        self,
+        checkpoint: dict[str, Any],
+        device: str = "auto",
+        category_names: dict[str, str] | None = None,
+        engine: str = "auto",
     ) -> None:
-        from .features import load_backbone, resolve_device
+        from .engines import load_backbone, resolve_device
         from .registry import get_spec
 
         self.checkpoint = checkpoint
@@ -89,7 +93,7 @@ class Classifier:
         if self.spec.preprocessing != self.preprocessing:
             raise CheckpointError(f"the checkpoint's preprocessing differs from backbone {self.spec.name}'s")
         self.device = resolve_device(device)
-        self.backbone = load_backbone(self.spec, self.device, info.get("weights_path"))
+        self.backbone = load_backbone(self.spec, self.device, info.get("weights_path"), engine)
         if self.backbone.digest != info["weights_digest"]:
             raise CheckpointError(
                 f"the {self.spec.name} weights found here (sha256 {self.backbone.digest[:12]}…) are not the ones "
@@ -100,10 +104,14 @@ class Classifier:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, device: str = "auto", category_names: str | os.PathLike | None = None
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        category_names: str | os.PathLike | None = None,
+        engine: str = "auto",
     ) -> Classifier:
         mapping = load_category_names(category_names) if category_names else None
-        return cls(load_checkpoint(path), device, mapping)
+        return cls(load_checkpoint(path), device, mapping, engine)
 
     @property
     def num_classes(self) -> int:
@@ -154,6 +162,11 @@ class Classifier:
         return out
 
 
-def load(path: str | os.PathLike, device: str = "auto", category_names: str | os.PathLike | None = None) -> Classifier:
+def load(
+    path: str | os.PathLike,
+    device: str = "auto",
+    category_names: str | os.PathLike | None = None,
+    engine: str = "auto",
+) -> Classifier:
     """Load a trained classifier from a checkpoint file."""
-    return Classifier.load(Path(path), device, category_names)
+    return Classifier.load(Path(path), device, category_names, engine)

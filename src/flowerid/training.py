@@ -19,45 +19,15 @@ import torch.nn.functional as F
 from . import __version__
 from ._io import atomic_write_bytes, atomic_write_json
 from .checkpoint import save_checkpoint
+from .config import TrainConfig
 from .data import CATEGORY_NAMES_FILE, ImageFolder, load_category_names, load_dataset, names_for
-from .errors import DataError, UsageError
-from .features import Backbone, extract_features, load_backbone, resolve_device
+from .engines import Backbone, load_backbone, resolve_device
+from .errors import DataError
+from .features import extract_features
 from .model import HeadConfig, build_head
-from .registry import DEFAULT_BACKBONE, get_spec
+from .registry import get_spec
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run; stored in the checkpoint."""
-
-    arch: str = DEFAULT_BACKBONE
-    epochs: int = 20
-    learning_rate: float = 3e-3
-    hidden_units: int = 0
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "auto"
-    weights: str | None = None
-    category_names: str | None = None
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    dropout: float = 0.0
-    num_workers: int | None = None
-    use_cache: bool = True
-
-    def check(self) -> None:
-        if self.epochs < 1:
-            raise UsageError("--epochs must be at least 1")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise UsageError("--learning-rate must be a positive number")
-        if self.hidden_units < 0:
-            raise UsageError("--hidden-units must be 0 (a linear head) or more")
-        if self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UsageError("dropout must be in [0, 1)")
 
 
 @dataclass
@@ -199,10 +169,10 @@ def train(
     log(
         f"data: {len(data.train.samples)} train, {len(data.valid.samples)} valid"
         + (f", {len(data.test.samples)} test" if data.test else "")
-        + f" images in {len(data.categories)} categories; backbone {spec.name} on {device.type}"
+        + f" images in {len(data.categories)} categories; backbone {spec.name} on {device}"
     )
 
-    backbone = load_backbone(spec, device, cfg.weights)
+    backbone = load_backbone(spec, device, cfg.weights, cfg.engine)
     skipped: dict[str, str] = {}
     counts: dict[str, int] = {}
     t_feat = time.perf_counter()
@@ -254,7 +224,8 @@ def train(
             "data_dir": str(Path(data_dir).resolve()),
             "train_images": int(len(y_tr)),
             "valid_images": int(len(y_va)),
-            "device": device.type,
+            "device": device,
+            "engine": backbone.engine.name,
         },
         "metrics": metrics,
     }

@@ -1,0 +1,130 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import flowerid
+from flowerid import _torchfile, engines
+from flowerid.checkpoint import load_checkpoint
+from flowerid.engines import load_backbone, onnx_cache_path
+from flowerid.errors import CheckpointError, UsageError
+from flowerid.registry import get_spec
+from flowerid.training import TrainConfig, train
+
+from .conftest import TINY, build_folder
+from .test_checkpoint import Evil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _photos(spec, n=4):
+    rng = np.random.default_rng(0)
+    return rng.normal(0, 1, size=(n, 3, spec.input_size, spec.input_size)).astype(np.float32)
+
+
+def test_onnx_matches_torch_on_the_real_backbone():
+    spec = get_spec("efficientnet_lite0")
+    x = _photos(spec)
+    a = load_backbone(spec, "cpu", engine="onnx").engine(x)
+    b = load_backbone(spec, "cpu", engine="torch").engine(x)
+    assert a.shape == (4, 1280)
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
+def test_cached_graph_is_reused_and_damage_rebuilt(monkeypatch):
+    spec = get_spec("efficientnet_lite0")
+    first = load_backbone(spec, "cpu", engine="onnx")
+    path = onnx_cache_path(spec, first.digest)
+    assert path.is_file()
+
+    def no_build(*a, **k):
+        raise AssertionError("the network was rebuilt although its graph is cached")
+
+    monkeypatch.setattr(engines, "build_backbone", no_build)
+    load_backbone(spec, "cpu", engine="onnx")
+    monkeypatch.undo()
+    path.write_bytes(b"not onnx")
+    again = load_backbone(spec, "cpu", engine="onnx")
+    np.testing.assert_allclose(again.engine(_photos(spec, 1)), first.engine(_photos(spec, 1)), atol=1e-5)
+
+
+def test_engine_choice():
+    assert engines.choose_engine("auto", "cpu") == "onnx"
+    assert engines.choose_engine("auto", "cuda") == "torch"
+    with pytest.raises(UsageError):
+        engines.choose_engine("onnx", "cuda")
+    with pytest.raises(UsageError):
+        engines.choose_engine("tvm", "cpu")
+
+
+def test_predictions_identical_whichever_engine(trained):
+    data, result = trained
+    photos = sorted((data / "valid").rglob("*.*"))
+    by_onnx = flowerid.load(result.checkpoint_path, engine="onnx").predict_many(photos, top_k=3)
+    by_torch = flowerid.load(result.checkpoint_path, engine="torch").predict_many(photos, top_k=3)
+    for a, b in zip(by_onnx, by_torch, strict=True):
+        assert [p.category for p in a] == [p.category for p in b]
+        np.testing.assert_allclose([p.probability for p in a], [p.probability for p in b], atol=1e-4)
+
+
+def test_torch_free_reader_agrees_with_torch_load(trained):
+    path = trained[1].checkpoint_path
+    ours = _torchfile.load(str(path))
+    theirs = torch.load(path, weights_only=True)
+    assert ours["categories"] == theirs["categories"] and ours["metrics"] == theirs["metrics"]
+    for k, v in theirs["head"]["state_dict"].items():
+        np.testing.assert_array_equal(ours["head"]["state_dict"][k], v.numpy())
+    t = torch.arange(12, dtype=torch.float64).reshape(3, 4).t()[1:]  # a strided, offset view
+    torch.save({"t": t, "i": torch.tensor(7), "e": torch.zeros(0, 3)}, path.parent / "views.pth")
+    got = _torchfile.load(str(path.parent / "views.pth"))
+    np.testing.assert_array_equal(got["t"], t.numpy())
+    assert got["i"] == 7 and got["e"].shape == (0, 3)
+
+
+def test_torch_free_reader_refuses_code(tmp_path):
+    torch.save({"format": "flowerid-checkpoint", "x": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(_torchfile.UnsafeCheckpoint):
+        _torchfile.load(str(tmp_path / "evil.pth"))
+
+
+def test_checkpoint_loader_without_torch_refuses_code(tmp_path, monkeypatch):
+    torch.save({"format": "flowerid-checkpoint", "x": Evil()}, tmp_path / "evil.pth")
+    monkeypatch.delitem(sys.modules, "torch")  # take the torch-free path
+    with pytest.raises(CheckpointError, match="arbitrary code"):
+        load_checkpoint(tmp_path / "evil.pth")
+
+
+def test_cli_predict_does_not_import_torch(tmp_path):
+    data = build_folder(tmp_path / "d", {"train": 2, "valid": 1})
+    train(data, tmp_path / "run", TrainConfig(epochs=2, num_workers=0), log=lambda s: None)  # lite0, graph cached
+    photo = next((data / "valid" / "2").iterdir())
+    code = (
+        "import sys; from flowerid.cli import main; "
+        "rc = main(['predict', sys.argv[1], '--checkpoint', sys.argv[2], '--json']); "
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(photo), str(tmp_path / "run" / "checkpoint.pth")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("NO-TORCH 0")
+    assert '"predictions"' in proc.stdout
+
+
+def test_tiny_backbone_via_onnx_matches_torch():
+    spec = get_spec(TINY)
+    x = _photos(spec, 3)
+    np.testing.assert_allclose(
+        load_backbone(spec, "cpu", engine="onnx").engine(x),
+        load_backbone(spec, "cpu", engine="torch").engine(x),
+        atol=1e-5,
+    )
