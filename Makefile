@@ -31,6 +31,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py --data $(DATA)
+	$(BIN)/python benchmarks/bench_speed.py --data $(DATA)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
