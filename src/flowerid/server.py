@@ -9,8 +9,9 @@ gets a JSON 4xx of the form {"error": code, "detail": message}.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -119,8 +120,14 @@ async def read_upload(request: Request, limit: int) -> bytes:
     if length is not None and length.isdigit() and int(length) > limit:
         raise Rejected(413, "upload_too_large", f"the upload is over the {_mb(limit)} limit; send a smaller photo")
     stream = _limited(request.stream(), limit)
-    ctype = request.headers.get("content-type", "")
-    if ctype.lower().startswith("multipart/form-data"):
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("application/x-www-form-urlencoded"):
+        raise Rejected(
+            400,
+            "missing_file",
+            f"a url-encoded form cannot carry a photo; send multipart/form-data with a field {FIELD!r}",
+        )
+    if ctype.startswith("multipart/form-data"):
         try:
             form = await MultiPartParser(request.headers, stream, max_files=4, max_fields=16).parse()
         except MultiPartException as exc:
@@ -315,3 +322,38 @@ def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> int:
         if exc.code:
             raise UsageError(f"cannot listen on {shown}:{port} (see the message above); try another --port") from None
     return 0
+
+
+@contextlib.contextmanager
+def background_server(app: FastAPI, host: str = "127.0.0.1", timeout: float = 20.0) -> Iterator[str]:
+    """Run `app` on uvicorn in a thread on a free port of `host`; yields its base URL, stops on exit.
+
+    For tests, benchmarks and embedding: the socket is bound before the thread starts,
+    so there is no race for the port.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="flowerid-server")
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the background server did not start")
+        time.sleep(0.02)
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        yield f"http://{shown}:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
