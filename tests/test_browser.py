@@ -43,7 +43,7 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def site(trained):
     app = create_app(flowerid.load(trained[1].checkpoint_path), ServeConfig(max_upload_bytes=2 * 1024 * 1024))
     with background_server(app) as url:

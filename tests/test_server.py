@@ -41,7 +41,7 @@ def _png_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def clf(trained):
     return flowerid.load(trained[1].checkpoint_path)
 
@@ -312,3 +312,58 @@ def test_bad_config_is_a_usage_error():
         ServeConfig(unsure_below=1.5)
     with pytest.raises(flowerid.UsageError):
         ServeConfig(inference_threads=0)
+
+
+def _load_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "load_serve.py"
+    spec = importlib.util.spec_from_file_location("load_serve", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_load_script_runs_bounded_on_loopback(clf, trained, tmp_path, capsys):
+    from flowerid.server import background_server
+
+    load_serve = _load_script()
+    out = tmp_path / "load.json"
+    with background_server(create_app(clf)) as url:
+        code = load_serve.main(
+            ["--url", url, "--images", str(trained[0] / "valid"), "--clients", "3", "--requests", "15", "--warmup", "1"]
+            + ["--json-out", str(out)]
+        )
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["requests"] == 15 and report["errors"] == 0 and report["clients"] == 3
+    assert report["requests_per_s"] > 0 and 0 < report["p50_ms"] <= report["p95_ms"] <= report["max_ms"]
+    assert report["top1_right"] == "15/15"
+    with pytest.raises(SystemExit):
+        load_serve.main(["--url", "http://192.0.2.1:8000/", "--images", str(trained[0] / "valid")])
+    assert "not a loopback address" in capsys.readouterr().err
+
+
+def test_a_taken_port_is_a_clear_error(trained, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--checkpoint", str(trained[1].checkpoint_path), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+def test_real_http_round_trip_on_loopback(clf):
+    """uvicorn itself, not only the test client: a photo over a real socket, and a declared-too-large body."""
+    from flowerid.server import background_server
+
+    with background_server(create_app(clf, ServeConfig(max_upload_bytes=50_000))) as url:
+        assert url.startswith("http://127.0.0.1:")
+        ok = httpx.post(url + "predict", files={"file": ("a.jpg", _jpeg(CLASS_COLOURS["2"]), "image/jpeg")})
+        assert ok.status_code == 200 and ok.json()["predictions"][0]["category"] == "2"
+        big = httpx.post(url + "predict", content=bytes(200_000), headers={"content-type": "image/jpeg"})
+        assert big.status_code == 413 and big.json()["error"] == "upload_too_large"

@@ -144,7 +144,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-pixels", type=int, default=None, help="largest image in pixels (default: FLOWERID_MAX_PIXELS)"
     )
-    p.add_argument("--threads", type=int, default=1, help="photos named at once (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="photos named at once (default: one per core, 1-4)")
     p.add_argument(
         "--unsure-below",
         type=float,
@@ -159,9 +159,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from .predictor import Classifier
-    from .server import ServeConfig, create_app, run_server
+    from .server import ServeConfig, create_app, default_threads, run_server
 
-    cfg = ServeConfig(int(args.max_upload_mb * 2**20), args.max_pixels, args.threads, args.unsure_below)
+    threads = default_threads() if args.threads is None else args.threads
+    cfg = ServeConfig(int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below)
     clf = Classifier.load(args.checkpoint, device=args.device, category_names=args.category_names)
     return run_server(create_app(clf, cfg, args.checkpoint), args.host, args.port)
 
