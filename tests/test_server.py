@@ -155,6 +155,13 @@ def test_decompression_bomb_is_refused_before_decoding(clf):
         assert c.post("/predict", files={"file": ("ok.jpg", _jpeg())}).status_code == 200
 
 
+def test_a_pixel_limit_above_the_library_default_is_honoured(clf, monkeypatch):
+    monkeypatch.setenv("FLOWERID_MAX_PIXELS", "1000")  # the library default, now below a 48x40 photo
+    with TestClient(create_app(clf, ServeConfig(max_pixels=10_000))) as c:
+        assert c.post("/predict", content=_jpeg()).status_code == 200
+        _error(c.post("/predict", content=_jpeg(size=(200, 100))), 413, "too_many_pixels")
+
+
 def test_upload_over_the_limit_is_413(client):
     big = b"\xff\xd8" + bytes(100 * 1024)
     detail = _error(client.post("/predict", files={"file": ("big.jpg", big, "image/jpeg")}), 413, "upload_too_large")
@@ -271,11 +278,11 @@ def test_inference_runs_off_the_event_loop(clf):
     """
     release = threading.Event()
     waited: list[bool] = []
-    real_predict = clf.predict
+    real_predict_proba = clf.predict_proba
 
-    def stuck_predict(image, top_k=5):
+    def stuck_predict_proba(batch):
         waited.append(release.wait(3))
-        return real_predict(image, top_k=top_k)
+        return real_predict_proba(batch)
 
     async def scenario() -> dict[str, int]:
         out: dict[str, int] = {}
@@ -291,11 +298,11 @@ def test_inference_runs_off_the_event_loop(clf):
             release.set()
         return out
 
-    clf.predict = stuck_predict  # an instance attribute, looked up per request
+    clf.predict_proba = stuck_predict_proba  # an instance attribute, looked up per request
     try:
         assert anyio.run(scenario) == {"health": 200, "predict": 200}
     finally:
-        del clf.predict
+        del clf.predict_proba
     assert waited == [True], "/health was not answered while a prediction ran"
 
 

@@ -214,8 +214,11 @@ def create_app(
         return JSONResponse({"error": "invalid_request", "detail": "; ".join(parts)}, status_code=422)
 
     def _predict(data: bytes, top_k: int) -> list[Prediction]:
+        # The one loader with this server's pixel limit, then the model's own preprocessing:
+        # the same steps, and so the same numbers, as Classifier.predict on a file.
         image = load_image(data, min_size=min_size, max_pixels=max_pixels)
-        return classifier.predict(image, top_k=top_k)
+        probs = classifier.predict_proba(classifier.preprocessing(image)[None])[0]
+        return classifier.top_k(probs, top_k)
 
     _mount_docs(app)
 
