@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     done = len(lat) + len(load.errors)
     report = {
         "model": health.get("model", {}).get("backbone"),
-        "server_threads": args.threads if proc else None,
+        "server_threads": health.get("threads"),
         "server_startup_s": round(startup, 2) if proc else None,
         "clients": args.clients,
         "photos": len(photos),

@@ -228,7 +228,13 @@ def create_app(
 
     @app.get("/health", summary="Liveness and the loaded model")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": info, "max_upload_bytes": cfg.max_upload_bytes, "max_pixels": max_pixels}
+        return {
+            "status": "ok",
+            "model": info,
+            "max_upload_bytes": cfg.max_upload_bytes,
+            "max_pixels": max_pixels,
+            "threads": cfg.inference_threads,
+        }
 
     @app.get("/labels", summary="Every category the model knows, in the model's order")
     async def get_labels() -> dict[str, Any]:
