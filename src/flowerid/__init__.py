@@ -17,6 +17,7 @@ from .errors import (  # noqa: E402
     DeviceError,
     FlowerIdError,
     ImageError,
+    NotAnImageError,
     UsageError,
     WeightsUnavailableError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "DeviceError",
     "FlowerIdError",
     "ImageError",
+    "NotAnImageError",
     "UsageError",
     "WeightsUnavailableError",
 ]

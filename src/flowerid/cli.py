@@ -1,4 +1,4 @@
-"""Command line: `flowerid train|predict|backbones`. The only place errors become exit codes."""
+"""Command line: `flowerid train|predict|serve|backbones`. The only place errors become exit codes."""
 
 from __future__ import annotations
 
@@ -141,6 +141,46 @@ def format_predictions(image: str, preds: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    from .server import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_UNSURE_BELOW
+
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pth written by `flowerid train`")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 = every network (default: %(default)s)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+        help="largest upload (default: %(default)g)",
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=None, help="largest image in pixels (default: FLOWERID_MAX_PIXELS)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="photos named at once (default: one per core, 1-4)")
+    p.add_argument(
+        "--unsure-below",
+        type=float,
+        default=DEFAULT_UNSURE_BELOW,
+        help="top probability called unsure (default: %(default)s)",
+    )
+    p.add_argument(
+        "--category-names", default=None, metavar="JSON", help="category-to-name JSON (default: checkpoint's)"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .predictor import Classifier
+    from .server import ServeConfig, create_app, default_threads, run_server
+
+    threads = default_threads() if args.threads is None else args.threads
+    cfg = ServeConfig(int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below)
+    clf = Classifier.load(args.checkpoint, device=args.device, category_names=args.category_names)
+    return run_server(create_app(clf, cfg, args.checkpoint), args.host, args.port)
+
+
 def run_backbones(args: argparse.Namespace) -> int:
     from .registry import _REGISTRY
 
@@ -163,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="name the flowers in photos")
     add_predict_args(p)
     p.set_defaults(func=run_predict)
+    p = sub.add_parser("serve", help="web page and JSON API: point a phone at a flower")
+    add_serve_args(p)
+    p.set_defaults(func=run_serve)
     p = sub.add_parser("backbones", help="list the backbones")
     p.set_defaults(func=run_backbones)
     return parser

@@ -31,6 +31,10 @@ class ImageError(FlowerIdError):
         super().__init__(f"{self.source}: {reason}")
 
 
+class NotAnImageError(ImageError):
+    """Bytes that no image format recognises (a text file, an HTML page...)."""
+
+
 class DecompressionBombError(ImageError):
     """An image whose pixel count is over the limit, refused before decoding."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DecompressionBombError, ImageError
+from .errors import DecompressionBombError, ImageError, NotAnImageError
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 
@@ -93,7 +93,7 @@ def load_image(
                 name, f"over the pixel limit, refused as a decompression bomb ({exc})"
             ) from None
         except UnidentifiedImageError:
-            raise ImageError(name, "not an image Pillow can read") from None
+            raise NotAnImageError(name, "not an image Pillow can read") from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise ImageError(name, f"cannot be opened ({exc})") from None
     try:
