@@ -52,6 +52,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="category-to-name JSON (default: DATA_DIR/cat_to_name.json if present)",
     )
     p.add_argument("--no-cache", action="store_true", help="recompute features instead of using the cache")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run's head training from its last epoch"
+    )
+    p.set_defaults(
+        interrupt_hint="run it again to reuse the features computed so far, with --resume to continue head training"
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -68,6 +74,7 @@ def run_train(args: argparse.Namespace) -> int:
         weights=args.weights,
         category_names=args.category_names,
         use_cache=not args.no_cache,
+        resume=args.resume,
     )
     train(args.data_dir, args.save_dir, cfg, log=lambda s: print(s, flush=True))
     return 0
@@ -106,7 +113,12 @@ def run_predict(args: argparse.Namespace) -> int:
         else:
             records.append({"image": image, "predictions": [p.to_dict() for p in res]})
     if args.json:
-        print(json.dumps(records, indent=2, ensure_ascii=False))
+        text = json.dumps(records, indent=2, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a file name that is not UTF-8: \u escapes keep the JSON valid
+            text = json.dumps(records, indent=2)
+        print(text)
     else:
         for rec in records:
             if "predictions" in rec:
@@ -157,9 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a command, turning flowerid errors and Ctrl-C into messages and exit codes."""
     try:
+        from .images import max_pixels_default
+
+        max_pixels_default()  # a bad FLOWERID_MAX_PIXELS fails here, not in a worker
         return func(args)
     except KeyboardInterrupt:
-        print("\nflowerid: interrupted", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", None)
+        print(f"\nflowerid: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FlowerIdError as exc:
         _err(str(exc))
@@ -167,6 +183,9 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 must not crash printing
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     return run(args.func, args)
 
