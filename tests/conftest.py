@@ -147,3 +147,21 @@ def hostile_folder(tmp_path):
         for name, case in build_hostile_corpus(root / split / cat, CLASS_COLOURS[cat]).items():
             cases[f"{split}/{cat}/{name}"] = case
     return root, cases
+
+
+def tiny_spec() -> BackboneSpec:
+    """The tiny test backbone's spec, for child processes that register it themselves."""
+    return BackboneSpec(
+        TINY,
+        "custom",
+        "tiny",
+        WeightsSource("none"),
+        32,
+        0.875,
+        "bilinear",
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        16,
+        "MIT",
+        factory=_tiny_factory,
+    )
