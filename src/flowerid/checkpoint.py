@@ -9,9 +9,10 @@ are not copied in: they are rebuilt from the registry and checked by digest.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
-import zipfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,31 +47,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         hint = path / "checkpoint.pth"
         raise CheckpointError(f"{path} is a folder" + (f"; did you mean {hint}?" if hint.exists() else ""))
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about odd pickle protocols: noise for users
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc) or "Weights only" in str(exc):
             raise CheckpointError(
                 f"{path} needs full pickle to load, which can run arbitrary code; flowerid only "
                 "loads plain-data checkpoints. Re-save it with flowerid, or do not trust it"
             ) from None
-        raise CheckpointError(f"{path} is damaged or not a checkpoint ({exc})") from None
-    except (
-        RuntimeError,
-        OSError,
-        EOFError,
-        ValueError,
-        zipfile.BadZipFile,
-        KeyError,
-        AttributeError,
-        TypeError,
-        IndexError,
-        UnicodeDecodeError,
-        MemoryError,
-        OverflowError,
-    ) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} is damaged or not a checkpoint ({first})") from None
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # the unpickler and zip reader raise many kinds on damaged bytes
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({_first_line(exc)})") from None
     return validate(ckpt, str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def validate(ckpt: Any, where: str = "checkpoint") -> dict[str, Any]:
@@ -86,12 +80,7 @@ def validate(ckpt: Any, where: str = "checkpoint") -> dict[str, Any]:
         raise CheckpointError(
             f"{where} is format version {version}, newer than this flowerid reads ({FORMAT_VERSION}); upgrade flowerid"
         )
-    while version < FORMAT_VERSION:
-        step = MIGRATIONS.get(version)
-        if step is None:
-            raise CheckpointError(f"{where} is format version {version}, which cannot be migrated")
-        ckpt = step(ckpt)
-        version = ckpt["format_version"]
+    ckpt = migrate(ckpt, version, where)
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{where} lacks {', '.join(missing)}")
@@ -102,4 +91,83 @@ def validate(ckpt: Any, where: str = "checkpoint") -> dict[str, Any]:
         raise CheckpointError(f"{where}: names do not match categories")
     if not isinstance(head, dict) or not isinstance(head.get("state_dict"), dict):
         raise CheckpointError(f"{where} has no head weights")
+    if not all(n is None or isinstance(n, str) for n in names):
+        raise CheckpointError(f"{where}: names must be text or null")
+    _check_backbone(ckpt["backbone"], where)
+    _check_preprocessing(ckpt["preprocessing"], where)
+    _check_head(head, len(cats), where)
     return ckpt
+
+
+def migrate(ckpt: dict[str, Any], version: int, where: str = "checkpoint") -> dict[str, Any]:
+    """Apply MIGRATIONS one version at a time up to FORMAT_VERSION.
+
+    Each step must raise the version; a step that fails on a damaged file
+    becomes a CheckpointError rather than a traceback.
+    """
+    while version < FORMAT_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise CheckpointError(f"{where} is format version {version}, which cannot be migrated")
+        try:
+            ckpt = step(dict(ckpt))
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"{where}: migrating from format version {version} failed ({exc!r})") from None
+        new = ckpt.get("format_version") if isinstance(ckpt, dict) else None
+        if not isinstance(new, int) or new <= version:
+            raise CheckpointError(f"{where}: the migration from format version {version} did not advance it")
+        version = new
+    return ckpt
+
+
+_BAD = (KeyError, TypeError, ValueError, OverflowError, AttributeError, IndexError)
+
+
+def _check_backbone(info: Any, where: str) -> None:
+    if (
+        not isinstance(info, dict)
+        or not isinstance(info.get("name"), str)
+        or not isinstance(info.get("weights_digest"), str)
+        or not isinstance(info.get("weights_path"), str | None)
+    ):
+        raise CheckpointError(f"{where} has no valid backbone record (name, weights_digest)")
+
+
+def _check_preprocessing(d: Any, where: str) -> None:
+    from .preprocess import _RESAMPLE, Preprocessing
+
+    try:
+        prep = Preprocessing.from_dict(d)
+        ok = (
+            0 < prep.crop_size <= prep.resize_size <= 8192
+            and prep.interpolation in _RESAMPLE
+            and len(prep.mean) == len(prep.std) == 3
+            and all(math.isfinite(v) for v in (*prep.mean, *prep.std))
+            and all(v > 0 for v in prep.std)
+        )
+    except _BAD:
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{where} has no valid preprocessing record")
+
+
+def _check_head(head: dict[str, Any], num_classes: int, where: str) -> None:
+    """The head's weights must be exactly the tensors its recorded shape builds."""
+    from .model import HeadConfig, build_head
+
+    try:
+        cfg = HeadConfig.from_dict(head["config"])
+        if not (0 < cfg.in_features <= 1 << 20 and 0 <= cfg.hidden_units <= 1 << 20 and 0 <= cfg.dropout < 1):
+            raise ValueError
+        if cfg.num_classes != num_classes:
+            raise CheckpointError(f"{where}: the head has {cfg.num_classes} outputs for {num_classes} categories")
+        with torch.device("meta"):  # shapes only, nothing allocated
+            expected = {k: tuple(v.shape) for k, v in build_head(cfg).state_dict().items()}
+    except _BAD:
+        raise CheckpointError(f"{where} has no valid head configuration") from None
+    state = head["state_dict"]
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if got != expected or len(state) != len(expected):
+        raise CheckpointError(f"{where}: the head weights do not match the head's recorded shape")
