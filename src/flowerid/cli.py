@@ -139,6 +139,28 @@ def format_predictions(image: str, preds: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
+    p.add_argument("--min-size", type=int, default=64, help="warn about images with a shorter side under this")
+    p.add_argument(
+        "--max-imbalance", type=float, default=10.0, help="warn when train categories differ more than this factor"
+    )
+    p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the data can be trained on as it is, 1 when something would make training wrong."""
+    from .check import check_data
+
+    report = check_data(args.data_dir, min_size=args.min_size, max_imbalance=args.max_imbalance)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format())
+    return 1 if report.errors or (args.strict and report.warnings) else 0
+
+
 def run_backbones(args: argparse.Namespace) -> int:
     from .registry import _REGISTRY
 
@@ -161,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="name the flowers in photos")
     add_predict_args(p)
     p.set_defaults(func=run_predict)
+    p = sub.add_parser("check", help="report on a data folder: counts, unreadable files, duplicates, leakage")
+    add_check_args(p)
+    p.set_defaults(func=run_check)
     p = sub.add_parser("backbones", help="list the backbones")
     p.set_defaults(func=run_backbones)
     return parser
