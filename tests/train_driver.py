@@ -33,13 +33,13 @@ def main() -> int:
     if stage == "features":
         load, engine_call = preprocess.Preprocessing.load, features.TorchEngine.__call__
 
-        def slow_load(self, source, max_pixels=None):  # runs in the DataLoader workers
-            time.sleep(0.05)
+        def slow_load(self, source, max_pixels=None):  # runs in the DataLoader workers, ahead of the engine
+            time.sleep(0.01)
             return load(self, source, max_pixels)
 
         def slow_engine(self, batch):
             mark()
-            time.sleep(0.2)
+            time.sleep(0.3)
             return engine_call(self, batch)
 
         preprocess.Preprocessing.load = slow_load

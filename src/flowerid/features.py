@@ -8,6 +8,7 @@ disk so an unchanged re-run computes nothing.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,17 @@ def _collate(items: list[tuple[int, np.ndarray | None, str]]):
     return [i for i, _ in ok], batch, failed
 
 
+def _worker_init(_: int) -> None:
+    """Decode workers leave Ctrl-C to the main process.
+
+    A terminal sends SIGINT to the whole process group. A worker that dies of it
+    blocks on exit flushing decoded batches nobody reads, and the main process
+    then waits 5 s for it; ignoring it here lets the main process stop the
+    workers itself, at once.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def default_workers() -> int:
     """Decode workers: one per core beyond the first, at least one, at most four."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
@@ -159,6 +171,7 @@ def extract_features(
         num_workers=workers,
         collate_fn=_collate,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=_worker_init if workers else None,
     )
     with tqdm(total=len(todo), desc=desc, unit="img", disable=None, leave=False) as bar:
         for idx, batch, failed in loader:
