@@ -130,3 +130,38 @@ def trained(tmp_path_factory):
         else:
             os.environ["FLOWERID_CACHE"] = old
     return data, result
+
+
+@pytest.fixture
+def hostile_folder(tmp_path):
+    """A small ImageFolder whose train/1 and valid/2 also hold the hostile corpus (tests/hostile.py).
+
+    Returns (data folder, {split/category/file name: Case}) so any command can be run
+    over it and its outcome checked file by file.
+    """
+    from .hostile import build_hostile_corpus
+
+    root = build_folder(tmp_path / "hostile_data", {"train": 4, "valid": 2})
+    cases = {}
+    for split, cat in (("train", "1"), ("valid", "2")):
+        for name, case in build_hostile_corpus(root / split / cat, CLASS_COLOURS[cat]).items():
+            cases[f"{split}/{cat}/{name}"] = case
+    return root, cases
+
+
+def tiny_spec() -> BackboneSpec:
+    """The tiny test backbone's spec, for child processes that register it themselves."""
+    return BackboneSpec(
+        TINY,
+        "custom",
+        "tiny",
+        WeightsSource("none"),
+        32,
+        0.875,
+        "bilinear",
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        16,
+        "MIT",
+        factory=_tiny_factory,
+    )

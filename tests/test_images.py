@@ -78,7 +78,7 @@ def test_decompression_bomb_refused_before_decoding():
 @pytest.mark.parametrize(
     "blob, why",
     [
-        (b"", "not an image"),
+        (b"", "is empty"),
         (b"<html><body>nope</body></html>", "not an image"),
         (b"\xff\xd8\xff\xe0" + b"\0" * 20, "not an image"),
     ],

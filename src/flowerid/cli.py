@@ -58,6 +58,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         choices=["auto", "onnx", "torch"],
         help="backbone engine: auto = ONNX Runtime on CPU, PyTorch on CUDA (default: %(default)s)",
     )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run's head training from its last epoch"
+    )
+    p.set_defaults(
+        interrupt_hint="run it again to reuse the features computed so far, with --resume to continue head training"
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -76,6 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
         category_names=args.category_names,
         use_cache=not args.no_cache,
         engine=args.engine,
+        resume=args.resume,
     )
     train(args.data_dir, args.save_dir, cfg, log=lambda s: print(s, flush=True))
     return 0
@@ -120,7 +127,12 @@ def run_predict(args: argparse.Namespace) -> int:
         else:
             records.append({"image": image, "predictions": [p.to_dict() for p in res]})
     if args.json:
-        print(json.dumps(records, indent=2, ensure_ascii=False))
+        text = json.dumps(records, indent=2, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a file name that is not UTF-8: \u escapes keep the JSON valid
+            text = json.dumps(records, indent=2)
+        print(text)
     else:
         for rec in records:
             if "predictions" in rec:
@@ -181,6 +193,28 @@ def run_serve(args: argparse.Namespace) -> int:
     return run_server(create_app(clf, cfg, args.checkpoint), args.host, args.port)
 
 
+def add_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
+    p.add_argument("--min-size", type=int, default=64, help="warn about images with a shorter side under this")
+    p.add_argument(
+        "--max-imbalance", type=float, default=10.0, help="warn when train categories differ more than this factor"
+    )
+    p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the data can be trained on as it is, 1 when something would make training wrong."""
+    from .check import check_data
+
+    report = check_data(args.data_dir, min_size=args.min_size, max_imbalance=args.max_imbalance)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format())
+    return 1 if report.errors or (args.strict and report.warnings) else 0
+
+
 def run_backbones(args: argparse.Namespace) -> int:
     from .registry import _REGISTRY
 
@@ -206,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="web page and JSON API: point a phone at a flower")
     add_serve_args(p)
     p.set_defaults(func=run_serve)
+    p = sub.add_parser("check", help="report on a data folder: counts, unreadable files, duplicates, leakage")
+    add_check_args(p)
+    p.set_defaults(func=run_check)
     p = sub.add_parser("backbones", help="list the backbones")
     p.set_defaults(func=run_backbones)
     return parser
@@ -214,9 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a command, turning flowerid errors and Ctrl-C into messages and exit codes."""
     try:
+        from .images import max_pixels_default
+
+        max_pixels_default()  # a bad FLOWERID_MAX_PIXELS fails here, not in a worker
         return func(args)
     except KeyboardInterrupt:
-        print("\nflowerid: interrupted", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", None)
+        print(f"\nflowerid: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FlowerIdError as exc:
         _err(str(exc))
@@ -224,6 +265,9 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 must not crash printing
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     return run(args.func, args)
 

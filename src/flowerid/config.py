@@ -28,6 +28,7 @@ class TrainConfig:
     dropout: float = 0.0
     num_workers: int | None = None
     use_cache: bool = True
+    resume: bool = False  # continue head training from save_dir's train_state.pt
 
     def check(self) -> None:
         if self.epochs < 1:

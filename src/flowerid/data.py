@@ -7,8 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._io import atomic_write_bytes
 from .errors import DataError
-from .images import is_image_file
+from .images import looks_like_image
 
 SPLITS = ("train", "valid", "test")
 CATEGORY_NAMES_FILE = "cat_to_name.json"
@@ -44,6 +45,19 @@ def find_categories(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, sorted; hidden files and folders (`.DS_Store`,
+    `._IMG.jpg`, `.ipynb_checkpoints/`) and obvious non-images are left out quietly."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
+        for f in filenames:
+            p = Path(dirpath) / f
+            if not f.startswith(".") and p.is_file() and looks_like_image(p):
+                out.append(p)
+    return sorted(out)
+
+
 def scan_folder(root: str | os.PathLike, categories: list[str] | None = None) -> ImageFolder:
     """List a split's images. With `categories`, folders map onto that order by name.
 
@@ -62,14 +76,13 @@ def scan_folder(root: str | os.PathLike, categories: list[str] | None = None) ->
             raise DataError(
                 f"{root} has categories the model does not know: {', '.join(unknown[:10])}"
                 + (" …" if len(unknown) > 10 else "")
+                + " (every category needs a folder in train/)"
             )
     index = {c: i for i, c in enumerate(categories)}
     samples: list[tuple[Path, int]] = []
     empty: list[str] = []
     for name in found:
-        files = sorted(
-            p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith(".") and is_image_file(p)
-        )
+        files = list_images(root / name)
         if not files:
             empty.append(name)
         samples.extend((p, index[name]) for p in files)
@@ -100,12 +113,30 @@ def load_dataset(data_dir: str | os.PathLike) -> DataSet:
             "(and optionally test/), each with one folder of images per category"
         )
     train = scan_folder(root / "train")
-    try:
-        valid = scan_folder(root / "valid", train.categories)
-    except DataError as exc:
-        raise DataError(f"{exc} (every category in valid/ needs a folder in train/)") from None
+    valid = scan_folder(root / "valid", train.categories)
     test = scan_folder(root / "test", train.categories) if (root / "test").is_dir() else None
     return DataSet(root, train.categories, train, valid, test)
+
+
+SKIPPED_FILE = "skipped.tsv"
+
+
+def write_skipped(folder: str | os.PathLike, skipped: dict[str, str]) -> Path | None:
+    """Write skipped.tsv (path, reason) into `folder` atomically, or remove a stale one.
+
+    File names are written as the file system holds them (names that are not
+    UTF-8 keep their bytes); tabs and newlines in them are escaped.
+    """
+    path = Path(folder) / SKIPPED_FILE
+    if not skipped:
+        path.unlink(missing_ok=True)  # an old run's list must not be mistaken for this one's
+        return None
+
+    def clean(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+    lines = "".join(f"{clean(p)}\t{clean(r)}\n" for p, r in sorted(skipped.items()))
+    return atomic_write_bytes(path, ("path\treason\n" + lines).encode("utf-8", "surrogateescape"))
 
 
 def load_category_names(path: str | os.PathLike) -> dict[str, str]:

@@ -8,6 +8,7 @@ disk so an unchanged re-run computes nothing.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,17 @@ def _collate(items: list[tuple[int, np.ndarray | None, str]]):
     failed = [(i, r) for i, a, r in items if a is None]
     batch = np.stack([a for _, a in ok]) if ok else None
     return [i for i, _ in ok], batch, failed
+
+
+def _worker_init(_: int) -> None:
+    """Decode workers leave Ctrl-C to the main process.
+
+    A terminal sends SIGINT to the whole process group. A worker that dies of it
+    blocks on exit flushing decoded batches nobody reads, and the main process
+    then waits 5 s for it; ignoring it here lets the main process stop the
+    workers itself, at once.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def default_workers() -> int:
@@ -90,6 +102,7 @@ def extract_features(
         num_workers=workers,
         collate_fn=_collate,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=_worker_init if workers else None,
     )
     with tqdm(total=len(todo), desc=desc, unit="img", disable=None, leave=False) as bar:
         for idx, batch, failed in loader:

@@ -15,6 +15,28 @@ class HeadConfig:
     hidden_units: int = 0  # 0: a single linear layer
     dropout: float = 0.0
 
+    def layers(self) -> list[tuple[str, int, int]]:
+        """The head as (kind, in, out) steps; build_head and the checkpoint checker both follow it."""
+        steps: list[tuple[str, int, int]] = []
+        width = self.in_features
+        if self.hidden_units > 0:
+            if self.dropout > 0:
+                steps.append(("dropout", width, width))
+            steps += [("linear", width, self.hidden_units), ("relu", self.hidden_units, self.hidden_units)]
+            width = self.hidden_units
+        if self.dropout > 0:
+            steps.append(("dropout", width, width))
+        steps.append(("linear", width, self.num_classes))
+        return steps
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The parameter names and shapes of build_head(self).state_dict(), without torch."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, (kind, n_in, n_out) in enumerate(self.layers()):
+            if kind == "linear":
+                shapes[f"{i}.weight"], shapes[f"{i}.bias"] = (n_out, n_in), (n_out,)
+        return shapes
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DecompressionBombError, ImageError, NotAnImageError
+from .errors import DecompressionBombError, ImageError, NotAnImageError, UsageError
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 
@@ -26,23 +26,58 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 #: Default largest pixel count decoded (about a 12000 x 10000 photo).
 DEFAULT_MAX_PIXELS = 120_000_000
 
+_BOMB_HINT = "refused as a possible decompression bomb; raise FLOWERID_MAX_PIXELS if you trust this file"
+
 #: Bumped whenever decoding changes in a way that changes pixels (cache keys use it).
 LOADER_VERSION = 1
 
 
+#: Leading bytes of the formats above, to find images whatever their name.
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
+
+
 def max_pixels_default() -> int:
-    """The pixel limit: `FLOWERID_MAX_PIXELS` if set, else DEFAULT_MAX_PIXELS."""
-    value = os.environ.get("FLOWERID_MAX_PIXELS")
-    if value:
-        try:
-            return int(value)
-        except ValueError:
-            pass
-    return DEFAULT_MAX_PIXELS
+    """The pixel limit: `FLOWERID_MAX_PIXELS` if set, else DEFAULT_MAX_PIXELS.
+
+    A value that is not a positive whole number is an error rather than silently
+    ignored: a user who raised the limit must not be refused with the default.
+    """
+    value = os.environ.get("FLOWERID_MAX_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise UsageError(f"FLOWERID_MAX_PIXELS={value!r} is not a positive whole number of pixels (e.g. 200000000)")
+    return limit
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
+    """True for names that end like an image (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def has_image_magic(head: bytes) -> bool:
+    """True when a file's first bytes are those of a format flowerid reads."""
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def looks_like_image(path: str | os.PathLike) -> bool:
+    """An image by its name, or, for other names, by its magic bytes.
+
+    Files that fail both (`.DS_Store`, `notes.txt`, `Thumbs.db`) are obviously not
+    images and are ignored quietly; an image-named file that cannot be read is not
+    obvious and is reported by whoever tries to load it.
+    """
+    if is_image_file(path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return has_image_magic(f.read(16))
+    except OSError:
+        return False
 
 
 def _describe(source: ImageSource) -> str:
@@ -69,7 +104,8 @@ def load_image(
 
     `min_size` lets JPEGs decode at a reduced scale while keeping the shorter
     side at least that many pixels. Raises ImageError (or its subclass
-    DecompressionBombError) for anything that cannot be read.
+    DecompressionBombError) for anything that cannot be read: whatever Pillow
+    raises on a hostile file becomes an ImageError naming the file and why.
     """
     name = _describe(source)
     limit = max_pixels if max_pixels is not None else max_pixels_default()
@@ -80,7 +116,7 @@ def load_image(
             Image.MAX_IMAGE_PIXELS = limit  # a raised limit must not be undercut by Pillow's own check
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                warnings.simplefilter("ignore")
                 img = _open(source)
         except FileNotFoundError:
             raise ImageError(name, "file not found") from None
@@ -89,18 +125,38 @@ def load_image(
         except PermissionError:
             raise ImageError(name, "permission denied") from None
         except Image.DecompressionBombError as exc:
-            raise DecompressionBombError(
-                name, f"over the pixel limit, refused as a decompression bomb ({exc})"
-            ) from None
+            raise DecompressionBombError(name, f"over the pixel limit ({_first_line(exc)}); {_BOMB_HINT}") from None
         except UnidentifiedImageError:
-            raise NotAnImageError(name, "not an image Pillow can read") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise ImageError(name, f"cannot be opened ({exc})") from None
+            raise NotAnImageError(name, _unidentified(source)) from None
+        except Exception as exc:  # Pillow's parsers raise many kinds on hostile headers
+            raise ImageError(name, f"cannot be opened ({_first_line(exc)})") from None
     try:
         return _decode(img, name, min_size, limit)
     finally:
         if img is not source:
             img.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unidentified(source: ImageSource) -> str:
+    """Why Pillow did not recognise a file, in words a user can act on."""
+    head = source[:64] if isinstance(source, bytes) else b""
+    if not isinstance(source, bytes | Image.Image):
+        try:
+            with open(source, "rb") as f:
+                head = f.read(64)
+        except OSError:
+            pass
+    if not head:
+        return "is empty (0 bytes)"
+    start = head.lstrip().lower()
+    if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        return "is a web page (HTML/XML), not an image; a failed download?"
+    return "not an image Pillow can read"
 
 
 def _decode(img: Image.Image, name: str, min_size: int | None, limit: int) -> Image.Image:
@@ -109,9 +165,7 @@ def _decode(img: Image.Image, name: str, min_size: int | None, limit: int) -> Im
         raise ImageError(name, f"has no pixels ({width}x{height})")
     if width * height > limit:
         raise DecompressionBombError(
-            name,
-            f"{width}x{height} = {width * height:,} pixels is over the pixel limit of {limit:,}; "
-            "raise FLOWERID_MAX_PIXELS if you trust this file",
+            name, f"{width}x{height} = {width * height:,} pixels is over the pixel limit of {limit:,}; {_BOMB_HINT}"
         )
     try:
         if min_size and img.format == "JPEG":
@@ -120,15 +174,15 @@ def _decode(img: Image.Image, name: str, min_size: int | None, limit: int) -> Im
             warnings.simplefilter("ignore")
             img.load()
     except Image.DecompressionBombError as exc:
-        raise DecompressionBombError(name, f"over the pixel limit, refused as a decompression bomb ({exc})") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        raise ImageError(name, f"cannot be decoded ({exc})") from None
+        raise DecompressionBombError(name, f"over the pixel limit ({_first_line(exc)}); {_BOMB_HINT}") from None
+    except Exception as exc:  # truncated data, broken chunks, odd codecs, MemoryError...
+        raise ImageError(name, f"cannot be decoded ({_first_line(exc)})") from None
     with contextlib.suppress(Exception):  # a broken EXIF block must not lose the photo
         img = ImageOps.exif_transpose(img) or img
     try:
         return to_rgb(img)
-    except (OSError, ValueError) as exc:
-        raise ImageError(name, f"cannot be converted to RGB ({exc})") from None
+    except Exception as exc:
+        raise ImageError(name, f"cannot be converted to RGB ({_first_line(exc)})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -12,17 +12,12 @@ __all__ = ["FlowerNet", "HeadConfig", "build_head"]
 
 def build_head(cfg: HeadConfig) -> nn.Sequential:
     """Linear, or Linear-ReLU-Linear when hidden_units > 0 (dropout before each Linear)."""
-    layers: list[nn.Module] = []
-    width = cfg.in_features
-    if cfg.hidden_units > 0:
-        if cfg.dropout > 0:
-            layers.append(nn.Dropout(cfg.dropout))
-        layers += [nn.Linear(width, cfg.hidden_units), nn.ReLU(inplace=True)]
-        width = cfg.hidden_units
-    if cfg.dropout > 0:
-        layers.append(nn.Dropout(cfg.dropout))
-    layers.append(nn.Linear(width, cfg.num_classes))
-    return nn.Sequential(*layers)
+    make = {
+        "dropout": lambda i, o: nn.Dropout(cfg.dropout),
+        "linear": nn.Linear,
+        "relu": lambda i, o: nn.ReLU(inplace=True),
+    }
+    return nn.Sequential(*(make[kind](n_in, n_out) for kind, n_in, n_out in cfg.layers()))
 
 
 class FlowerNet(nn.Module):

@@ -52,12 +52,13 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        """Rebuild from plain numbers only: a checkpoint from a stranger may hold anything."""
         return cls(
-            crop_size=int(d["crop_size"]),
-            resize_size=int(d["resize_size"]),
+            crop_size=int(_number(d["crop_size"])),
+            resize_size=int(_number(d["resize_size"])),
             interpolation=str(d["interpolation"]),
-            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+            mean=tuple(float(_number(x)) for x in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(_number(x)) for x in d["std"]),  # type: ignore[arg-type]
         )
 
     def resize_crop(self, img: Image.Image) -> Image.Image:
@@ -95,3 +96,9 @@ class Preprocessing:
         """Undo `to_array`: CHW float back to HWC float in 0..1, for pictures."""
         arr = chw.transpose(1, 2, 0) * np.asarray(self.std) + np.asarray(self.mean)
         return np.clip(arr, 0.0, 1.0)
+
+
+def _number(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return value

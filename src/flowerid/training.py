@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
+import json
 import math
 import os
 import time
@@ -20,9 +23,17 @@ from . import __version__
 from ._io import atomic_write_bytes, atomic_write_json
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .data import CATEGORY_NAMES_FILE, ImageFolder, load_category_names, load_dataset, names_for
+from .data import (
+    CATEGORY_NAMES_FILE,
+    SKIPPED_FILE,
+    ImageFolder,
+    load_category_names,
+    load_dataset,
+    names_for,
+    write_skipped,
+)
 from .engines import Backbone, load_backbone, resolve_device
-from .errors import DataError
+from .errors import CheckpointError, DataError, UsageError
 from .features import extract_features
 from .model import HeadConfig, build_head
 from .registry import get_spec
@@ -61,6 +72,43 @@ def evaluate_head(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch
     return loss / n, correct / n
 
 
+STATE_FILE = "train_state.pt"
+_STATE_FORMAT = "flowerid-train-state"
+
+
+def _fingerprint(*tensors: torch.Tensor, **settings: Any) -> str:
+    """A digest of the features, labels and settings a head training run depends on."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for t in tensors:
+        h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
+    return h.hexdigest()
+
+
+def load_train_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The saved state of an interrupted head training run, or None if there is none.
+
+    A state file from other data or settings, or a damaged one, is an error that
+    says what to do: resuming it would silently train something else.
+    """
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "delete it, or run without --resume to start head training over"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a flowerid training state; delete it or run without --resume")
+    if state.get("fingerprint") != fingerprint:
+        raise UsageError(
+            f"{path} was saved by a run with other data or settings (epochs, learning rate, batch size, seed, "
+            "head, backbone or readable images differ); use the same command line, or run without --resume"
+        )
+    return state
+
+
 def fit_head(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -69,11 +117,16 @@ def fit_head(
     head_cfg: HeadConfig,
     cfg: TrainConfig,
     log: Log = print,
+    state_path: Path | None = None,
+    resume: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[EpochStats], int]:
     """AdamW with one warm-up epoch then cosine decay; keep the epoch best on valid.
 
     Best means highest valid accuracy, ties broken by lower valid loss.
     Returns the best head state, the per-epoch history and the best epoch (1-based).
+    With `state_path`, everything needed to continue (head, optimiser, random
+    state, history) is written there atomically after every epoch; `resume`
+    continues from it, giving the same result as an uninterrupted run.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -95,7 +148,32 @@ def fit_head(
     best_state: dict[str, torch.Tensor] = {}
     best_epoch = 0
     step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    fingerprint = ""
+    if state_path is not None:
+        fingerprint = _fingerprint(
+            x_train,
+            y_train,
+            x_valid,
+            y_valid,
+            head=head_cfg.to_dict(),
+            **{k: getattr(cfg, k) for k in ("epochs", "learning_rate", "batch_size", "seed", "weight_decay")},
+            label_smoothing=cfg.label_smoothing,
+        )
+        saved = load_train_state(state_path, fingerprint) if resume else None
+        if saved is not None:
+            head.load_state_dict(saved["head"])
+            opt.load_state_dict(saved["optimizer"])
+            gen.set_state(saved["generator"])
+            torch.set_rng_state(saved["rng"])
+            if x_train.is_cuda and saved.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(saved["cuda_rng"], x_train.device)
+            history = [EpochStats(**h) for h in saved["history"]]
+            best, best_epoch, step = (saved["best_acc"], saved["best_loss"]), saved["best_epoch"], saved["step"]
+            best_state = saved["best_state"]
+            log(f"resuming head training after epoch {len(history)}/{cfg.epochs} from {state_path}")
+        elif resume:
+            log(f"no saved training state in {state_path.parent}; starting head training at epoch 1")
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         head.train()
         order = torch.randperm(n, generator=gen).to(x_train.device)
@@ -121,6 +199,25 @@ def fit_head(
         if improved:
             best, best_epoch = (v_acc, v_loss), epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in head.state_dict().items()})
+        if state_path is not None:
+            state = {
+                "format": _STATE_FORMAT,
+                "fingerprint": fingerprint,
+                "head": head.state_dict(),
+                "optimizer": opt.state_dict(),
+                "generator": gen.get_state(),
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(x_train.device) if x_train.is_cuda else None,
+                "history": [asdict(h) for h in history],
+                "best_acc": best[0],
+                "best_loss": best[1],
+                "best_epoch": best_epoch,
+                "best_state": best_state,
+                "step": step,
+            }
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            atomic_write_bytes(state_path, buf.getvalue())
         log(
             f"epoch {epoch:>3}/{cfg.epochs}  train loss {stats.train_loss:.4f}  acc {stats.train_acc:6.2%}  "
             f"valid loss {v_loss:.4f}  acc {v_acc:6.2%}{'  *' if improved else ''}"
@@ -152,6 +249,13 @@ def _features_for(
     return x, y
 
 
+def _report_skipped(save_dir: Path, skipped: dict[str, str], log: Log) -> None:
+    """Say how many images were skipped and list them (path, reason) in save_dir/skipped.tsv."""
+    path = write_skipped(save_dir, skipped)
+    if path is not None:
+        log(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}; paths and reasons in {path}")
+
+
 def train(
     data_dir: str | os.PathLike, save_dir: str | os.PathLike, cfg: TrainConfig | None = None, log: Log = print
 ) -> TrainResult:
@@ -180,12 +284,24 @@ def train(
     x_va, y_va = _features_for(data.valid, backbone, cfg, "valid", skipped, counts)
     feat_seconds = time.perf_counter() - t_feat
     if len(x_tr) == 0 or len(x_va) == 0:
+        _report_skipped(save_dir, skipped, log)
         raise DataError("no readable images left in train/ or valid/ after skipping unreadable files")
+    lost = [c for i, c in enumerate(data.categories) if not bool((y_tr == i).any())]
+    if lost:
+        _report_skipped(save_dir, skipped, log)
+        raise DataError(
+            f"no readable images left in train/ for categories: {', '.join(lost[:10])}"
+            + (" …" if len(lost) > 10 else "")
+            + f"; see {save_dir / SKIPPED_FILE} for why, fix or remove them"
+        )
     log(f"features ready in {feat_seconds:.1f}s")
 
     head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
+    state_path = save_dir / STATE_FILE
+    if not cfg.resume and state_path.exists():
+        log(f"starting head training over; {state_path} holds an interrupted run that --resume would continue")
     best_state, history, best_epoch = fit_head(
-        x_tr.to(device), y_tr.to(device), x_va.to(device), y_va.to(device), head_cfg, cfg, log
+        x_tr.to(device), y_tr.to(device), x_va.to(device), y_va.to(device), head_cfg, cfg, log, state_path, cfg.resume
     )
     best = history[best_epoch - 1]
     metrics: dict[str, Any] = {
@@ -231,10 +347,8 @@ def train(
     }
     path = save_checkpoint(ckpt, save_dir / "checkpoint.pth")
     atomic_write_json(save_dir / "metrics.json", metrics)
-    if skipped:
-        lines = "".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items()))
-        atomic_write_bytes(save_dir / "skipped.tsv", ("path\treason\n" + lines).encode())
-        log(f"skipped {len(skipped)} unreadable images; list in {save_dir / 'skipped.tsv'}")
+    state_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    _report_skipped(save_dir, skipped, log)
     log(
         f"best epoch {best_epoch}: valid accuracy {best.valid_acc:.2%}; saved {path} "
         f"({metrics['total_seconds']:.0f}s in all)"
