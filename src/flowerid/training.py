@@ -152,6 +152,16 @@ def _features_for(
     return x, y
 
 
+def _write_curves(path: Path, history: list[dict[str, Any]], best_epoch: int, log: Log) -> None:
+    """curves.png beside the checkpoint; a missing matplotlib must not cost the trained model."""
+    try:
+        from .plots import curves_figure, save_figure
+    except ImportError as exc:
+        log(f"no curves.png: matplotlib is not available ({exc}); pip install matplotlib")
+        return
+    save_figure(curves_figure(history, best_epoch), path)
+
+
 def train(
     data_dir: str | os.PathLike, save_dir: str | os.PathLike, cfg: TrainConfig | None = None, log: Log = print
 ) -> TrainResult:
@@ -231,6 +241,7 @@ def train(
     }
     path = save_checkpoint(ckpt, save_dir / "checkpoint.pth")
     atomic_write_json(save_dir / "metrics.json", metrics)
+    _write_curves(save_dir / "curves.png", metrics["history"], best_epoch, log)
     if skipped:
         lines = "".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items()))
         atomic_write_bytes(save_dir / "skipped.tsv", ("path\treason\n" + lines).encode())
