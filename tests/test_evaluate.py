@@ -96,7 +96,8 @@ def test_report_is_self_contained(evaluated):
     assert html.startswith("<!DOCTYPE html>")
     assert not re.search(r"(src|href)=\"(?!data:)", html), "external reference"
     assert "<script" not in html and "<link" not in html and "http" not in html
-    assert html.count('src="data:image/png;base64,') == 5  # curves too: the checkpoint has a history
+    assert html.count('src="data:image/') == 5  # curves too: the checkpoint has a history
+    assert html.count('src="data:image/jpeg;base64,') == 1  # the photo grid
     assert "globe thistle" in html and f"{ev.metrics['top1']:.1%}"[:-1] in html
 
 

@@ -6,6 +6,7 @@ so the numbers here match what `flowerid predict` says about each photo.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Callable
@@ -259,6 +260,13 @@ def write_outputs(
                 continue
             pngs[name] = figure_png(fig)
             files.append(atomic_write_bytes(out_dir / f"{name}.png", pngs[name], fsync=False))
+        if "mistakes" in pngs:  # a grid of photos is 5-10x smaller as JPEG: keeps the page light
+            from PIL import Image
+
+            buf = io.BytesIO()
+            with Image.open(io.BytesIO(pngs["mistakes"])) as im:
+                im.convert("RGB").save(buf, format="JPEG", quality=85)
+            pngs = {**pngs, "mistakes": buf.getvalue()}
         html = render_report(result.metrics, pngs, checkpoint_info or {}, result.skipped)
         files.append(atomic_write_bytes(out_dir / "report.html", html.encode("utf-8")))
     result.files = files

@@ -27,8 +27,10 @@ def _pct(x: float | None, digits: int = 1) -> str:
 def _img(pngs: dict[str, bytes], name: str, alt: str) -> str:
     if name not in pngs:
         return ""
-    data = base64.b64encode(pngs[name]).decode("ascii")
-    return f'<p><img src="data:image/png;base64,{data}" alt="{escape(alt)}"></p>'
+    blob = pngs[name]
+    mime = "image/jpeg" if blob[:3] == b"\xff\xd8\xff" else "image/png"
+    data = base64.b64encode(blob).decode("ascii")
+    return f'<p><img src="data:{mime};base64,{data}" alt="{escape(alt)}"></p>'
 
 
 def _card(value: str, label: str) -> str:
@@ -38,7 +40,7 @@ def _card(value: str, label: str) -> str:
 def render_report(
     metrics: dict[str, Any], pngs: dict[str, bytes], checkpoint: dict[str, Any], skipped: dict[str, str]
 ) -> str:
-    """The HTML page for an evaluation; `pngs` maps figure names to PNG bytes."""
+    """The HTML page for an evaluation; `pngs` maps figure names to PNG (or JPEG, for photos) bytes."""
     m = metrics
     cal = m["calibration"]
     lo1, hi1 = m["top1_ci"]
