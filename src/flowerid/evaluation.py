@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from ._io import atomic_write_bytes, atomic_write_json
 from .data import ImageFolder, scan_folder
-from .errors import DataError
+from .errors import DataError, UsageError
 from .metrics import DEFAULT_BINS, Outcomes, compute_metrics
 
 if TYPE_CHECKING:
@@ -170,6 +170,8 @@ def evaluate(
 
     from .predictor import Classifier
 
+    if top_k < 1 or n_bins < 1 or batch_size < 1:
+        raise UsageError("top_k, n_bins and batch_size must each be at least 1")
     t0 = time.perf_counter()
     if isinstance(checkpoint, Classifier):
         clf, ckpt_path = checkpoint, None
