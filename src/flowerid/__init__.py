@@ -3,6 +3,8 @@
 >>> import flowerid
 >>> clf = flowerid.load("runs/flowers/checkpoint.pth")
 >>> clf.predict("rose.jpg", top_k=3)
+>>> ev = flowerid.evaluate("runs/flowers/checkpoint.pth", "data/valid", "runs/flowers/eval")
+>>> ev.confusion_figure()  # matplotlib figures for notebooks; see flowerid.plots
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "__version__",
     "load",
     "train",
+    "evaluate",
     "Classifier",
     "Prediction",
     "TrainConfig",
@@ -57,6 +60,10 @@ def __getattr__(name: str):
         from .training import train
 
         return train
+    if name == "evaluate":
+        from .evaluation import evaluate
+
+        return evaluate
     if name == "load_image":
         from .images import load_image
 

@@ -1,4 +1,4 @@
-"""Command line: `flowerid train|predict|serve|backbones`. The only place errors become exit codes."""
+"""Command line: `flowerid train|predict|evaluate|show|serve|backbones`. The only place errors become exit codes."""
 
 from __future__ import annotations
 
@@ -106,6 +106,12 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
         choices=["auto", "onnx", "torch"],
         help="backbone engine: auto = ONNX Runtime on CPU, PyTorch on CUDA (default: %(default)s)",
     )
+    p.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="also draw each photo beside a bar chart of its top-K (one image: PATH; several: PATH-<image>.png, "
+        "or <image>.png inside PATH when it is a folder)",
+    )
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -137,6 +143,11 @@ def run_predict(args: argparse.Namespace) -> int:
         for rec in records:
             if "predictions" in rec:
                 print(format_predictions(rec["image"], rec["predictions"]))
+    if args.plot:
+        from .plots import write_prediction_plots
+
+        for path in write_prediction_plots(clf, args.images, results, args.plot):
+            print(f"plot: {path}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -215,6 +226,77 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if report.errors or (args.strict and report.warnings) else 0
 
 
+def add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint.pth written by `flowerid train`")
+    p.add_argument("folder", help="labelled photos in ImageFolder layout (FOLDER/<category>/<images>), e.g. DATA/valid")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where metrics.json, the figures and report.html go (default: eval-<FOLDER name> beside the checkpoint)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary of metrics.json instead of text")
+    p.add_argument("--no-figures", action="store_true", help="write metrics.json only (faster)")
+    p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default: %(default)s)")
+    p.add_argument(
+        "--category-names", default=None, metavar="JSON", help="category-to-name JSON (default: the checkpoint's)"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    p.add_argument(
+        "--engine", default="auto", choices=["auto", "onnx", "torch"], help="backbone engine, as for predict"
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation import evaluate
+
+    if args.batch_size < 1:
+        raise FlowerIdError("--batch-size must be at least 1")
+    out = args.out or Path(args.checkpoint).parent / f"eval-{Path(args.folder).resolve().name}"
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print  # stdout stays pure JSON
+    result = evaluate(
+        args.checkpoint,
+        args.folder,
+        out,
+        device=args.device,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        category_names=args.category_names,
+        figures=not args.no_figures,
+        log=log,
+    )
+    if args.json:
+        print(json.dumps(result.summary(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def add_show_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="photos in ImageFolder layout (a data folder with train/ shows train/)")
+    p.add_argument("--out", default="batch.png", metavar="PATH", help="picture to write (default: %(default)s)")
+    p.add_argument("-n", "--num", type=int, default=16, help="how many photos (default: %(default)s)")
+    p.add_argument("--cols", type=int, default=4, help="photos per row (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="which random batch (default: %(default)s)")
+    p.add_argument("--arch", default=None, help="show the preprocessing of this backbone (default: the default one)")
+    p.add_argument("--checkpoint", default=None, help="show the preprocessing and names of this checkpoint")
+    p.add_argument("--category-names", default=None, metavar="JSON", help="default: cat_to_name.json beside the data")
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from .plots import show_folder
+
+    if args.num < 1 or args.cols < 1:
+        raise FlowerIdError("--num and --cols must be at least 1")
+    path, skipped = show_folder(
+        args.folder, args.out, args.num, args.cols, args.seed, args.arch, args.checkpoint, args.category_names
+    )
+    for p, reason in skipped.items():
+        _err(f"{p}: {reason} (skipped)")
+    print(f"wrote {path}")
+    return 0
+
+
 def run_backbones(args: argparse.Namespace) -> int:
     from .registry import _REGISTRY
 
@@ -243,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="report on a data folder: counts, unreadable files, duplicates, leakage")
     add_check_args(p)
     p.set_defaults(func=run_check)
+    p = sub.add_parser("evaluate", help="measure a checkpoint on labelled photos: metrics, figures and a report")
+    add_evaluate_args(p)
+    p.set_defaults(func=run_evaluate)
+    p = sub.add_parser("show", help="draw a random batch of labelled photos as the model sees them")
+    add_show_args(p)
+    p.set_defaults(func=run_show)
     p = sub.add_parser("backbones", help="list the backbones")
     p.set_defaults(func=run_backbones)
     return parser

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,18 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class BatchProbabilities:
+    """Class probabilities for many photos; rows of unreadable photos are NaN and listed in `errors`."""
+
+    probs: np.ndarray  # (N, C) float64
+    errors: dict[int, ImageError] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> np.ndarray:
+        return ~np.isnan(self.probs[:, 0]) if len(self.probs) else np.zeros(0, dtype=bool)
 
 
 class NumpyHead:
@@ -160,6 +172,41 @@ class Classifier:
                 flush()
         flush()
         return out
+
+    def predict_proba_many(
+        self,
+        images: Sequence[ImageSource],
+        batch_size: int = 32,
+        progress: Callable[[int], None] | None = None,
+    ) -> BatchProbabilities:
+        """Full probability rows for many photos, through the same path as `predict`.
+
+        Evaluation uses this so its numbers match `predict`; an unreadable photo
+        is recorded, not raised. `progress(n)` is called after each batch.
+        """
+        if batch_size < 1:
+            raise UsageError("batch_size must be at least 1")
+        result = BatchProbabilities(np.full((len(images), self.num_classes), np.nan))
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            if pending:
+                result.probs[[i for i, _ in pending]] = self.predict_proba(np.stack([a for _, a in pending]))
+                if progress:
+                    progress(len(pending))
+                pending.clear()
+
+        for i, img in enumerate(images):
+            try:
+                pending.append((i, self.preprocess(img)))
+            except ImageError as exc:
+                result.errors[i] = exc
+                if progress:
+                    progress(1)
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return result
 
 
 def load(

@@ -53,6 +53,8 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         """Rebuild from plain numbers only: a checkpoint from a stranger may hold anything."""
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a dict, got {type(d).__name__}")
         return cls(
             crop_size=int(_number(d["crop_size"])),
             resize_size=int(_number(d["resize_size"])),

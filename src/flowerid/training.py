@@ -256,6 +256,16 @@ def _report_skipped(save_dir: Path, skipped: dict[str, str], log: Log) -> None:
         log(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}; paths and reasons in {path}")
 
 
+def _write_curves(path: Path, history: list[dict[str, Any]], best_epoch: int, log: Log) -> None:
+    """curves.png beside the checkpoint; a missing matplotlib must not cost the trained model."""
+    try:
+        from .plots import curves_figure, save_figure
+    except ImportError as exc:
+        log(f"no curves.png: matplotlib is not available ({exc}); pip install matplotlib")
+        return
+    save_figure(curves_figure(history, best_epoch), path)
+
+
 def train(
     data_dir: str | os.PathLike, save_dir: str | os.PathLike, cfg: TrainConfig | None = None, log: Log = print
 ) -> TrainResult:
@@ -348,6 +358,7 @@ def train(
     path = save_checkpoint(ckpt, save_dir / "checkpoint.pth")
     atomic_write_json(save_dir / "metrics.json", metrics)
     state_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    _write_curves(save_dir / "curves.png", metrics["history"], best_epoch, log)
     _report_skipped(save_dir, skipped, log)
     log(
         f"best epoch {best_epoch}: valid accuracy {best.valid_acc:.2%}; saved {path} "
