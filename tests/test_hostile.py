@@ -12,7 +12,7 @@ from flowerid.errors import DataError, DecompressionBombError, ImageError, Usage
 from flowerid.images import load_image
 from flowerid.training import TrainConfig, train
 
-from .conftest import TINY, build_folder
+from .conftest import CLASS_COLOURS, TINY, build_folder, make_photo
 from .hostile import IGNORE, OK, SKIP, build_hostile_corpus, names_with
 
 
@@ -210,3 +210,29 @@ def test_predict_one_good_image_still_exits_zero(trained, corpus, capsys):
     assert main(["predict", str(folder / "truncated.jpg"), "--checkpoint", str(trained[1].checkpoint_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "truncated.jpg" in err
+
+
+def test_evaluate_skips_unreadable_files_and_lists_them(hostile_folder, trained, tmp_path, capsys):
+    root, cases = hostile_folder
+    valid = root / "valid"
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(trained[1].checkpoint_path), str(valid), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    expected_skips = {str(root / k) for k, c in cases.items() if c.outcome == SKIP and k.startswith("valid/")}
+    ok = sum(1 for k, c in cases.items() if c.outcome == OK and k.startswith("valid/"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped"] == len(expected_skips) and metrics["n"] == 3 * 2 + ok
+    assert not any(os.path.basename(r["path"]) in names_with(cases, IGNORE) for r in metrics["predictions"])
+    rows = (out / "skipped.tsv").read_bytes().decode("utf-8").splitlines()
+    assert rows[0] == "path\treason" and {r.split("\t")[0] for r in rows[1:]} == expected_skips
+    assert f"skipped {len(expected_skips)} unreadable images" in captured.out
+    assert (out / "report.html").stat().st_size > 0 and (out / "mistakes.png").exists()
+
+
+def test_predict_json_with_a_file_name_that_is_not_utf8(trained, tmp_path, capsys):
+    photo = tmp_path / os.fsdecode(b"caf\xe9.png")
+    make_photo(CLASS_COLOURS["1"], 0).save(photo)
+    assert main(["predict", str(photo), "--checkpoint", str(trained[1].checkpoint_path), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert records[0]["image"] == str(photo) and len(records[0]["predictions"]) == 3

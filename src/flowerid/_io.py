@@ -55,5 +55,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Readable UTF-8; a file name that is not UTF-8 (a lone surrogate) falls back to \\u escapes,
+    which json.loads turns back into the same name, so the path still opens."""
+    try:
+        data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        data = (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+    return atomic_write_bytes(path, data)
