@@ -1,4 +1,4 @@
-"""Command line: `flowerid train|predict|backbones`. The only place errors become exit codes."""
+"""Command line: `flowerid train|predict|info|export|backbones`. The only place errors become exit codes."""
 
 from __future__ import annotations
 
@@ -75,7 +75,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="photos to name")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint.pth written by `flowerid train`")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a checkpoint.pth written by `flowerid train` (default: the built-in 102-flower model)",
+    )
     p.add_argument("--top-k", type=int, default=5, help="how many categories to show (default: %(default)s)")
     p.add_argument(
         "--category-names",
@@ -93,7 +97,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise FlowerIdError("--top-k must be at least 1")
-    clf = Classifier.load(args.checkpoint, device=args.device, category_names=args.category_names)
+    from .shipped import shipped_model_path
+
+    checkpoint = args.checkpoint or shipped_model_path()
+    clf = Classifier.load(checkpoint, device=args.device, category_names=args.category_names)
     results = clf.predict_many(args.images, top_k=args.top_k)
     failed = 0
     records = []
@@ -137,6 +144,60 @@ def run_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint (default: the built-in model)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from .info import checkpoint_info, format_info
+    from .shipped import shipped_model_path
+
+    info = checkpoint_info(args.checkpoint or shipped_model_path(), shipped=args.checkpoint is None)
+    print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_info(info))
+    return 0
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    # Literal choices: importing .export here would load torch for every command (tests keep them in step).
+    p.add_argument("checkpoint", help="a checkpoint, or `builtin` for the built-in 102-flower model")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: %(default)s")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="int8: smaller and faster (ONNX only)")
+    p.add_argument("--out", required=True, help="model file to write (or a folder); the manifest goes beside it")
+    p.add_argument(
+        "--output",
+        choices=["probabilities", "logits"],
+        default="probabilities",
+        help="what the graph returns (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        metavar="DIR",
+        help="photos for int8 calibration (default: the training data's train/)",
+    )
+    p.add_argument("--calibration-size", type=int, default=128, help="default: %(default)s")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+    from .shipped import shipped_model_path
+
+    ckpt = shipped_model_path() if args.checkpoint == "builtin" else args.checkpoint
+    res = export_checkpoint(
+        ckpt,
+        args.out,
+        args.format,
+        quantize=args.quantize,
+        output=args.output,
+        calibration=args.calibration,
+        calibration_size=args.calibration_size,
+    )
+    size = res.model_path.stat().st_size
+    print(f"wrote {res.model_path} ({size / 1e6:.1f} MB) and {res.manifest_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowerid", description="Train image classifiers by transfer learning and name the flower in a photo."
@@ -149,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="name the flowers in photos")
     add_predict_args(p)
     p.set_defaults(func=run_predict)
+    p = sub.add_parser("info", help="say what a checkpoint is: backbone, categories, training, accuracy, digest")
+    add_info_args(p)
+    p.set_defaults(func=run_info)
+    p = sub.add_parser("export", help="write a checkpoint as one ONNX or TorchScript model plus a JSON manifest")
+    add_export_args(p)
+    p.set_defaults(func=run_export)
     p = sub.add_parser("backbones", help="list the backbones")
     p.set_defaults(func=run_backbones)
     return parser
