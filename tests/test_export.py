@@ -114,8 +114,9 @@ def test_onnx_export_matches_predict_and_manifest(trained, reference, tmp_path):
 def test_torchscript_runs_with_plain_torch(trained, reference, tmp_path):
     _, result = trained
     _, photos, batch, probs, top1 = reference
-    res = export_checkpoint(result.checkpoint_path, tmp_path, "torchscript")
-    assert res.model_path == tmp_path / "checkpoint.pt" and res.manifest["model"] == "checkpoint.pt"
+    res = export_checkpoint(result.checkpoint_path, f"{tmp_path}/new/", "torchscript")  # a folder to be made
+    assert res.model_path == tmp_path / "new" / "checkpoint.pt" and res.manifest["model"] == "checkpoint.pt"
+    assert res.manifest_path == tmp_path / "new" / "checkpoint.json"
     np.save(tmp_path / "batch.npy", batch)
     script = (
         "import sys, numpy as np, torch\n"

@@ -314,7 +314,7 @@ def export_checkpoint(
 ) -> ExportResult:
     """Write a checkpoint as one runnable model file plus its JSON manifest.
 
-    `out` may be a folder: the file is then named after the checkpoint. int8
+    `out` may be a folder (existing, or ending in a slash): the file is then named after the checkpoint. int8
     calibrates on photos from `calibration` (default: the checkpoint's training
     data, train split, when it is on this machine); the first `keep_float`
     convolutions stay float (see `quantize_onnx_int8`).
@@ -332,8 +332,9 @@ def export_checkpoint(
     else:
         ckpt, stem = load_checkpoint(checkpoint), Path(checkpoint).stem
     suffix = ".onnx" if fmt == "onnx" else ".pt"
+    folder = str(out).endswith(("/", os.sep))  # "exports/" names a folder even before it exists
     out = Path(out)
-    if out.is_dir():
+    if out.is_dir() or folder:
         out = out / f"{stem}{'-int8' if quantize else ''}{suffix}"
     if out.suffix.lower() == ".json":
         raise UsageError(f"{out} would be overwritten by the manifest; give the model file a {suffix} name")
