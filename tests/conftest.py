@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowerid.registry import BackboneSpec, WeightsSource, register_backbone, unregister_backbone
+from flowerid.registry import BackboneSpec, WeightsSource, register_backbone
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flowers102"
 TINY = "tiny_test"
@@ -36,23 +36,11 @@ def _tiny_factory():
 
 @pytest.fixture(autouse=True)
 def tiny_backbone():
-    spec = BackboneSpec(
-        name=TINY,
-        family="custom",
-        arch="tiny",
-        weights=WeightsSource("none"),
-        input_size=32,
-        crop_pct=0.875,
-        interpolation="bilinear",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-        num_features=16,
-        license="MIT",
-        factory=_tiny_factory,
-    )
+    """The tiny test backbone, registered afresh for every test (a test may replace it)."""
+    spec = tiny_spec()
     register_backbone(spec, replace=True)
     yield spec
-    unregister_backbone(TINY)
+    register_backbone(spec, replace=True)  # module- and session-scoped fixtures rely on it between tests
 
 
 @pytest.fixture(autouse=True)
@@ -103,23 +91,7 @@ def trained(tmp_path_factory):
     data = build_folder(root / "data", {"train": 8, "valid": 4, "test": 4})
     old = os.environ.get("FLOWERID_CACHE")
     os.environ["FLOWERID_CACHE"] = str(root / "cache")
-    register_backbone(
-        BackboneSpec(
-            TINY,
-            "custom",
-            "tiny",
-            WeightsSource("none"),
-            32,
-            0.875,
-            "bilinear",
-            (0.5, 0.5, 0.5),
-            (0.25, 0.25, 0.25),
-            16,
-            "MIT",
-            factory=_tiny_factory,
-        ),
-        replace=True,
-    )
+    register_backbone(tiny_spec(), replace=True)
     try:
         result = train(
             data, root / "run", TrainConfig(arch=TINY, epochs=30, learning_rate=0.02, num_workers=0), log=lambda s: None
@@ -165,3 +137,6 @@ def tiny_spec() -> BackboneSpec:
         "MIT",
         factory=_tiny_factory,
     )
+
+
+register_backbone(tiny_spec(), replace=True)  # before any fixture, whatever its scope

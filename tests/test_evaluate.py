@@ -18,9 +18,8 @@ from flowerid.evaluation import evaluate
 from flowerid.metrics import recompute
 from flowerid.plots import plot_paths
 from flowerid.predictor import Classifier
-from flowerid.registry import BackboneSpec, WeightsSource, register_backbone, unregister_backbone
 
-from .conftest import SHARED_DATA, TINY, _tiny_factory, build_folder
+from .conftest import SHARED_DATA, build_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PNGS = ("confusion.png", "per_class.png", "mistakes.png", "reliability.png", "curves.png")
@@ -34,19 +33,10 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def evaluated(trained, tmp_path_factory):
-    """One evaluation of the tiny model for the tests that only read it (module scope runs before the
-    function-scoped fixture that registers the tiny backbone, so it registers it itself)."""
+    """One evaluation of the tiny model for the tests that only read it."""
     data, result = trained
     out = tmp_path_factory.mktemp("eval") / "valid"
-    spec = BackboneSpec(
-        TINY, "custom", "tiny", WeightsSource("none"), 32, 0.875, "bilinear",
-        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 16, "MIT", factory=_tiny_factory,
-    )  # fmt: skip
-    register_backbone(spec, replace=True)
-    try:
-        ev = evaluate(result.checkpoint_path, data / "valid", out, log=lambda s: None)
-    finally:
-        unregister_backbone(TINY)
+    ev = evaluate(result.checkpoint_path, data / "valid", out, log=lambda s: None)
     return data, result, ev, out
 
 
@@ -242,10 +232,7 @@ def test_prediction_does_not_import_matplotlib(trained):
     data, result = trained
     code = (
         "import sys, flowerid\n"
-        "from flowerid.registry import BackboneSpec, WeightsSource, register_backbone\n"
-        "from tests.conftest import _tiny_factory\n"
-        "register_backbone(BackboneSpec('tiny_test', 'custom', 'tiny', WeightsSource('none'), 32, 0.875, 'bilinear',"
-        " (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 16, 'MIT', factory=_tiny_factory))\n"
+        "import tests.conftest  # registers the tiny backbone\n"
         f"clf = flowerid.load({str(result.checkpoint_path)!r})\n"
         f"clf.predict({str(next((data / 'valid' / '1').iterdir()))!r})\n"
         "from flowerid import evaluation\n"

@@ -1,7 +1,7 @@
 """flowerid: train image classifiers by transfer learning and name the flower in a photo.
 
 >>> import flowerid
->>> clf = flowerid.load("runs/flowers/checkpoint.pth")
+>>> clf = flowerid.load()  # the built-in 102-flower model, or a path to your own checkpoint
 >>> clf.predict("rose.jpg", top_k=3)
 >>> ev = flowerid.evaluate("runs/flowers/checkpoint.pth", "data/valid", "runs/flowers/eval")
 >>> ev.confusion_figure()  # matplotlib figures for notebooks; see flowerid.plots

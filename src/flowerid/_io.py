@@ -10,6 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+# mkstemp makes 0600 files; written files get the usual 0666 & ~umask instead, so a web
+# server or an app bundler can read an export. Read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], *, fsync: bool = True) -> Path:
     """Write through `write(fileobj)` into a temp file beside `path`, then rename over it.
@@ -26,6 +31,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
         if fsync:
             _fsync_dir(path.parent)

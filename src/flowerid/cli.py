@@ -1,4 +1,6 @@
-"""Command line: `flowerid train|predict|evaluate|show|serve|backbones`. The only place errors become exit codes."""
+"""Command line: `flowerid train|predict|evaluate|show|check|serve|info|export|backbones`.
+
+The only place errors become exit codes."""
 
 from __future__ import annotations
 
@@ -90,7 +92,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="photos to name")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint.pth written by `flowerid train`")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a checkpoint.pth written by `flowerid train` (default: the built-in 102-flower model)",
+    )
     p.add_argument("--top-k", type=int, default=5, help="how many categories to show (default: %(default)s)")
     p.add_argument(
         "--category-names",
@@ -120,7 +126,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise FlowerIdError("--top-k must be at least 1")
-    clf = Classifier.load(args.checkpoint, device=args.device, category_names=args.category_names, engine=args.engine)
+    from .shipped import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    clf = Classifier.load(checkpoint, device=args.device, category_names=args.category_names, engine=args.engine)
     results = clf.predict_many(args.images, top_k=args.top_k)
     failed = 0
     records = []
@@ -167,7 +176,9 @@ def format_predictions(image: str, preds: list[dict]) -> str:
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     from .server import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_UNSURE_BELOW
 
-    p.add_argument("--checkpoint", required=True, help="a checkpoint.pth written by `flowerid train`")
+    p.add_argument(
+        "--checkpoint", default=None, help="a checkpoint.pth written by `flowerid train` (default: the built-in model)"
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 = every network (default: %(default)s)"
     )
@@ -200,8 +211,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     threads = default_threads() if args.threads is None else args.threads
     cfg = ServeConfig(int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below)
-    clf = Classifier.load(args.checkpoint, device=args.device, category_names=args.category_names)
-    return run_server(create_app(clf, cfg, args.checkpoint), args.host, args.port)
+    from .shipped import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    clf = Classifier.load(checkpoint, device=args.device, category_names=args.category_names)
+    return run_server(create_app(clf, cfg, str(checkpoint)), args.host, args.port)
 
 
 def add_check_args(p: argparse.ArgumentParser) -> None:
@@ -227,7 +241,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a checkpoint.pth written by `flowerid train`")
+    p.add_argument("checkpoint", help="a checkpoint.pth written by `flowerid train`, or `builtin`")
     p.add_argument("folder", help="labelled photos in ImageFolder layout (FOLDER/<category>/<images>), e.g. DATA/valid")
     p.add_argument(
         "--out",
@@ -254,10 +268,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise FlowerIdError("--batch-size must be at least 1")
-    out = args.out or Path(args.checkpoint).parent / f"eval-{Path(args.folder).resolve().name}"
+    from .shipped import BUILTIN, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    beside = Path() if args.checkpoint == BUILTIN else checkpoint.parent  # never write into the installed package
+    out = args.out or beside / f"eval-{Path(args.folder).resolve().name}"
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print  # stdout stays pure JSON
     result = evaluate(
-        args.checkpoint,
+        checkpoint,
         args.folder,
         out,
         device=args.device,
@@ -307,6 +325,61 @@ def run_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint (default: the built-in model)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from .info import checkpoint_info, format_info
+    from .shipped import BUILTIN, resolve_checkpoint
+
+    builtin = args.checkpoint in (None, BUILTIN)
+    info = checkpoint_info(resolve_checkpoint(args.checkpoint), shipped=builtin)
+    print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_info(info))
+    return 0
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    # Literal choices: importing .export here would load torch for every command (tests keep them in step).
+    p.add_argument("checkpoint", help="a checkpoint, or `builtin` for the built-in 102-flower model")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: %(default)s")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="int8: smaller and faster (ONNX only)")
+    p.add_argument("--out", required=True, help="model file to write (or a folder); the manifest goes beside it")
+    p.add_argument(
+        "--output",
+        choices=["probabilities", "logits"],
+        default="probabilities",
+        help="what the graph returns (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        metavar="DIR",
+        help="photos for int8 calibration (default: the training data's train/)",
+    )
+    p.add_argument("--calibration-size", type=int, default=128, help="default: %(default)s")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+    from .shipped import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    res = export_checkpoint(
+        ckpt,
+        args.out,
+        args.format,
+        quantize=args.quantize,
+        output=args.output,
+        calibration=args.calibration,
+        calibration_size=args.calibration_size,
+    )
+    size = res.model_path.stat().st_size
+    print(f"wrote {res.model_path} ({size / 1e6:.1f} MB) and {res.manifest_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowerid", description="Train image classifiers by transfer learning and name the flower in a photo."
@@ -331,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="draw a random batch of labelled photos as the model sees them")
     add_show_args(p)
     p.set_defaults(func=run_show)
+    p = sub.add_parser("info", help="say what a checkpoint is: backbone, categories, training, accuracy, digest")
+    add_info_args(p)
+    p.set_defaults(func=run_info)
+    p = sub.add_parser("export", help="write a checkpoint as one ONNX or TorchScript model plus a JSON manifest")
+    add_export_args(p)
+    p.set_defaults(func=run_export)
     p = sub.add_parser("backbones", help="list the backbones")
     p.set_defaults(func=run_backbones)
     return parser

@@ -210,10 +210,14 @@ class Classifier:
 
 
 def load(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     device: str = "auto",
     category_names: str | os.PathLike | None = None,
     engine: str = "auto",
 ) -> Classifier:
-    """Load a trained classifier from a checkpoint file."""
+    """Load a trained classifier from a checkpoint file; with no path, the built-in 102-flower model."""
+    if path is None:
+        from .shipped import shipped_model_path
+
+        path = shipped_model_path()
     return Classifier.load(Path(path), device, category_names, engine)
