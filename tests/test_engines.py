@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,10 +13,10 @@ from flowerid import _torchfile, engines
 from flowerid.checkpoint import load_checkpoint
 from flowerid.engines import load_backbone, onnx_cache_path
 from flowerid.errors import CheckpointError, UsageError
-from flowerid.registry import get_spec
+from flowerid.registry import build_backbone, ensemble_spec, get_spec, register_backbone, unregister_backbone
 from flowerid.training import TrainConfig, train
 
-from .conftest import TINY, build_folder
+from .conftest import TINY, build_folder, tiny_spec
 from .test_checkpoint import Evil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,3 +129,40 @@ def test_tiny_backbone_via_onnx_matches_torch():
         load_backbone(spec, "cpu", engine="torch").engine(x),
         atol=1e-5,
     )
+
+
+@pytest.fixture
+def tiny_ensemble():
+    """Two tiny members with different input sizes, and an ensemble of them with flip averaging."""
+    small = dataclasses.replace(tiny_spec(), name="tiny_small", input_size=24)
+    register_backbone(small, replace=True)
+    spec = register_backbone(ensemble_spec("tiny_pair", (TINY, "tiny_small"), flip_tta=True), replace=True)
+    yield spec
+    unregister_backbone("tiny_pair")
+    unregister_backbone("tiny_small")
+
+
+def test_ensemble_is_its_members_side_by_side_averaged_with_the_mirror(tiny_ensemble):
+    spec = tiny_ensemble
+    assert spec.input_size == 32 and spec.num_features == 32 and spec.offline
+    module, digest = build_backbone(spec)
+    first, _ = build_backbone(TINY)
+    second, _ = build_backbone("tiny_small")
+    x = torch.tensor(_photos(spec, 3))
+    small = torch.nn.functional.interpolate(x, size=(24, 24), mode="bilinear")
+    with torch.no_grad():
+        plain = torch.cat([first(x), second(small)], 1)
+        mirrored = torch.cat([first(x.flip(3)), second(small.flip(3))], 1)
+        torch.testing.assert_close(module(x), (plain + mirrored) / 2, atol=1e-5, rtol=0)
+    assert not torch.allclose(plain, mirrored, atol=1e-3)  # the flip is not a no-op on these photos
+    np.testing.assert_allclose(
+        load_backbone(spec, "cpu", engine="onnx").engine(x.numpy()), module(x).detach().numpy(), atol=1e-5
+    )
+    with pytest.raises(UsageError, match="ensemble"):
+        build_backbone(spec, "some.pth")
+
+
+def test_real_ensembles_are_offline_and_sized_for_their_largest_member():
+    spec = get_spec("efficientnet_lite0_lite2_flip")
+    assert spec.offline and spec.input_size == 260 and spec.num_features == 2560 and spec.flip_tta
+    assert spec.preprocessing == get_spec("efficientnet_lite2").preprocessing

