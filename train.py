@@ -14,14 +14,13 @@ from flowerid.cli import run  # noqa: E402
 
 
 def main(argv=None) -> int:
-    from flowerid.registry import DEFAULT_BACKBONE
-    from flowerid.training import TrainConfig
+    from flowerid.config import TrainConfig
 
     d = TrainConfig()
     p = argparse.ArgumentParser(description="Train a flower classifier (heritage interface of flowerid).")
     p.add_argument("data_dir")
     p.add_argument("--save_dir", default=".")
-    p.add_argument("--arch", default=DEFAULT_BACKBONE)
+    p.add_argument("--arch", default=None, help=f"backbone (default: {d.arch})")
     p.add_argument("--learning_rate", type=float, default=d.learning_rate)
     p.add_argument("--hidden_units", type=int, default=d.hidden_units)
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -31,7 +30,7 @@ def main(argv=None) -> int:
     def go(a: argparse.Namespace) -> int:
         from flowerid.training import train
 
-        cfg = TrainConfig(
+        cfg = TrainConfig.from_preset(
             arch=a.arch,
             learning_rate=a.learning_rate,
             hidden_units=a.hidden_units,

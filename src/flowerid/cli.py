@@ -20,8 +20,7 @@ def _err(msg: str) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    from .config import TrainConfig
-    from .registry import DEFAULT_BACKBONE
+    from .config import DEFAULT_PRESET, PRESETS, TrainConfig
 
     d = TrainConfig()
     p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
@@ -29,10 +28,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--save-dir", default="runs/flowers", help="where checkpoint.pth and metrics.json go (default: %(default)s)"
     )
     p.add_argument(
-        "--arch", default=DEFAULT_BACKBONE, help="backbone (default: %(default)s); `flowerid backbones` lists them"
+        "--preset",
+        default=DEFAULT_PRESET,
+        choices=list(PRESETS),
+        help="; ".join(f"{p.name}: {p.summary} ({p.arch}, {p.views} views)" for p in PRESETS.values())
+        + " (default: %(default)s). Flags below override the preset.",
     )
+    p.add_argument("--arch", default=None, help="backbone (default: the preset's); `flowerid backbones` lists them")
     p.add_argument("--weights", default=None, metavar="PATH", help="local state dict for the backbone")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="head training epochs (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None, help="head training epochs (default: the preset's)")
+    p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
+    p.add_argument(
+        "--no-calibrate", action="store_true", help="keep raw probabilities (default: fit a temperature on valid)"
+    )
     p.add_argument(
         "--learning-rate", type=float, default=d.learning_rate, help="peak learning rate (default: %(default)s)"
     )
@@ -72,9 +80,12 @@ def run_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .training import train
 
-    cfg = TrainConfig(
+    cfg = TrainConfig.from_preset(
+        args.preset,
         arch=args.arch,
         epochs=args.epochs,
+        views=args.views,
+        calibrate=not args.no_calibrate,
         learning_rate=args.learning_rate,
         hidden_units=args.hidden_units,
         batch_size=args.batch_size,

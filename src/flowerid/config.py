@@ -2,19 +2,54 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UsageError
-from .registry import DEFAULT_BACKBONE
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A measured recipe: which backbone, how many augmented views, how long to train."""
+
+    name: str
+    arch: str
+    views: int  # augmented views of each training photo, on top of the photo itself
+    epochs: int
+    summary: str
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("fast", "efficientnet_lite0", 0, 20, "one small backbone: the quickest useful model"),
+        Preset(
+            "default",
+            "efficientnet_lite0_lite2",
+            0,
+            20,
+            "two backbones side by side: the best accuracy for its time on a CPU",
+        ),
+        Preset(
+            "best",
+            "efficientnet_lite0_lite2_flip",
+            1,
+            20,
+            "two backbones, each photo averaged with its mirror, one augmented view per training photo",
+        ),
+    )
+}
+DEFAULT_PRESET = "default"
 
 
 @dataclass
 class TrainConfig:
     """Everything that decides a training run; stored in the checkpoint."""
 
-    arch: str = DEFAULT_BACKBONE
-    epochs: int = 20
+    arch: str = PRESETS[DEFAULT_PRESET].arch
+    epochs: int = PRESETS[DEFAULT_PRESET].epochs
     learning_rate: float = 3e-3
     hidden_units: int = 0
     batch_size: int = 64
@@ -29,6 +64,24 @@ class TrainConfig:
     num_workers: int | None = None
     use_cache: bool = True
     resume: bool = False  # continue head training from save_dir's train_state.pt
+    preset: str | None = DEFAULT_PRESET  # what the settings came from; None when set by hand
+    views: int = PRESETS[DEFAULT_PRESET].views
+    calibrate: bool = True  # fit a temperature on valid so that probabilities mean what they say
+
+    @classmethod
+    def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
+        """A preset's settings, with any field overridden (None values are ignored)."""
+        try:
+            preset = PRESETS[name]
+        except KeyError:
+            raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - fields
+        if unknown:
+            raise UsageError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        values = {"arch": preset.arch, "views": preset.views, "epochs": preset.epochs, "preset": name}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -41,3 +94,5 @@ class TrainConfig:
             raise UsageError("--batch-size must be at least 1")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError("dropout must be in [0, 1)")
+        if self.views < 0:
+            raise UsageError("--views must be 0 (the photos only) or more")

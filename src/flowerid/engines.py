@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ._platform import tune_malloc
+from .augment import Augment
 from .cache import cache_root, namespace_for
 from .errors import DeviceError, UsageError
 from .images import LOADER_VERSION
@@ -169,16 +170,17 @@ class Backbone:
     def preprocessing(self) -> Preprocessing:
         return self.spec.preprocessing
 
-    def cache_namespace(self) -> str:
+    def cache_namespace(self, augment: Augment | None = None, view: int = 0) -> str:
         """Everything the features depend on; the engine is not part of it (outputs agree to 1e-4)."""
-        return namespace_for(
-            {
-                "backbone": self.spec.name,
-                "weights": self.digest,
-                "preprocessing": self.preprocessing.to_dict(),
-                "loader": LOADER_VERSION,
-            }
-        )
+        parts = {
+            "backbone": self.spec.name,
+            "weights": self.digest,
+            "preprocessing": self.preprocessing.to_dict(),
+            "loader": LOADER_VERSION,
+        }
+        if augment is not None:
+            parts.update(augment=augment.to_dict(), view=view)
+        return namespace_for(parts)
 
 
 def _known_digest(spec: BackboneSpec, weights_path: str | None) -> str | None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .augment import Augment, view_seed
 from .cache import FeatureCache
 from .engines import Backbone
 from .errors import ImageError
@@ -24,16 +25,21 @@ from .preprocess import Preprocessing
 
 
 class _PhotoDataset(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path], prep: Preprocessing) -> None:
+    def __init__(self, paths: Sequence[Path], prep: Preprocessing, augment: Augment | None, view: int) -> None:
         self.paths = paths
         self.prep = prep
+        self.augment = augment
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
+        path = self.paths[i]
         try:
-            return i, self.prep.load(self.paths[i]), ""
+            if self.augment is None:
+                return i, self.prep.load(path), ""
+            return i, self.augment.view(self.prep, path, view_seed(path, self.view)), ""
         except ImageError as exc:
             return i, None, exc.reason
 
@@ -78,13 +84,21 @@ def extract_features(
     use_cache: bool = True,
     desc: str = "features",
     on_batch: Callable[[], None] | None = None,
+    augment: Augment | None = None,
+    view: int = 0,
 ) -> Extracted:
-    """Features for every path, from the cache where present; failures are reported, not raised."""
+    """Features for every path, from the cache where present; failures are reported, not raised.
+
+    With `augment`, each photo's augmented view number `view` (view 0 is the plain
+    photo): the same view of the same photo is always the same, so it is cached too.
+    """
+    if (augment is None) != (view == 0):
+        raise ValueError("view 0 is the plain photo; views 1, 2, ... need an augmentation")
     n = len(paths)
     dim = backbone.spec.num_features
     feats = np.zeros((n, dim), dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
-    cache = FeatureCache(backbone.cache_namespace()) if use_cache else None
+    cache = FeatureCache(backbone.cache_namespace(augment, view)) if use_cache else None
     todo: list[int] = []
     for i, p in enumerate(paths):
         vec = cache.get(p) if cache else None
@@ -97,7 +111,7 @@ def extract_features(
         return result
     workers = default_workers() if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
-        _PhotoDataset([paths[i] for i in todo], backbone.preprocessing),
+        _PhotoDataset([paths[i] for i in todo], backbone.preprocessing, augment, view),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,

@@ -235,7 +235,8 @@ for _spec in (
 def ensemble_spec(name: str, members: tuple[str, ...], *, flip_tta: bool = False) -> BackboneSpec:
     """Several backbones as one: a photo is preprocessed once, for the member with the largest input.
 
-    The features are the members' side by side; averaging with the mirrored
+    The features are the members' side by side, each scaled to the same length
+    (ENSEMBLE_MEMBER_NORM); averaging with the mirrored
     photo (flip_tta) happens inside the network, so caches, exports and
     `predict` all see the same features.
     """
@@ -479,6 +480,12 @@ def build_backbone(
     return module.eval(), digest
 
 
+# Each member's features are scaled to this length so that none dominates the head by size alone
+# (flowers valid split, linear head, best epoch: 97.80% top-1 for lite0+lite2 against 97.56% unscaled);
+# 10 is about their usual length (12 to 15), so the head's learning rate carries over.
+ENSEMBLE_MEMBER_NORM = 10.0
+
+
 def ensemble_digest(member_digests: list[str]) -> str:
     return hashlib.sha256(":".join(member_digests).encode()).hexdigest()
 
@@ -501,7 +508,7 @@ def _build_ensemble(spec: BackboneSpec) -> tuple[nn.Module, str]:
             outs = []
             for member, size in zip(self.members, self.sizes, strict=True):
                 xi = x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear")
-                outs.append(member(xi))
+                outs.append(F.normalize(member(xi), dim=1) * ENSEMBLE_MEMBER_NORM)
             return torch.cat(outs, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from ._io import atomic_write_bytes, atomic_write_json
+from .augment import Augment
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .data import (
@@ -74,6 +76,43 @@ def evaluate_head(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch
 
 STATE_FILE = "train_state.pt"
 _STATE_FORMAT = "flowerid-train-state"
+
+
+@torch.no_grad()
+def _logits(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    head.eval()
+    return torch.cat([head(x[i : i + 4096]) for i in range(0, len(x), 4096)])
+
+
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The T that minimises the negative log-likelihood of softmax(logits / T) (Guo et al., 2017).
+
+    One number fitted on held-out data: it changes how sure the model says it
+    is, never which category comes first. A coarse grid, then a fine one, is
+    exact enough and cannot diverge.
+    """
+    logits, y = logits.double().cpu(), y.cpu()
+
+    def nll(t: float) -> float:
+        return F.cross_entropy(logits / t, y).item()
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
+    t0 = min(grid, key=nll)
+    fine = t0 * np.exp(np.linspace(-0.06, 0.06, 61))
+    return float(min(fine, key=nll))
+
+
+def scale_logits(state: dict[str, torch.Tensor], factor: float) -> dict[str, torch.Tensor]:
+    """A head state whose logits are `factor` times the original: the last Linear, scaled.
+
+    Folding the temperature into the weights keeps every consumer (predict,
+    ONNX, exports) unchanged.
+    """
+    last = max((k.rsplit(".", 1)[0] for k in state if k.endswith(".weight")), key=int)
+    out = dict(state)
+    out[f"{last}.weight"] = state[f"{last}.weight"] * factor
+    out[f"{last}.bias"] = state[f"{last}.bias"] * factor
+    return out
 
 
 def _fingerprint(*tensors: torch.Tensor, **settings: Any) -> str:
@@ -232,13 +271,16 @@ def _features_for(
     name: str,
     skipped: dict[str, str],
     counts: dict[str, int],
+    view: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ex = extract_features(
         split.paths,
         backbone,
         num_workers=cfg.num_workers,
         use_cache=cfg.use_cache,
-        desc=f"{name} features",
+        desc=f"{name} features" + (f", view {view}/{cfg.views}" if view else ""),
+        augment=Augment() if view else None,
+        view=view,
     )
     counts["computed"] = counts.get("computed", 0) + ex.computed
     for i, reason in ex.failures.items():
@@ -292,6 +334,13 @@ def train(
     t_feat = time.perf_counter()
     x_tr, y_tr = _features_for(data.train, backbone, cfg, "train", skipped, counts)
     x_va, y_va = _features_for(data.valid, backbone, cfg, "valid", skipped, counts)
+    n_view_rows = 0
+    if cfg.views and len(x_tr):
+        readable = dataclasses.replace(data.train, samples=[s for s in data.train.samples if str(s[0]) not in skipped])
+        views = [_features_for(readable, backbone, cfg, "train", {}, counts, v) for v in range(1, cfg.views + 1)]
+        n_view_rows = sum(len(x) for x, _ in views)
+        x_tr = torch.cat([x_tr, *(x for x, _ in views)])
+        y_tr = torch.cat([y_tr, *(y for _, y in views)])
     feat_seconds = time.perf_counter() - t_feat
     if len(x_tr) == 0 or len(x_va) == 0:
         _report_skipped(save_dir, skipped, log)
@@ -321,6 +370,19 @@ def train(
         "train_acc": best.train_acc,
         "history": [asdict(h) for h in history],
     }
+    if cfg.calibrate:
+        head = build_head(head_cfg)
+        head.load_state_dict(best_state)
+        temperature = fit_temperature(_logits(head, x_va), y_va)
+        best_state = scale_logits(best_state, 1.0 / temperature)
+        head.load_state_dict(best_state)
+        metrics["temperature"] = temperature
+        metrics["valid_loss_uncalibrated"] = best.valid_loss
+        metrics["valid_loss"] = evaluate_head(head, x_va, y_va)[0]
+        log(
+            f"calibrated: temperature {temperature:.3f}, fitted on valid "
+            f"(its cross-entropy {best.valid_loss:.4f} -> {metrics['valid_loss']:.4f})"
+        )
     if data.test is not None:
         head = build_head(head_cfg)
         head.load_state_dict(best_state)
@@ -348,7 +410,8 @@ def train(
         "training": {
             **asdict(cfg),
             "data_dir": str(Path(data_dir).resolve()),
-            "train_images": int(len(y_tr)),
+            "train_images": int(len(y_tr)) - n_view_rows,  # photos; views add rows, not photos
+            "train_rows": int(len(y_tr)),
             "valid_images": int(len(y_va)),
             "device": device,
             "engine": backbone.engine.name,
