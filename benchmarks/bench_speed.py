@@ -39,17 +39,32 @@ def matmul_gflops() -> float:
     return rate(lambda: a @ b, 1, 3.0) * per / 1e9
 
 
+# Runs flowerid in this fresh process and reports its own peak resident memory at exit.
+# (The rusage of a forked child would report this benchmark's peak instead: Linux carries
+# the parent's high-water mark across fork and exec.)
+_LAUNCH = """
+import atexit, runpy, sys
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            sys.stderr.write("\\nPEAK_KIB " + line.split()[1] + "\\n")
+atexit.register(_peak)
+sys.argv = ["flowerid", *sys.argv[1:]]
+runpy.run_module("flowerid", run_name="__main__")
+"""
+
+
 def timed(args: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of `python -m flowerid ARGS` in a fresh process."""
+    """Wall seconds and peak RSS (MiB) of `flowerid ARGS` in a fresh process."""
     full = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **env)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "flowerid", *args], env=full,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", _LAUNCH, *args], env=full,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"flowerid {' '.join(args[:2])} failed: {proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise SystemExit(f"flowerid {' '.join(args[:2])} failed: {proc.stderr[-2000:]}")
+    peaks = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_KIB ")]
+    return wall, (peaks[-1] / 1024 if peaks else float("nan"))
 
 
 def main() -> None:
@@ -57,6 +72,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--arch", default="efficientnet_lite0")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--skip-default", action="store_true", help="skip the default preset's cold train (3-4 min)")
     args = ap.parse_args()
     import torch
 
@@ -100,10 +116,17 @@ def main() -> None:
         assert ex.ok.all()
 
         env = {"FLOWERID_CACHE": str(Path(tmp) / "cache2")}
-        cold, cold_mem = timed(["train", str(args.data), "--save-dir", f"{tmp}/run", "--arch", spec.name], env)
-        warm, warm_mem = timed(["train", str(args.data), "--save-dir", f"{tmp}/run", "--arch", spec.name], env)
-        rows.append(("cold default train (empty cache), wall", cold, "s"))
-        rows.append(("warm default train (cached), wall", warm, "s"))
+        run = ["train", str(args.data), "--save-dir", f"{tmp}/run"]
+        cold, cold_mem = timed([*run, "--preset", "fast", "--arch", spec.name], env)
+        warm, warm_mem = timed([*run, "--preset", "fast", "--arch", spec.name], env)
+        rows.append((f"cold train --preset fast ({spec.name}, empty cache), wall", cold, "s"))
+        rows.append((f"warm train --preset fast ({spec.name}, cached), wall", warm, "s"))
+        if not args.skip_default:
+            env_d = {"FLOWERID_CACHE": str(Path(tmp) / "cache3")}
+            cold_d, cold_d_mem = timed([*run[:-1], f"{tmp}/run_default"], env_d)
+            warm_d, _ = timed([*run[:-1], f"{tmp}/run_default"], env_d)
+            rows.append(("cold train, default preset (two backbones, empty cache), wall", cold_d, "s"))
+            rows.append(("warm train, default preset (cached), wall", warm_d, "s"))
         photos = sorted(str(p) for p in data.valid.paths)[:100]
         ckpt = f"{tmp}/run/checkpoint.pth"
         one, one_mem = timed(["predict", photos[0], "--checkpoint", ckpt], env)
@@ -112,8 +135,16 @@ def main() -> None:
         rows.append(("cold CLI predict, 1 photo, wall", one, "s"))
         rows.append(("cold CLI predict, 100 photos, wall", hundred, "s"))
         rows.append(("cold CLI predict, 1 photo, --engine torch, wall", one_torch, "s"))
-        for name, mem in (("cold train", cold_mem), ("warm train", warm_mem), ("predict 1", one_mem),
-                          ("predict 100", hundred_mem)):
+        if not args.skip_default:
+            one_d, _ = timed(["predict", photos[0], "--checkpoint", f"{tmp}/run_default/checkpoint.pth"], env_d)
+            rows.append(("cold CLI predict, 1 photo, default-preset model, wall", one_d, "s"))
+        one_b, _ = timed(["predict", photos[0]], env)
+        rows.append(("cold CLI predict, 1 photo, built-in model, wall", one_b, "s"))
+        mems = [("cold train, fast", cold_mem), ("warm train, fast", warm_mem), ("predict 1", one_mem),
+                ("predict 100", hundred_mem)]
+        if not args.skip_default:
+            mems.insert(2, ("cold train, default", cold_d_mem))
+        for name, mem in mems:
             rows.append((f"peak memory, {name}", mem, "MiB"))
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
@@ -128,7 +159,7 @@ def main() -> None:
     print(f"  onnxruntime / torch eager:               {raw_onnx / eager:.2f}")
     if gflop_per_img:
         print(f"  onnxruntime share of matmul rate:        {raw_onnx * gflop_per_img / gflops:.2f}")
-    print(f"  warm / cold train:                       {warm / cold:.3f}")
+    print(f"  warm / cold train (fast):                {warm / cold:.3f}")
     print(f"  cold predict, onnx / torch engine:       {one / one_torch:.2f}")
 
 

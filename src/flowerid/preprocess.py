@@ -64,7 +64,11 @@ class Preprocessing:
         )
 
     def resize_crop(self, img: Image.Image) -> Image.Image:
-        """Shorter side to resize_size (torchvision's rounding), then the central crop."""
+        """Shorter side to resize_size (torchvision's rounding), then the central crop.
+
+        The whole photo is resized, then cropped, exactly as an export's manifest tells an
+        app to do it. (Resampling only the crop's box is faster but not pixel-identical.)
+        """
         w, h = img.size
         size = self.resize_size
         if w <= h:
@@ -80,12 +84,15 @@ class Preprocessing:
         return img.crop((left, top, left + crop, top + crop))
 
     def to_array(self, img: Image.Image) -> np.ndarray:
-        """RGB crop to a normalised float32 CHW array."""
-        arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        inv_std = 1.0 / np.asarray(self.std, dtype=np.float32)
-        arr = (arr - mean) * inv_std
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        """RGB crop to a normalised float32 CHW array: (x / 255 - mean) / std in two passes."""
+        chw = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+        std = np.asarray(self.std, dtype=np.float32)
+        scale = (1.0 / (255.0 * std)).reshape(3, 1, 1)
+        offset = (-np.asarray(self.mean, dtype=np.float32) / std).reshape(3, 1, 1)
+        out = np.empty(chw.shape, dtype=np.float32)
+        np.multiply(chw, scale, out=out)
+        out += offset
+        return out
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         return self.to_array(self.resize_crop(img))
