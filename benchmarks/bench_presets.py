@@ -24,12 +24,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--presets", default="fast,default,best")
+    ap.add_argument("--work", type=Path, help="keep caches and runs in this new folder (default: a temp folder)")
     args = ap.parse_args()
     if not (args.data / "train").is_dir():
         raise SystemExit(f"no data at {args.data}; pass --data")
     rows = []
+    if args.work and args.work.exists():
+        raise SystemExit(f"{args.work} exists; the caches must start empty")
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = args.work or Path(tmp)
         for preset in args.presets.split(","):
             env = {"FLOWERID_CACHE": str(tmp / f"cache-{preset}")}  # empty: a cold run
             run = tmp / preset

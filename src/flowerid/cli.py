@@ -329,10 +329,11 @@ def run_show(args: argparse.Namespace) -> int:
 def run_backbones(args: argparse.Namespace) -> int:
     from .registry import _REGISTRY
 
-    print(f"{'name':<20} {'input':>5} {'features':>8}  {'ImageNet':>8}  weights")
+    width = max(len(name) for name in _REGISTRY)
+    print(f"{'name':<{width}} {'input':>5} {'features':>8}  {'ImageNet':>8}  weights")
     for spec in _REGISTRY.values():
         top1 = f"{spec.imagenet_top1:.1f}%" if spec.imagenet_top1 else "-"
-        print(f"{spec.name:<20} {spec.input_size:>5} {spec.num_features:>8}  {top1:>8}  {spec.weights.describe()}")
+        print(f"{spec.name:<{width}} {spec.input_size:>5} {spec.num_features:>8}  {top1:>8}  {spec.weights.describe()}")
     return 0
 
 
