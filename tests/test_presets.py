@@ -25,6 +25,10 @@ def test_presets_name_real_backbones_and_flags_override_them():
     assert (cfg.arch, cfg.views, cfg.preset) == (PRESETS["fast"].arch, PRESETS["fast"].views, "fast")
     cfg = TrainConfig.from_preset("best", arch=TINY, epochs=None)
     assert cfg.arch == TINY and cfg.epochs == PRESETS["best"].epochs and cfg.views == PRESETS["best"].views
+    best = PRESETS["best"]
+    assert (cfg.learning_rate, cfg.weight_decay) == (best.learning_rate, best.weight_decay)
+    assert TrainConfig.from_preset("best", learning_rate=0.02).learning_rate == 0.02
+    assert TrainConfig().learning_rate == PRESETS["default"].learning_rate  # the plain config is the default preset
     with pytest.raises(UsageError, match="fast, default, best"):
         TrainConfig.from_preset("turbo")
     with pytest.raises(UsageError, match="colour"):
@@ -33,7 +37,7 @@ def test_presets_name_real_backbones_and_flags_override_them():
 
 def test_cli_preset_and_overrides():
     args = build_parser().parse_args(["train", "data", "--preset", "best", "--views", "0"])
-    assert args.preset == "best" and args.views == 0 and args.arch is None
+    assert args.preset == "best" and args.views == 0 and args.arch is None and args.learning_rate is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "data", "--preset", "turbo"])
 

@@ -42,7 +42,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--no-calibrate", action="store_true", help="keep raw probabilities (default: fit a temperature on valid)"
     )
     p.add_argument(
-        "--learning-rate", type=float, default=d.learning_rate, help="peak learning rate (default: %(default)s)"
+        "--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)"
     )
     p.add_argument(
         "--hidden-units",

@@ -19,6 +19,8 @@ class Preset:
     views: int  # augmented views of each training photo, on top of the photo itself
     epochs: int
     summary: str
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
 
 
 PRESETS: dict[str, Preset] = {
@@ -35,9 +37,13 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "best",
             "efficientnet_lite0_lite2_flip",
-            1,
+            4,
             20,
-            "two backbones, each photo averaged with its mirror, one augmented view per training photo",
+            "two backbones, each photo averaged with its mirror, four augmented views per training photo",
+            # Five times the rows: a lower rate and stronger decay keep the head from overfitting
+            # them (on valid: 98.2% late in training instead of 97.8%).
+            learning_rate=1e-3,
+            weight_decay=0.3,
         ),
     )
 }
@@ -50,7 +56,7 @@ class TrainConfig:
 
     arch: str = PRESETS[DEFAULT_PRESET].arch
     epochs: int = PRESETS[DEFAULT_PRESET].epochs
-    learning_rate: float = 3e-3
+    learning_rate: float = PRESETS[DEFAULT_PRESET].learning_rate
     hidden_units: int = 0
     batch_size: int = 64
     seed: int = 0
@@ -58,7 +64,7 @@ class TrainConfig:
     engine: str = "auto"
     weights: str | None = None
     category_names: str | None = None
-    weight_decay: float = 1e-4
+    weight_decay: float = PRESETS[DEFAULT_PRESET].weight_decay
     label_smoothing: float = 0.1
     dropout: float = 0.0
     num_workers: int | None = None
@@ -79,7 +85,14 @@ class TrainConfig:
         unknown = set(overrides) - fields
         if unknown:
             raise UsageError(f"unknown training settings: {', '.join(sorted(unknown))}")
-        values = {"arch": preset.arch, "views": preset.views, "epochs": preset.epochs, "preset": name}
+        values = {
+            "arch": preset.arch,
+            "views": preset.views,
+            "epochs": preset.epochs,
+            "learning_rate": preset.learning_rate,
+            "weight_decay": preset.weight_decay,
+            "preset": name,
+        }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
