@@ -26,7 +26,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "flowers102"
 DEFAULT_OUT = ROOT / "src" / "flowerid" / "models" / "flowers102.pth"
-# A linear head keeps the installed model a few hundred KB; the grid is what valid chooses among.
+# The fast preset's recipe (one backbone, a linear head) keeps the installed model a few
+# hundred KB and `predict` quick; the grid is what valid chooses among.
+PRESET = "fast"
 DEFAULT_GRID = {"learning_rate": [0.001, 0.003, 0.01], "epochs": [20, 40]}
 
 
@@ -62,7 +64,7 @@ def build(data: Path, out: Path, grid: dict[str, list[Any]], fixed: dict[str, An
     with tempfile.TemporaryDirectory(prefix="flowerid-ship-") as tmp:
         for n, values in enumerate(itertools.product(*(grid[k] for k in keys))):
             settings = dict(zip(keys, values, strict=True))
-            cfg = TrainConfig(**{**fixed, **settings})
+            cfg = TrainConfig.from_preset(PRESET, **{**fixed, **settings})
             log(f"== run {n + 1}: {settings or 'defaults'}")
             result = train(data, Path(tmp) / f"run{n}", cfg, log=lambda s: None)
             m = result.metrics
@@ -81,7 +83,7 @@ def build(data: Path, out: Path, grid: dict[str, list[Any]], fixed: dict[str, An
     assert best is not None  # the grid always has at least one point
     ckpt = best[1]
     ckpt["training"]["selection"] = runs
-    ckpt["training"]["fixed_settings"] = fixed
+    ckpt["training"]["fixed_settings"] = {"preset": PRESET, **fixed}
     save_checkpoint(ckpt, out)
     return ckpt
 

@@ -87,6 +87,7 @@ def format_info(info: dict[str, Any]) -> str:
         settings = ", ".join(
             f"{k.replace('_', ' ')} {t[k]}"
             for k in (
+                "preset",
                 "epochs",
                 "learning_rate",
                 "batch_size",
@@ -94,8 +95,9 @@ def format_info(info: dict[str, Any]) -> str:
                 "weight_decay",
                 "label_smoothing",
                 "seed",
+                "views",
             )
-            if k in t
+            if t.get(k) is not None
         )
         rows.append(
             (
@@ -112,7 +114,13 @@ def format_info(info: dict[str, Any]) -> str:
             (
                 "validation",
                 f"top-1 {_pct(m.get('valid_acc'))}, loss {m.get('valid_loss', float('nan')):.4f}, "
-                f"best epoch {m.get('best_epoch', '?')} of {m.get('epochs_run', '?')}",
+                f"best epoch {m.get('best_epoch', '?')} of {m.get('epochs_run', '?')}"
+                + (
+                    f"; probabilities calibrated (temperature {m['temperature']:.3f} fitted on valid, "
+                    f"loss {m['valid_loss_uncalibrated']:.4f} before)"
+                    if isinstance(m.get("temperature"), float) and isinstance(m.get("valid_loss_uncalibrated"), float)
+                    else ""
+                ),
             )
         )
         if "test_acc" in m:
