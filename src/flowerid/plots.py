@@ -20,7 +20,7 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from ._io import atomic_write_bytes
 from .errors import ImageError
@@ -274,6 +274,7 @@ def curves_figure(history: Sequence[dict[str, Any]], best_epoch: int | None = No
         if best_epoch:
             ax.axvline(best_epoch, color=GREY, linestyle="--", linewidth=1, label=f"kept: epoch {best_epoch}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
