@@ -87,6 +87,15 @@ def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert "choose one of" in capsys.readouterr().err
 
 
+def test_bad_numbers_are_usage_errors(trained, tmp_path, capsys):
+    """Exit code 2 for bad arguments, as argparse gives for its own checks."""
+    ckpt = str(trained[1].checkpoint_path)
+    assert main(["predict", "x.jpg", "--checkpoint", ckpt, "--top-k", "0"]) == 2
+    assert "--top-k must be at least 1" in capsys.readouterr().err
+    assert main(["evaluate", ckpt, str(tmp_path), "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
 def test_backbones_lists_registry(capsys):
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .errors import FlowerIdError
+from .errors import FlowerIdError, UsageError
 
 EXIT_INTERRUPTED = 130
 
@@ -136,7 +136,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .predictor import Classifier
 
     if args.top_k < 1:
-        raise FlowerIdError("--top-k must be at least 1")
+        raise UsageError("--top-k must be at least 1")
     from .shipped import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)
@@ -278,7 +278,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
 
     if args.batch_size < 1:
-        raise FlowerIdError("--batch-size must be at least 1")
+        raise UsageError("--batch-size must be at least 1")
     from .shipped import BUILTIN, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)
@@ -316,7 +316,7 @@ def run_show(args: argparse.Namespace) -> int:
     from .plots import show_folder
 
     if args.num < 1 or args.cols < 1:
-        raise FlowerIdError("--num and --cols must be at least 1")
+        raise UsageError("--num and --cols must be at least 1")
     path, skipped = show_folder(
         args.folder, args.out, args.num, args.cols, args.seed, args.arch, args.checkpoint, args.category_names
     )
