@@ -24,6 +24,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--presets", default="fast,default,best")
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="LABEL=FLAGS",
+        help='another configuration to time, e.g. "lite0-tuned=--preset fast --tune-stages 1 --epochs 12"',
+    )
     ap.add_argument("--work", type=Path, help="keep caches and runs in this new folder (default: a temp folder)")
     args = ap.parse_args()
     if not (args.data / "train").is_dir():
@@ -33,10 +40,12 @@ def main() -> None:
         raise SystemExit(f"{args.work} exists; the caches must start empty")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.work or Path(tmp)
-        for preset in args.presets.split(","):
+        runs = [(p, ["--preset", p]) for p in args.presets.split(",") if p]
+        runs += [(label, flags.split()) for label, _, flags in (e.partition("=") for e in args.extra)]
+        for preset, flags in runs:
             env = {"FLOWERID_CACHE": str(tmp / f"cache-{preset}")}  # empty: a cold run
             run = tmp / preset
-            secs, _ = run_cli(["train", str(args.data), "--preset", preset, "--save-dir", str(run)], env)
+            secs, _ = run_cli(["train", str(args.data), *flags, "--save-dir", str(run)], env)
             trained = json.loads((run / "metrics.json").read_text())
             _, proc = run_cli(
                 ["evaluate", str(run / "checkpoint.pth"), str(args.data / "valid"), "--json", "--no-figures"], env
@@ -47,12 +56,12 @@ def main() -> None:
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
     print(
-        f"{'preset':<8} {'backbone':<30} {'valid top-1':>11} {'top-5':>7} {'ECE':>6} {'T':>5} "
+        f"{'preset':<12} {'backbone':<30} {'valid top-1':>11} {'top-5':>7} {'ECE':>6} {'T':>5} "
         f"{'cold train':>10} {'features':>9}"
     )
     for preset, ev, trained, secs in rows:
         print(
-            f"{preset:<8} {ev['backbone']:<30} {ev['top1']:11.2%} {ev['top5']:7.2%} {ev['ece']:6.3f} "
+            f"{preset:<12} {ev['backbone']:<30} {ev['top1']:11.2%} {ev['top5']:7.2%} {ev['ece']:6.3f} "
             f"{trained.get('temperature', 1.0):5.2f} {secs / 60:8.1f} m {trained['feature_seconds']:7.0f} s"
         )
     print("valid top-1 is the best epoch's, chosen on valid; T is the temperature fitted on valid.")

@@ -58,8 +58,9 @@ def timed(args: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of `flowerid ARGS` in a fresh process."""
     full = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **env)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _LAUNCH, *args], env=full,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAUNCH, *args], env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"flowerid {' '.join(args[:2])} failed: {proc.stderr[-2000:]}")
@@ -94,11 +95,13 @@ def main() -> None:
         rows.append((f"backbone torch eager, batch {args.batch}", eager, "img/s"))
         module_cl = module.to(memory_format=torch.channels_last)
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        rows.append((f"backbone torch channels_last, batch {args.batch}", rate(lambda: module_cl(x_cl), args.batch),
-                     "img/s"))
+        rows.append(
+            (f"backbone torch channels_last, batch {args.batch}", rate(lambda: module_cl(x_cl), args.batch), "img/s")
+        )
         tune_malloc()
-        rows.append(("backbone torch channels_last + malloc tuning", rate(lambda: module_cl(x_cl), args.batch),
-                     "img/s"))
+        rows.append(
+            ("backbone torch channels_last + malloc tuning", rate(lambda: module_cl(x_cl), args.batch), "img/s")
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(module.to(memory_format=torch.contiguous_format), Path(tmp) / "b.onnx", spec.input_size)
         ort = OnnxEngine(path)
@@ -140,15 +143,21 @@ def main() -> None:
             rows.append(("cold CLI predict, 1 photo, default-preset model, wall", one_d, "s"))
         one_b, _ = timed(["predict", photos[0]], env)
         rows.append(("cold CLI predict, 1 photo, built-in model, wall", one_b, "s"))
-        mems = [("cold train, fast", cold_mem), ("warm train, fast", warm_mem), ("predict 1", one_mem),
-                ("predict 100", hundred_mem)]
+        mems = [
+            ("cold train, fast", cold_mem),
+            ("warm train, fast", warm_mem),
+            ("predict 1", one_mem),
+            ("predict 100", hundred_mem),
+        ]
         if not args.skip_default:
             mems.insert(2, ("cold train, default", cold_d_mem))
         for name, mem in mems:
             rows.append((f"peak memory, {name}", mem, "MiB"))
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
-          f"torch {torch.__version__}, backbone {spec.name}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
+        f"torch {torch.__version__}, backbone {spec.name}"
+    )
     print(f"{'measure':<62} {'value':>10}  unit")
     for name, value, unit in rows:
         print(f"{name:<62} {value:10.2f}  {unit}")

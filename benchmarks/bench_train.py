@@ -36,8 +36,18 @@ def main() -> None:
         ten = subset(args.data, TEN, tmp / "ten")
         secs, _ = run_cli(["train", str(ten), "--save-dir", str(tmp / "ten-run"), "--epochs", "5"], env)
         photos = sorted(p for c in TEN for p in (args.data / "valid" / c).iterdir())
-        _, proc = run_cli(["predict", *map(str, photos), "--checkpoint", str(tmp / "ten-run" / "checkpoint.pth"),
-                           "--top-k", "1", "--json"], env)
+        _, proc = run_cli(
+            [
+                "predict",
+                *map(str, photos),
+                "--checkpoint",
+                str(tmp / "ten-run" / "checkpoint.pth"),
+                "--top-k",
+                "1",
+                "--json",
+            ],
+            env,
+        )
         records = json.loads(proc.stdout)
         right = sum(r["predictions"][0]["category"] == Path(r["image"]).parent.name for r in records)
         rows.append(("10 classes, --epochs 5, predict --json", secs, right / len(records), None))

@@ -74,7 +74,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is damaged or not a checkpoint ({_first_line(exc)})") from None
     except Exception as exc:  # the unpickler and zip reader raise many kinds on damaged bytes
         raise CheckpointError(f"{path} is damaged or not a checkpoint ({_first_line(exc)})") from None
-    return validate(ckpt, str(path))
+    ckpt = validate(ckpt, str(path))
+    weights = ckpt["backbone"].get("weights_path")
+    if weights and not os.path.isabs(weights):
+        # A tuned backbone lives beside its checkpoint (backbone.pth): the pair moves together.
+        ckpt["backbone"]["weights_path"] = str(path.resolve().parent / weights)
+    return ckpt
 
 
 def _first_line(exc: BaseException) -> str:

@@ -31,7 +31,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--preset",
         default=DEFAULT_PRESET,
         choices=list(PRESETS),
-        help="; ".join(f"{p.name}: {p.summary} ({p.arch}, {p.views} views)" for p in PRESETS.values())
+        help="; ".join(f"{p.name}: {p.summary} ({p.arch})" for p in PRESETS.values())
         + " (default: %(default)s). Flags below override the preset.",
     )
     p.add_argument("--arch", default=None, help="backbone (default: the preset's); `flowerid backbones` lists them")
@@ -39,11 +39,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="head training epochs (default: the preset's)")
     p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
     p.add_argument(
-        "--no-calibrate", action="store_true", help="keep raw probabilities (default: fit a temperature on valid)"
+        "--tune-stages",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fine-tune the backbone's last N stages with the head, on cached activations "
+        "(EfficientNets; default: the preset's, 0 = frozen)",
     )
     p.add_argument(
-        "--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)"
+        "--no-calibrate", action="store_true", help="keep raw probabilities (default: fit a temperature on valid)"
     )
+    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)")
     p.add_argument(
         "--hidden-units",
         type=int,
@@ -85,6 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
         arch=args.arch,
         epochs=args.epochs,
         views=args.views,
+        tune_stages=args.tune_stages,
         calibrate=not args.no_calibrate,
         learning_rate=args.learning_rate,
         hidden_units=args.hidden_units,

@@ -96,6 +96,7 @@ def format_info(info: dict[str, Any]) -> str:
                 "label_smoothing",
                 "seed",
                 "views",
+                "tune_stages",
             )
             if t.get(k) is not None
         )

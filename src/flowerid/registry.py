@@ -401,6 +401,11 @@ def _load_local(spec: BackboneSpec, full: nn.Module, path: Path) -> None:
         raise WeightsUnavailableError(f"{path} does not hold a state dict")
     if spec.family == "timm" and "_conv_stem.weight" in state:
         state = lukemelas_to_timm(state, [len(s) for s in full.blocks])
+    if spec.family == "timm":
+        # A feature extractor's own weights (a fine-tuned backbone) lack the ImageNet
+        # classifier; it is cut off after loading anyway.
+        own = full.state_dict()
+        state = {**{k: v for k, v in own.items() if k.startswith("classifier.")}, **state}
     try:
         full.load_state_dict(state, strict=True)
     except RuntimeError as exc:

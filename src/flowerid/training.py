@@ -38,7 +38,7 @@ from .engines import Backbone, load_backbone, resolve_device
 from .errors import CheckpointError, DataError, UsageError
 from .features import extract_features
 from .model import HeadConfig, build_head
-from .registry import get_spec
+from .registry import build_backbone, get_spec
 
 Log = Callable[[str], None]
 
@@ -308,6 +308,23 @@ def _write_curves(path: Path, history: list[dict[str, Any]], best_epoch: int, lo
     save_figure(curves_figure(history, best_epoch), path)
 
 
+def _check_left(
+    categories: list[str], y_tr: torch.Tensor, y_va: torch.Tensor, save_dir: Path, skipped: dict[str, str], log: Log
+) -> None:
+    """Stop with a message when skipping unreadable photos left a split or a category empty."""
+    if len(y_tr) == 0 or len(y_va) == 0:
+        _report_skipped(save_dir, skipped, log)
+        raise DataError("no readable images left in train/ or valid/ after skipping unreadable files")
+    lost = [c for i, c in enumerate(categories) if not bool((y_tr == i).any())]
+    if lost:
+        _report_skipped(save_dir, skipped, log)
+        raise DataError(
+            f"no readable images left in train/ for categories: {', '.join(lost[:10])}"
+            + (" …" if len(lost) > 10 else "")
+            + f"; see {save_dir / SKIPPED_FILE} for why, fix or remove them"
+        )
+
+
 def train(
     data_dir: str | os.PathLike, save_dir: str | os.PathLike, cfg: TrainConfig | None = None, log: Log = print
 ) -> TrainResult:
@@ -327,6 +344,8 @@ def train(
         + (f", {len(data.test.samples)} test" if data.test else "")
         + f" images in {len(data.categories)} categories; backbone {spec.name} on {device}"
     )
+    if cfg.tune_stages:
+        return _train_tuned(data, data_dir, save_dir, cfg, names, device, log, t_start)
 
     backbone = load_backbone(spec, device, cfg.weights, cfg.engine)
     skipped: dict[str, str] = {}
@@ -342,17 +361,7 @@ def train(
         x_tr = torch.cat([x_tr, *(x for x, _ in views)])
         y_tr = torch.cat([y_tr, *(y for _, y in views)])
     feat_seconds = time.perf_counter() - t_feat
-    if len(x_tr) == 0 or len(x_va) == 0:
-        _report_skipped(save_dir, skipped, log)
-        raise DataError("no readable images left in train/ or valid/ after skipping unreadable files")
-    lost = [c for i, c in enumerate(data.categories) if not bool((y_tr == i).any())]
-    if lost:
-        _report_skipped(save_dir, skipped, log)
-        raise DataError(
-            f"no readable images left in train/ for categories: {', '.join(lost[:10])}"
-            + (" …" if len(lost) > 10 else "")
-            + f"; see {save_dir / SKIPPED_FILE} for why, fix or remove them"
-        )
+    _check_left(data.categories, y_tr, y_va, save_dir, skipped, log)
     log(f"features ready in {feat_seconds:.1f}s")
 
     head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
@@ -393,26 +402,61 @@ def train(
     metrics["features_computed"] = counts.get("computed", 0)
     metrics["total_seconds"] = time.perf_counter() - t_start
 
+    return _finish(
+        save_dir,
+        data,
+        data_dir,
+        names,
+        cfg,
+        backbone,
+        cfg.weights and str(Path(cfg.weights).resolve()),
+        head_cfg,
+        best_state,
+        metrics,
+        skipped,
+        {"train_images": int(len(y_tr)) - n_view_rows, "train_rows": int(len(y_tr)), "valid_images": int(len(y_va))},
+        device,
+        log,
+    )
+
+
+def _finish(
+    save_dir: Path,
+    data: Any,
+    data_dir: str | os.PathLike,
+    names: list[str | None],
+    cfg: TrainConfig,
+    backbone: Backbone,
+    weights_path: str | None,
+    head_cfg: HeadConfig,
+    head_state: dict[str, torch.Tensor],
+    metrics: dict[str, Any],
+    skipped: dict[str, str],
+    counts: dict[str, int],
+    device: str,
+    log: Log,
+) -> TrainResult:
+    """Write checkpoint.pth, metrics.json, curves.png and skipped.tsv; say where."""
+    spec = backbone.spec
+    best_epoch = metrics["best_epoch"]
     ckpt = {
         "flowerid_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": {
             "name": spec.name,
             "weights_digest": backbone.digest,
-            "weights_path": cfg.weights,
+            "weights_path": weights_path,
             "num_features": spec.num_features,
         },
         "preprocessing": backbone.preprocessing.to_dict(),
         "categories": list(data.categories),
         "names": names,
         "class_to_idx": {c: i for i, c in enumerate(data.categories)},
-        "head": {"config": head_cfg.to_dict(), "state_dict": best_state},
+        "head": {"config": head_cfg.to_dict(), "state_dict": head_state},
         "training": {
             **asdict(cfg),
             "data_dir": str(Path(data_dir).resolve()),
-            "train_images": int(len(y_tr)) - n_view_rows,  # photos; views add rows, not photos
-            "train_rows": int(len(y_tr)),
-            "valid_images": int(len(y_va)),
+            **counts,
             "device": device,
             "engine": backbone.engine.name,
         },
@@ -420,11 +464,93 @@ def train(
     }
     path = save_checkpoint(ckpt, save_dir / "checkpoint.pth")
     atomic_write_json(save_dir / "metrics.json", metrics)
-    state_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    (save_dir / STATE_FILE).unlink(missing_ok=True)  # the run is complete: nothing left to resume
     _write_curves(save_dir / "curves.png", metrics["history"], best_epoch, log)
     _report_skipped(save_dir, skipped, log)
     log(
-        f"best epoch {best_epoch}: valid accuracy {best.valid_acc:.2%}; saved {path} "
+        f"best epoch {best_epoch}: valid accuracy {metrics['valid_acc']:.2%}; saved {path} "
         f"({metrics['total_seconds']:.0f}s in all)"
     )
     return TrainResult(path, metrics, skipped)
+
+
+def _train_tuned(
+    data: Any,
+    data_dir: str | os.PathLike,
+    save_dir: Path,
+    cfg: TrainConfig,
+    names: list[str | None],
+    device: str,
+    log: Log,
+    t_start: float,
+) -> TrainResult:
+    """--tune-stages N: the last N stages train with the head on cached front activations (finetune.py)."""
+    from . import finetune
+
+    if cfg.views:
+        raise UsageError("--tune-stages and --views do not combine: tuning mirrors activations instead; use --views 0")
+    if cfg.resume:
+        raise UsageError("--resume continues head training on frozen features; a --tune-stages run starts over")
+    spec = get_spec(cfg.arch)
+    module, digest = build_backbone(spec, cfg.weights)
+    front, tail = finetune.split_backbone(module, spec, cfg.tune_stages)
+    skipped: dict[str, str] = {}
+    t_feat = time.perf_counter()
+    x_tr, y_tr, failed_tr = finetune.front_activations(data.train, front, spec, digest, cfg, "train")
+    x_va, y_va, failed_va = finetune.front_activations(data.valid, front, spec, digest, cfg, "valid")
+    for split, failed in ((data.train, failed_tr), (data.valid, failed_va)):
+        skipped.update({str(split.paths[i]): reason for i, reason in failed.items()})
+    feat_seconds = time.perf_counter() - t_feat
+    _check_left(data.categories, y_tr, y_va, save_dir, skipped, log)
+    log(f"activations before the last {cfg.tune_stages} stage(s) ready in {feat_seconds:.1f}s: {tuple(x_tr.shape[1:])}")
+
+    head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
+    _, head_state, history, best_epoch = finetune.fit_tail(tail, x_tr, y_tr, x_va, y_va, head_cfg, cfg, device, log)
+    best = history[best_epoch - 1]
+    metrics: dict[str, Any] = {
+        "best_epoch": best_epoch,
+        "valid_acc": best["valid_acc"],
+        "valid_loss": best["valid_loss"],
+        "train_acc": best["train_acc"],
+        "history": history,
+    }
+    head = build_head(head_cfg).to(device)
+    head.load_state_dict(head_state)
+    if cfg.calibrate:
+        temperature = fit_temperature(finetune.tail_logits(tail, head, x_va, device), y_va)
+        head_state = scale_logits(head_state, 1.0 / temperature)
+        head.load_state_dict(head_state)
+        metrics["temperature"] = temperature
+        metrics["valid_loss_uncalibrated"] = best["valid_loss"]
+        metrics["valid_loss"] = F.cross_entropy(finetune.tail_logits(tail, head, x_va, device), y_va).item()
+        log(
+            f"calibrated: temperature {temperature:.3f}, fitted on valid "
+            f"(its cross-entropy {best['valid_loss']:.4f} -> {metrics['valid_loss']:.4f})"
+        )
+    del x_tr, x_va
+    weights = finetune.save_backbone(module.cpu(), save_dir)
+    backbone = load_backbone(spec, device, str(weights), cfg.engine)  # the digest every later load will see
+    if data.test is not None:
+        x_te, y_te = _features_for(data.test, backbone, dataclasses.replace(cfg, use_cache=False), "test", skipped, {})
+        metrics["test_loss"], metrics["test_acc"] = evaluate_head(head.cpu(), x_te, y_te)
+        log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
+    metrics["feature_seconds"] = feat_seconds
+    metrics["features_computed"] = int(len(y_tr) + len(y_va))
+    metrics["total_seconds"] = time.perf_counter() - t_start
+    counts = {"train_images": int(len(y_tr)), "train_rows": int(len(y_tr)), "valid_images": int(len(y_va))}
+    return _finish(
+        save_dir,
+        data,
+        data_dir,
+        names,
+        cfg,
+        backbone,
+        finetune.BACKBONE_FILE,
+        head_cfg,
+        head_state,
+        metrics,
+        skipped,
+        counts,
+        device,
+        log,
+    )
