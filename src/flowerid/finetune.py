@@ -130,8 +130,12 @@ def fit_tail(
             return (step + 1) / warmup
         return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
+    # Mixed precision where a GPU runs it (bfloat16 needs no loss scaling); float32 on a CPU.
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return head(tail(x.to(device).float().contiguous(memory_format=torch.channels_last)))
+        with amp:
+            return head(tail(x.to(device).float().contiguous(memory_format=torch.channels_last))).float()
 
     @torch.no_grad()
     def evaluate() -> tuple[float, float]:
