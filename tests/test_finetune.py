@@ -110,3 +110,20 @@ def test_cli_flag(effnet, image_folder, tmp_path, capsys):
     assert main(args) == 0
     assert "activations before the last 1 stage(s)" in capsys.readouterr().out
     assert main([*args[:-4], "--tune-stages", "-1"]) == 2
+
+
+def test_full_finetune_trains_every_layer_and_predicts(effnet, image_folder, tmp_path):
+    cfg = _cfg(tune_stages=0, full_finetune=True, epochs=2, batch_size=8)
+    result = train(image_folder, tmp_path / "run", cfg, log=lambda s: None)
+    assert len(result.metrics["history"]) == 2 and "temperature" in result.metrics and "test_acc" in result.metrics
+    tuned = torch.load(tmp_path / "run" / "backbone.pth", weights_only=True)
+    pristine = _tiny_effnet().state_dict()
+    assert not torch.equal(tuned["conv_stem.weight"], pristine["conv_stem.weight"])  # the very first layer too
+    assert not torch.equal(tuned["bn1.running_mean"], pristine["bn1.running_mean"])  # BatchNorm trains here
+    photos = sorted((image_folder / "valid" / "2").iterdir())
+    by_torch = flowerid.load(result.checkpoint_path, device="cpu", engine="torch").predict_many(photos, top_k=3)
+    by_onnx = flowerid.load(result.checkpoint_path, device="cpu", engine="onnx").predict_many(photos, top_k=3)
+    for a, b in zip(by_torch, by_onnx, strict=True):
+        np.testing.assert_allclose([p.probability for p in a], [p.probability for p in b], atol=1e-4)
+    with pytest.raises(UsageError, match="drop --views"):
+        train(image_folder, tmp_path / "x", _cfg(full_finetune=True), log=lambda s: None)  # tune_stages=1 too

@@ -47,6 +47,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "(EfficientNets; default: the preset's, 0 = frozen)",
     )
     p.add_argument(
+        "--full-finetune",
+        action="store_true",
+        help="train every layer on freshly augmented photos each epoch (mixed precision on CUDA): for a GPU",
+    )
+    p.add_argument(
         "--no-calibrate", action="store_true", help="keep raw probabilities (default: fit a temperature on valid)"
     )
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)")
@@ -92,6 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         views=args.views,
         tune_stages=args.tune_stages,
+        full_finetune=args.full_finetune or None,
         calibrate=not args.no_calibrate,
         learning_rate=args.learning_rate,
         hidden_units=args.hidden_units,

@@ -72,6 +72,7 @@ class TrainConfig:
     views: int = PRESETS[DEFAULT_PRESET].views
     calibrate: bool = True  # fit a temperature on valid so that probabilities mean what they say
     tune_stages: int = 0  # fine-tune the backbone's last N stages with the head (0 = frozen backbone)
+    full_finetune: bool = False  # train every layer on augmented photos (for a GPU)
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:

@@ -206,3 +206,138 @@ def save_backbone(module: nn.Module, save_dir: Path) -> Path:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
     return atomic_write_bytes(save_dir / BACKBONE_FILE, buf.getvalue())
+
+
+BACKBONE_LR_FACTOR = 0.1  # full fine-tuning: the pretrained network at a tenth of the head's rate
+
+
+def fit_full(
+    module: nn.Module,
+    head_cfg: HeadConfig,
+    train: ImageFolder,
+    valid: ImageFolder,
+    spec: BackboneSpec,
+    cfg: TrainConfig,
+    device: str,
+    skipped: dict[str, str],
+    log: Log = print,
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]], int, torch.Tensor, torch.Tensor]:
+    """Full fine-tuning, for a GPU: every layer trains on freshly augmented photos each epoch.
+
+    AdamW with the backbone at a tenth of the head's rate, one warm-up epoch then cosine,
+    bfloat16 autocast on CUDA, BatchNorm in training mode. The module is left holding
+    the best epoch's weights. Returns the best head state, the history, the best epoch,
+    and the best epoch's valid logits and labels (for calibration).
+    """
+    from tqdm.auto import tqdm
+
+    from .augment import Augment
+    from .features import _collate, _PhotoDataset, _worker_init, default_workers
+    from .training import EpochStats
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    module = module.to(device).to(memory_format=torch.channels_last)
+    module.requires_grad_(True)
+    head = build_head(head_cfg).to(device)
+    rates = [cfg.learning_rate * BACKBONE_LR_FACTOR, cfg.learning_rate]
+    opt = torch.optim.AdamW(
+        [{"params": list(module.parameters()), "lr": rates[0]}, {"params": list(head.parameters()), "lr": rates[1]}],
+        weight_decay=cfg.weight_decay,
+    )
+    workers = default_workers() if cfg.num_workers is None else cfg.num_workers
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    y_train = torch.as_tensor(np.asarray(train.targets, dtype=np.int64))
+    y_valid_all = torch.as_tensor(np.asarray(valid.targets, dtype=np.int64))
+
+    def loader(split: ImageFolder, view: int, shuffle: bool) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            _PhotoDataset(split.paths, spec.preprocessing, Augment() if view else None, view),
+            batch_size=cfg.batch_size,
+            shuffle=shuffle,
+            generator=gen if shuffle else None,
+            num_workers=workers,
+            collate_fn=_collate,
+            worker_init_fn=_worker_init if workers else None,
+        )
+
+    steps_per_epoch = max(1, math.ceil(len(train.paths) / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    warmup = min(steps_per_epoch, total // 2)
+
+    def scale(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    def forward(batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
+        with amp:
+            return head(module(x)).float()
+
+    history: list[EpochStats] = []
+    best = (-1.0, float("inf"))
+    best_module: dict[str, torch.Tensor] = {}
+    best_head: dict[str, torch.Tensor] = {}
+    best_logits, best_labels = torch.empty(0), torch.empty(0, dtype=torch.long)
+    best_epoch, step = 0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        module.train()
+        head.train()
+        run_loss, run_correct, seen = 0.0, 0, 0
+        # View `epoch` of every photo: a fresh, repeatable augmentation each epoch.
+        with tqdm(total=len(train.paths), desc=f"epoch {epoch}", unit="img", disable=None, leave=False) as bar:
+            for idx, batch, failed in loader(train, epoch, shuffle=True):
+                skipped.update({str(train.paths[j]): reason for j, reason in failed})
+                bar.update(len(idx) + len(failed))
+                if batch is None:
+                    continue
+                for group, rate in zip(opt.param_groups, rates, strict=True):
+                    group["lr"] = rate * scale(step)
+                y = y_train[idx].to(device)
+                logits = forward(batch)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                run_loss += loss.item() * len(idx)
+                run_correct += (logits.argmax(1) == y).sum().item()
+                seen += len(idx)
+        module.eval()
+        head.eval()
+        outs, labels = [], []
+        with torch.no_grad():
+            for idx, batch, failed in loader(valid, 0, shuffle=False):
+                skipped.update({str(valid.paths[j]): reason for j, reason in failed})
+                if batch is not None:
+                    outs.append(forward(batch).cpu())
+                    labels.append(y_valid_all[idx])
+        if not outs or not seen:
+            raise UsageError("no readable photos left to fine-tune on; run `flowerid check` on the data")
+        logits_va, y_va = torch.cat(outs), torch.cat(labels)
+        v_loss = F.cross_entropy(logits_va, y_va).item()
+        v_acc = (logits_va.argmax(1) == y_va).float().mean().item()
+        stats = EpochStats(
+            epoch,
+            run_loss / seen,
+            run_correct / seen,
+            v_loss,
+            v_acc,
+            rates[1] * scale(step - 1),
+            time.perf_counter() - t0,
+        )
+        history.append(stats)
+        improved = (v_acc, -v_loss) > (best[0], -best[1])
+        if improved:
+            best, best_epoch = (v_acc, v_loss), epoch
+            best_module = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
+            best_head = copy.deepcopy({k: v.detach().cpu() for k, v in head.state_dict().items()})
+            best_logits, best_labels = logits_va, y_va
+        log(
+            f"epoch {epoch:3d}/{cfg.epochs}  train loss {stats.train_loss:.4f}  acc {stats.train_acc:6.2%}  "
+            f"valid loss {v_loss:.4f}  acc {v_acc:6.2%}{'  *' if improved else ''}  ({stats.seconds:.0f}s)"
+        )
+    module.load_state_dict(best_module)
+    return best_head, [dataclasses.asdict(h) for h in history], best_epoch, best_logits, best_labels

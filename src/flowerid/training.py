@@ -344,6 +344,8 @@ def train(
         + (f", {len(data.test.samples)} test" if data.test else "")
         + f" images in {len(data.categories)} categories; backbone {spec.name} on {device}"
     )
+    if cfg.full_finetune:
+        return _train_full(data, data_dir, save_dir, cfg, names, device, log, t_start)
     if cfg.tune_stages:
         return _train_tuned(data, data_dir, save_dir, cfg, names, device, log, t_start)
 
@@ -516,28 +518,71 @@ def _train_tuned(
     }
     head = build_head(head_cfg).to(device)
     head.load_state_dict(head_state)
+    logits_va = finetune.tail_logits(tail, head, x_va, device)
+    del x_tr, x_va
+    counts = {"train_images": int(len(y_tr)), "train_rows": int(len(y_tr)), "valid_images": int(len(y_va))}
+    metrics["feature_seconds"] = feat_seconds
+    metrics["features_computed"] = counts["train_images"] + counts["valid_images"]
+    return _save_tuned(
+        module,
+        head_cfg,
+        head_state,
+        logits_va,
+        y_va,
+        metrics,
+        data,
+        data_dir,
+        save_dir,
+        cfg,
+        names,
+        skipped,
+        counts,
+        device,
+        log,
+        t_start,
+    )
+
+
+def _save_tuned(
+    module: torch.nn.Module,
+    head_cfg: HeadConfig,
+    head_state: dict[str, torch.Tensor],
+    logits_va: torch.Tensor,
+    y_va: torch.Tensor,
+    metrics: dict[str, Any],
+    data: Any,
+    data_dir: str | os.PathLike,
+    save_dir: Path,
+    cfg: TrainConfig,
+    names: list[str | None],
+    skipped: dict[str, str],
+    counts: dict[str, int],
+    device: str,
+    log: Log,
+    t_start: float,
+) -> TrainResult:
+    """After a run that trained the backbone too: calibrate on valid logits, save backbone.pth, test, finish."""
+    from . import finetune
+
     if cfg.calibrate:
-        temperature = fit_temperature(finetune.tail_logits(tail, head, x_va, device), y_va)
+        temperature = fit_temperature(logits_va, y_va)
         head_state = scale_logits(head_state, 1.0 / temperature)
-        head.load_state_dict(head_state)
         metrics["temperature"] = temperature
-        metrics["valid_loss_uncalibrated"] = best["valid_loss"]
-        metrics["valid_loss"] = F.cross_entropy(finetune.tail_logits(tail, head, x_va, device), y_va).item()
+        metrics["valid_loss_uncalibrated"] = metrics["valid_loss"]
+        metrics["valid_loss"] = F.cross_entropy(logits_va / temperature, y_va).item()
         log(
             f"calibrated: temperature {temperature:.3f}, fitted on valid "
-            f"(its cross-entropy {best['valid_loss']:.4f} -> {metrics['valid_loss']:.4f})"
+            f"(its cross-entropy {metrics['valid_loss_uncalibrated']:.4f} -> {metrics['valid_loss']:.4f})"
         )
-    del x_tr, x_va
-    weights = finetune.save_backbone(module.cpu(), save_dir)
-    backbone = load_backbone(spec, device, str(weights), cfg.engine)  # the digest every later load will see
+    weights = finetune.save_backbone(module.cpu().eval(), save_dir)
+    backbone = load_backbone(get_spec(cfg.arch), device, str(weights), cfg.engine)  # the digest later loads see
     if data.test is not None:
+        head = build_head(head_cfg)
+        head.load_state_dict(head_state)
         x_te, y_te = _features_for(data.test, backbone, dataclasses.replace(cfg, use_cache=False), "test", skipped, {})
-        metrics["test_loss"], metrics["test_acc"] = evaluate_head(head.cpu(), x_te, y_te)
+        metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, x_te, y_te)
         log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
-    metrics["feature_seconds"] = feat_seconds
-    metrics["features_computed"] = int(len(y_tr) + len(y_va))
     metrics["total_seconds"] = time.perf_counter() - t_start
-    counts = {"train_images": int(len(y_tr)), "train_rows": int(len(y_tr)), "valid_images": int(len(y_va))}
     return _finish(
         save_dir,
         data,
@@ -553,4 +598,65 @@ def _train_tuned(
         counts,
         device,
         log,
+    )
+
+
+def _train_full(
+    data: Any,
+    data_dir: str | os.PathLike,
+    save_dir: Path,
+    cfg: TrainConfig,
+    names: list[str | None],
+    device: str,
+    log: Log,
+    t_start: float,
+) -> TrainResult:
+    """--full-finetune: every layer trains on augmented photos (finetune.fit_full); meant for a GPU."""
+    from . import finetune
+
+    if cfg.views or cfg.resume or cfg.tune_stages:
+        raise UsageError("--full-finetune trains on fresh augmented photos; drop --views, --resume and --tune-stages")
+    spec = get_spec(cfg.arch)
+    if spec.family == "ensemble":
+        raise UsageError(f"--full-finetune takes one network; {spec.name} is an ensemble of {', '.join(spec.members)}")
+    if device == "cpu":
+        log(
+            "full fine-tuning on a CPU is slow (every photo through the whole network, both ways, every epoch); "
+            "it is meant for a GPU. On a CPU, --tune-stages 1 gets most of the gain in minutes"
+        )
+    module, _ = build_backbone(spec, cfg.weights)
+    head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
+    skipped: dict[str, str] = {}
+    head_state, history, best_epoch, logits_va, y_va = finetune.fit_full(
+        module, head_cfg, data.train, data.valid, spec, cfg, device, skipped, log
+    )
+    best = history[best_epoch - 1]
+    metrics: dict[str, Any] = {
+        "best_epoch": best_epoch,
+        "valid_acc": best["valid_acc"],
+        "valid_loss": best["valid_loss"],
+        "train_acc": best["train_acc"],
+        "history": history,
+        "feature_seconds": 0.0,
+        "features_computed": 0,
+    }
+    readable = len(data.train.paths) - sum(1 for p in data.train.paths if str(p) in skipped)
+    counts = {"train_images": readable, "train_rows": readable, "valid_images": int(len(y_va))}
+    return _save_tuned(
+        module,
+        head_cfg,
+        head_state,
+        logits_va,
+        y_va,
+        metrics,
+        data,
+        data_dir,
+        save_dir,
+        cfg,
+        names,
+        skipped,
+        counts,
+        device,
+        log,
+        t_start,
     )
