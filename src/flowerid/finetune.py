@@ -34,6 +34,7 @@ from .errors import UsageError
 from .features import extract_features
 from .model import HeadConfig, build_head
 from .registry import BackboneSpec
+from .schedule import warmup_cosine
 
 Log = Callable[[str], None]
 BACKBONE_FILE = "backbone.pth"
@@ -122,13 +123,9 @@ def fit_tail(
     )
     n = len(y_train)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
-    total = steps_per_epoch * cfg.epochs
-    warmup = min(steps_per_epoch, total // 2)
 
     def scale(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        return warmup_cosine(step, steps_per_epoch, cfg.epochs)
 
     # Mixed precision where a GPU runs it (bfloat16 needs no loss scaling); float32 on a CPU.
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
@@ -262,13 +259,9 @@ def fit_full(
         )
 
     steps_per_epoch = max(1, math.ceil(len(train.paths) / cfg.batch_size))
-    total = steps_per_epoch * cfg.epochs
-    warmup = min(steps_per_epoch, total // 2)
 
     def scale(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        return warmup_cosine(step, steps_per_epoch, cfg.epochs)
 
     def forward(batch: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)

@@ -39,6 +39,7 @@ from .errors import CheckpointError, DataError, UsageError
 from .features import extract_features
 from .model import HeadConfig, build_head
 from .registry import build_backbone, get_spec
+from .schedule import warmup_cosine
 
 Log = Callable[[str], None]
 
@@ -173,14 +174,9 @@ def fit_head(
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     n = len(x_train)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
-    total = steps_per_epoch * cfg.epochs
-    warmup = min(steps_per_epoch, total // 2)
 
     def lr_at(step: int) -> float:
-        if step < warmup:
-            return cfg.learning_rate * (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * t))
+        return cfg.learning_rate * warmup_cosine(step, steps_per_epoch, cfg.epochs)
 
     history: list[EpochStats] = []
     best: tuple[float, float] = (-1.0, float("inf"))
