@@ -66,8 +66,11 @@ def format_info(info: dict[str, Any]) -> str:
             f"{b['name']}"
             + (f" ({b['arch']}, {b['input_size']} px)" if "arch" in b else "")
             + f", {b.get('num_features', '?')} features, weights sha256 {str(b.get('weights_digest', '?'))[:16]}…"
-            + (f", from {b['weights_source']}" if "weights_source" in b else "")
-            + (f", local weights {b['weights_path']}" if b.get("weights_path") else ""),
+            + (
+                f", local weights {b['weights_path']} (a tuned or user-given file, not the registry's)"
+                if b.get("weights_path")
+                else (f", from {b['weights_source']}" if "weights_source" in b else "")
+            ),
         ),
         (
             "preprocessing",
