@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -12,10 +13,10 @@ import flowerid
 from flowerid.cli import main
 from flowerid.config import TrainConfig
 from flowerid.errors import UsageError
-from flowerid.registry import BackboneSpec, WeightsSource, register_backbone
+from flowerid.registry import register_backbone
 from flowerid.training import train
 
-from .conftest import TINY
+from .conftest import TINY, tiny_spec
 
 TINY_EFFNET = "tiny_effnet_test"
 
@@ -29,19 +30,9 @@ def _tiny_effnet():
 
 @pytest.fixture
 def effnet():
-    spec = BackboneSpec(
-        TINY_EFFNET,
-        "custom",
-        "tf_efficientnet_lite0",
-        WeightsSource("none"),
-        32,
-        0.875,
-        "bilinear",
-        (0.5, 0.5, 0.5),
-        (0.25, 0.25, 0.25),
-        1280,
-        "MIT",
-        factory=_tiny_effnet,
+    """The tiny test backbone's preprocessing on a random EfficientNet-Lite0, the network tuning needs."""
+    spec = dataclasses.replace(
+        tiny_spec(), name=TINY_EFFNET, arch="tf_efficientnet_lite0", num_features=1280, factory=_tiny_effnet
     )
     register_backbone(spec, replace=True)
     return spec

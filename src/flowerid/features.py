@@ -67,6 +67,31 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
+def photo_loader(
+    paths: Sequence[Path],
+    prep: Preprocessing,
+    batch_size: int,
+    workers: int,
+    augment: Augment | None = None,
+    view: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.utils.data.DataLoader:
+    """Batches of (indices, preprocessed photos or None, failures), decoded by `workers` processes.
+
+    With a `generator` the photos come shuffled by it; unreadable ones are reported, not raised.
+    """
+    return torch.utils.data.DataLoader(
+        _PhotoDataset(paths, prep, augment, view),
+        batch_size=batch_size,
+        shuffle=generator is not None,
+        generator=generator,
+        num_workers=workers,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers else None,
+        worker_init_fn=_worker_init if workers else None,
+    )
+
+
 @dataclass
 class Extracted:
     features: np.ndarray  # (N, F) float32; rows of failed images are zero
@@ -115,14 +140,7 @@ def extract_features(
     workers = default_workers() if num_workers is None else num_workers
     if batch_size is None:
         batch_size = 8 if getattr(backbone.engine, "name", "") == "onnx" else 32
-    loader = torch.utils.data.DataLoader(
-        _PhotoDataset([paths[i] for i in todo], backbone.preprocessing, augment, view),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        prefetch_factor=4 if workers else None,
-        worker_init_fn=_worker_init if workers else None,
-    )
+    loader = photo_loader([paths[i] for i in todo], backbone.preprocessing, batch_size, workers, augment, view)
     with tqdm(total=len(todo), desc=desc, unit="img", disable=None, leave=False) as bar:
         for idx, batch, failed in loader:
             for j, reason in failed:

@@ -39,6 +39,7 @@ from .schedule import warmup_cosine
 Log = Callable[[str], None]
 BACKBONE_FILE = "backbone.pth"
 TAIL_LR_FACTOR = 1.0 / 3.0  # the pretrained stages learn at a third of the head's rate
+BACKBONE_LR_FACTOR = 0.1  # full fine-tuning: the pretrained network at a tenth of the head's rate
 
 
 def split_backbone(module: nn.Module, spec: BackboneSpec, stages: int) -> tuple[nn.Module, nn.Module]:
@@ -92,6 +93,61 @@ def _freeze_batchnorm(tail: nn.Module) -> None:
             m.requires_grad_(False)
 
 
+def _optimizer(backbone: list[nn.Parameter], head: nn.Module, cfg: TrainConfig, factor: float):
+    """AdamW with two rates, the pretrained part's `factor` times the head's; returns it and the rates."""
+    rates = [cfg.learning_rate * factor, cfg.learning_rate]
+    groups = [{"params": backbone, "lr": rates[0]}, {"params": list(head.parameters()), "lr": rates[1]}]
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay), rates
+
+
+def _step(
+    opt: torch.optim.Optimizer,
+    rates: list[float],
+    factor: float,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    label_smoothing: float,
+) -> tuple[float, int]:
+    """One optimiser step at `factor` of the peak rates; returns the batch's summed loss and correct count."""
+    for group, rate in zip(opt.param_groups, rates, strict=True):
+        group["lr"] = rate * factor
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item() * len(y), int((logits.argmax(1) == y).sum().item())
+
+
+class _Best:
+    """The best epoch so far (valid accuracy, ties to the lower loss), with CPU copies of what to keep."""
+
+    def __init__(self) -> None:
+        self.key = (-1.0, -float("inf"))
+        self.epoch = 0
+        self.states: dict[str, dict[str, torch.Tensor]] = {}
+        self.logits = torch.empty(0)
+        self.labels = torch.empty(0, dtype=torch.long)
+
+    def offer(
+        self, epoch: int, logits: torch.Tensor, labels: torch.Tensor, **modules: nn.Module
+    ) -> tuple[float, float, bool]:
+        """Score an epoch's valid logits; keep it when it is the best. Returns (loss, accuracy, improved)."""
+        loss = F.cross_entropy(logits, labels).item()
+        acc = (logits.argmax(1) == labels).float().mean().item()
+        if (acc, -loss) <= self.key:
+            return loss, acc, False
+        self.key, self.epoch, self.logits, self.labels = (acc, -loss), epoch, logits, labels
+        self.states = {
+            name: copy.deepcopy({k: v.detach().cpu() for k, v in m.state_dict().items()}) for name, m in modules.items()
+        }
+        return loss, acc, True
+
+
+# Mixed precision where a GPU runs it (bfloat16 needs no loss scaling); float32 on a CPU.
+def _autocast(device: str) -> torch.autocast:
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+
+
 def fit_tail(
     tail: nn.Module,
     x_train: torch.Tensor,
@@ -102,10 +158,11 @@ def fit_tail(
     cfg: TrainConfig,
     device: str,
     log: Log = print,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[dict[str, float]], int]:
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]], int, torch.Tensor]:
     """Train tail + head with AdamW (warm-up epoch, cosine); keep the epoch best on valid.
 
-    Returns the best tail state, the best head state, the history and the best epoch (1-based).
+    The tail is left holding the best epoch's weights. Returns the best head state, the
+    history, the best epoch (1-based) and that epoch's valid logits (for calibration).
     """
     from .training import EpochStats
 
@@ -115,37 +172,18 @@ def fit_tail(
     tail = tail.to(device)
     tail.requires_grad_(True)  # the registry hands out frozen backbones
     _freeze_batchnorm(tail)
-    tail_params = [p for p in tail.parameters() if p.requires_grad]
-    rates = [cfg.learning_rate * TAIL_LR_FACTOR, cfg.learning_rate]
-    opt = torch.optim.AdamW(
-        [{"params": tail_params, "lr": rates[0]}, {"params": list(head.parameters()), "lr": rates[1]}],
-        weight_decay=cfg.weight_decay,
-    )
+    opt, rates = _optimizer([p for p in tail.parameters() if p.requires_grad], head, cfg, TAIL_LR_FACTOR)
     n = len(y_train)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
-
-    def scale(step: int) -> float:
-        return warmup_cosine(step, steps_per_epoch, cfg.epochs)
-
-    # Mixed precision where a GPU runs it (bfloat16 needs no loss scaling); float32 on a CPU.
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    amp = _autocast(device)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with amp:
             return head(tail(x.to(device).float().contiguous(memory_format=torch.channels_last))).float()
 
-    @torch.no_grad()
-    def evaluate() -> tuple[float, float]:
-        tail.eval()
-        head.eval()
-        logits = torch.cat([forward(x_valid[i : i + 256]) for i in range(0, len(y_valid), 256)]).cpu()
-        return F.cross_entropy(logits, y_valid).item(), (logits.argmax(1) == y_valid).float().mean().item()
-
     history: list[EpochStats] = []
-    best = (-1.0, float("inf"))
-    best_tail: dict[str, torch.Tensor] = {}
-    best_head: dict[str, torch.Tensor] = {}
-    best_epoch, step = 0, 0
+    best = _Best()
+    step = 0
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         tail.train()
@@ -158,44 +196,28 @@ def fit_tail(
             x = x_train[idx]
             mirror = torch.rand(len(idx), generator=gen) < 0.5
             x[mirror] = x[mirror].flip(-1)
-            y = y_train[idx].to(device)
-            for group, rate in zip(opt.param_groups, rates, strict=True):
-                group["lr"] = rate * scale(step)
-            logits = forward(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss_sum, correct = _step(
+                opt,
+                rates,
+                warmup_cosine(step, steps_per_epoch, cfg.epochs),
+                forward(x),
+                y_train[idx].to(device),
+                cfg.label_smoothing,
+            )
             step += 1
-            run_loss += loss.item() * len(idx)
-            run_correct += (logits.argmax(1) == y).sum().item()
-        v_loss, v_acc = evaluate()
-        stats = EpochStats(
-            epoch, run_loss / n, run_correct / n, v_loss, v_acc, rates[1] * scale(step - 1), time.perf_counter() - t0
-        )
+            run_loss += loss_sum
+            run_correct += correct
+        tail.eval()
+        head.eval()
+        with torch.no_grad():
+            logits = torch.cat([forward(x_valid[i : i + 256]) for i in range(0, len(y_valid), 256)]).cpu()
+        v_loss, v_acc, improved = best.offer(epoch, logits, y_valid, tail=tail, head=head)
+        lr = rates[1] * warmup_cosine(step - 1, steps_per_epoch, cfg.epochs)
+        stats = EpochStats(epoch, run_loss / n, run_correct / n, v_loss, v_acc, lr, time.perf_counter() - t0)
         history.append(stats)
-        improved = (v_acc, -v_loss) > (best[0], -best[1])
-        if improved:
-            best, best_epoch = (v_acc, v_loss), epoch
-            best_tail = copy.deepcopy({k: v.detach().cpu() for k, v in tail.state_dict().items()})
-            best_head = copy.deepcopy({k: v.detach().cpu() for k, v in head.state_dict().items()})
-        log(
-            f"epoch {epoch:3d}/{cfg.epochs}  train loss {stats.train_loss:.4f}  acc {stats.train_acc:6.2%}  "
-            f"valid loss {v_loss:.4f}  acc {v_acc:6.2%}{'  *' if improved else ''}"
-        )
-    tail.load_state_dict(best_tail)
-    return best_tail, best_head, [dataclasses.asdict(h) for h in history], best_epoch
-
-
-@torch.no_grad()
-def tail_logits(tail: nn.Module, head: nn.Module, x: torch.Tensor, device: str) -> torch.Tensor:
-    tail.eval()
-    head.eval()
-    out = [
-        head(tail(x[i : i + 256].to(device).float().contiguous(memory_format=torch.channels_last)))
-        for i in range(0, len(x), 256)
-    ]
-    return torch.cat(out).cpu()
+        log(stats.line(cfg.epochs, improved))
+    tail.load_state_dict(best.states["tail"])
+    return best.states["head"], [dataclasses.asdict(h) for h in history], best.epoch, best.logits
 
 
 def save_backbone(module: nn.Module, save_dir: Path) -> Path:
@@ -203,9 +225,6 @@ def save_backbone(module: nn.Module, save_dir: Path) -> Path:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
     return atomic_write_bytes(save_dir / BACKBONE_FILE, buf.getvalue())
-
-
-BACKBONE_LR_FACTOR = 0.1  # full fine-tuning: the pretrained network at a tenth of the head's rate
 
 
 def fit_full(
@@ -229,7 +248,7 @@ def fit_full(
     from tqdm.auto import tqdm
 
     from .augment import Augment
-    from .features import _collate, _PhotoDataset, _worker_init, default_workers
+    from .features import default_workers, photo_loader
     from .training import EpochStats
 
     torch.manual_seed(cfg.seed)
@@ -237,31 +256,12 @@ def fit_full(
     module = module.to(device).to(memory_format=torch.channels_last)
     module.requires_grad_(True)
     head = build_head(head_cfg).to(device)
-    rates = [cfg.learning_rate * BACKBONE_LR_FACTOR, cfg.learning_rate]
-    opt = torch.optim.AdamW(
-        [{"params": list(module.parameters()), "lr": rates[0]}, {"params": list(head.parameters()), "lr": rates[1]}],
-        weight_decay=cfg.weight_decay,
-    )
+    opt, rates = _optimizer(list(module.parameters()), head, cfg, BACKBONE_LR_FACTOR)
     workers = default_workers() if cfg.num_workers is None else cfg.num_workers
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    amp = _autocast(device)
     y_train = torch.as_tensor(np.asarray(train.targets, dtype=np.int64))
-    y_valid_all = torch.as_tensor(np.asarray(valid.targets, dtype=np.int64))
-
-    def loader(split: ImageFolder, view: int, shuffle: bool) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            _PhotoDataset(split.paths, spec.preprocessing, Augment() if view else None, view),
-            batch_size=cfg.batch_size,
-            shuffle=shuffle,
-            generator=gen if shuffle else None,
-            num_workers=workers,
-            collate_fn=_collate,
-            worker_init_fn=_worker_init if workers else None,
-        )
-
+    y_valid = torch.as_tensor(np.asarray(valid.targets, dtype=np.int64))
     steps_per_epoch = max(1, math.ceil(len(train.paths) / cfg.batch_size))
-
-    def scale(step: int) -> float:
-        return warmup_cosine(step, steps_per_epoch, cfg.epochs)
 
     def forward(batch: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
@@ -269,68 +269,48 @@ def fit_full(
             return head(module(x)).float()
 
     history: list[EpochStats] = []
-    best = (-1.0, float("inf"))
-    best_module: dict[str, torch.Tensor] = {}
-    best_head: dict[str, torch.Tensor] = {}
-    best_logits, best_labels = torch.empty(0), torch.empty(0, dtype=torch.long)
-    best_epoch, step = 0, 0
+    best = _Best()
+    step = 0
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         module.train()
         head.train()
         run_loss, run_correct, seen = 0.0, 0, 0
         # View `epoch` of every photo: a fresh, repeatable augmentation each epoch.
+        batches = photo_loader(train.paths, spec.preprocessing, cfg.batch_size, workers, Augment(), epoch, gen)
         with tqdm(total=len(train.paths), desc=f"epoch {epoch}", unit="img", disable=None, leave=False) as bar:
-            for idx, batch, failed in loader(train, epoch, shuffle=True):
+            for idx, batch, failed in batches:
                 skipped.update({str(train.paths[j]): reason for j, reason in failed})
                 bar.update(len(idx) + len(failed))
                 if batch is None:
                     continue
-                for group, rate in zip(opt.param_groups, rates, strict=True):
-                    group["lr"] = rate * scale(step)
-                y = y_train[idx].to(device)
-                logits = forward(batch)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss_sum, correct = _step(
+                    opt,
+                    rates,
+                    warmup_cosine(step, steps_per_epoch, cfg.epochs),
+                    forward(batch),
+                    y_train[idx].to(device),
+                    cfg.label_smoothing,
+                )
                 step += 1
-                run_loss += loss.item() * len(idx)
-                run_correct += (logits.argmax(1) == y).sum().item()
+                run_loss += loss_sum
+                run_correct += correct
                 seen += len(idx)
         module.eval()
         head.eval()
         outs, labels = [], []
         with torch.no_grad():
-            for idx, batch, failed in loader(valid, 0, shuffle=False):
+            for idx, batch, failed in photo_loader(valid.paths, spec.preprocessing, cfg.batch_size, workers):
                 skipped.update({str(valid.paths[j]): reason for j, reason in failed})
                 if batch is not None:
                     outs.append(forward(batch).cpu())
-                    labels.append(y_valid_all[idx])
+                    labels.append(y_valid[idx])
         if not outs or not seen:
             raise UsageError("no readable photos left to fine-tune on; run `flowerid check` on the data")
-        logits_va, y_va = torch.cat(outs), torch.cat(labels)
-        v_loss = F.cross_entropy(logits_va, y_va).item()
-        v_acc = (logits_va.argmax(1) == y_va).float().mean().item()
-        stats = EpochStats(
-            epoch,
-            run_loss / seen,
-            run_correct / seen,
-            v_loss,
-            v_acc,
-            rates[1] * scale(step - 1),
-            time.perf_counter() - t0,
-        )
+        v_loss, v_acc, improved = best.offer(epoch, torch.cat(outs), torch.cat(labels), module=module, head=head)
+        lr = rates[1] * warmup_cosine(step - 1, steps_per_epoch, cfg.epochs)
+        stats = EpochStats(epoch, run_loss / seen, run_correct / seen, v_loss, v_acc, lr, time.perf_counter() - t0)
         history.append(stats)
-        improved = (v_acc, -v_loss) > (best[0], -best[1])
-        if improved:
-            best, best_epoch = (v_acc, v_loss), epoch
-            best_module = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
-            best_head = copy.deepcopy({k: v.detach().cpu() for k, v in head.state_dict().items()})
-            best_logits, best_labels = logits_va, y_va
-        log(
-            f"epoch {epoch:3d}/{cfg.epochs}  train loss {stats.train_loss:.4f}  acc {stats.train_acc:6.2%}  "
-            f"valid loss {v_loss:.4f}  acc {v_acc:6.2%}{'  *' if improved else ''}  ({stats.seconds:.0f}s)"
-        )
-    module.load_state_dict(best_module)
-    return best_head, [dataclasses.asdict(h) for h in history], best_epoch, best_logits, best_labels
+        log(f"{stats.line(cfg.epochs, improved)}  ({stats.seconds:.0f}s)")
+    module.load_state_dict(best.states["module"])
+    return best.states["head"], [dataclasses.asdict(h) for h in history], best.epoch, best.logits, best.labels

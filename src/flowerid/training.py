@@ -54,6 +54,13 @@ class EpochStats:
     lr: float
     seconds: float
 
+    def line(self, epochs: int, improved: bool) -> str:
+        """The progress line every training loop prints after an epoch; `*` marks a new best."""
+        return (
+            f"epoch {self.epoch:>3}/{epochs}  train loss {self.train_loss:.4f}  acc {self.train_acc:6.2%}  "
+            f"valid loss {self.valid_loss:.4f}  acc {self.valid_acc:6.2%}{'  *' if improved else ''}"
+        )
+
 
 @dataclass
 class TrainResult:
@@ -253,10 +260,7 @@ def fit_head(
             buf = io.BytesIO()
             torch.save(state, buf)
             atomic_write_bytes(state_path, buf.getvalue())
-        log(
-            f"epoch {epoch:>3}/{cfg.epochs}  train loss {stats.train_loss:.4f}  acc {stats.train_acc:6.2%}  "
-            f"valid loss {v_loss:.4f}  acc {v_acc:6.2%}{'  *' if improved else ''}"
-        )
+        log(stats.line(cfg.epochs, improved))
     return best_state, history, best_epoch
 
 
@@ -321,6 +325,46 @@ def _check_left(
         )
 
 
+@dataclass
+class _Run:
+    """What every kind of training run shares: its data and settings, where it writes, how it reports."""
+
+    data: Any
+    data_dir: str | os.PathLike
+    save_dir: Path
+    cfg: TrainConfig
+    names: list[str | None]
+    device: str
+    log: Log
+    t_start: float
+
+
+def _best_metrics(history: list[dict[str, Any]], best_epoch: int) -> dict[str, Any]:
+    best = history[best_epoch - 1]
+    return {
+        "best_epoch": best_epoch,
+        "valid_acc": best["valid_acc"],
+        "valid_loss": best["valid_loss"],
+        "train_acc": best["train_acc"],
+        "history": history,
+    }
+
+
+def _calibrate(
+    head_state: dict[str, torch.Tensor], logits_va: torch.Tensor, y_va: torch.Tensor, metrics: dict[str, Any], log: Log
+) -> dict[str, torch.Tensor]:
+    """Fit a temperature on the valid logits, record it in `metrics` and fold it into the head."""
+    temperature = fit_temperature(logits_va, y_va)
+    metrics["temperature"] = temperature
+    metrics["valid_loss_uncalibrated"] = metrics["valid_loss"]
+    metrics["valid_loss"] = F.cross_entropy(logits_va.cpu() / temperature, y_va.cpu()).item()
+    log(
+        f"calibrated: temperature {temperature:.3f}, fitted on valid "
+        f"(its cross-entropy {metrics['valid_loss_uncalibrated']:.4f} -> {metrics['valid_loss']:.4f})"
+    )
+    return scale_logits(head_state, 1.0 / temperature)
+
+
 def train(
     data_dir: str | os.PathLike, save_dir: str | os.PathLike, cfg: TrainConfig | None = None, log: Log = print
 ) -> TrainResult:
@@ -340,10 +384,11 @@ def train(
         + (f", {len(data.test.samples)} test" if data.test else "")
         + f" images in {len(data.categories)} categories; backbone {spec.name} on {device}"
     )
+    run = _Run(data, data_dir, save_dir, cfg, names, device, log, t_start)
     if cfg.full_finetune:
-        return _train_full(data, data_dir, save_dir, cfg, names, device, log, t_start)
+        return _train_full(run)
     if cfg.tune_stages:
-        return _train_tuned(data, data_dir, save_dir, cfg, names, device, log, t_start)
+        return _train_tuned(run)
 
     backbone = load_backbone(spec, device, cfg.weights, cfg.engine)
     skipped: dict[str, str] = {}
@@ -369,29 +414,12 @@ def train(
     best_state, history, best_epoch = fit_head(
         x_tr.to(device), y_tr.to(device), x_va.to(device), y_va.to(device), head_cfg, cfg, log, state_path, cfg.resume
     )
-    best = history[best_epoch - 1]
-    metrics: dict[str, Any] = {
-        "best_epoch": best_epoch,
-        "valid_acc": best.valid_acc,
-        "valid_loss": best.valid_loss,
-        "train_acc": best.train_acc,
-        "history": [asdict(h) for h in history],
-    }
+    metrics = _best_metrics([asdict(h) for h in history], best_epoch)
+    head = build_head(head_cfg)
     if cfg.calibrate:
-        head = build_head(head_cfg)
         head.load_state_dict(best_state)
-        temperature = fit_temperature(_logits(head, x_va), y_va)
-        best_state = scale_logits(best_state, 1.0 / temperature)
-        head.load_state_dict(best_state)
-        metrics["temperature"] = temperature
-        metrics["valid_loss_uncalibrated"] = best.valid_loss
-        metrics["valid_loss"] = evaluate_head(head, x_va, y_va)[0]
-        log(
-            f"calibrated: temperature {temperature:.3f}, fitted on valid "
-            f"(its cross-entropy {best.valid_loss:.4f} -> {metrics['valid_loss']:.4f})"
-        )
+        best_state = _calibrate(best_state, _logits(head, x_va), y_va, metrics, log)
     if data.test is not None:
-        head = build_head(head_cfg)
         head.load_state_dict(best_state)
         x_te, y_te = _features_for(data.test, backbone, cfg, "test", skipped, counts)
         metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, x_te, y_te)
@@ -399,43 +427,26 @@ def train(
     metrics["feature_seconds"] = feat_seconds
     metrics["features_computed"] = counts.get("computed", 0)
     metrics["total_seconds"] = time.perf_counter() - t_start
-
-    return _finish(
-        save_dir,
-        data,
-        data_dir,
-        names,
-        cfg,
-        backbone,
-        cfg.weights and str(Path(cfg.weights).resolve()),
-        head_cfg,
-        best_state,
-        metrics,
-        skipped,
-        {"train_images": int(len(y_tr)) - n_view_rows, "train_rows": int(len(y_tr)), "valid_images": int(len(y_va))},
-        device,
-        log,
-    )
+    photos = {"train_images": int(len(y_tr)) - n_view_rows, "train_rows": int(len(y_tr)), "valid_images": len(y_va)}
+    weights = cfg.weights and str(Path(cfg.weights).resolve())
+    return _finish(run, backbone, weights, head_cfg, best_state, metrics, skipped, photos)
 
 
 def _finish(
-    save_dir: Path,
-    data: Any,
-    data_dir: str | os.PathLike,
-    names: list[str | None],
-    cfg: TrainConfig,
+    run: _Run,
     backbone: Backbone,
     weights_path: str | None,
     head_cfg: HeadConfig,
     head_state: dict[str, torch.Tensor],
     metrics: dict[str, Any],
     skipped: dict[str, str],
-    counts: dict[str, int],
-    device: str,
-    log: Log,
+    photos: dict[str, int],
 ) -> TrainResult:
-    """Write checkpoint.pth, metrics.json, curves.png and skipped.tsv; say where."""
-    spec = backbone.spec
+    """Write checkpoint.pth, metrics.json, curves.png and skipped.tsv; say where.
+
+    `photos`: train_images (photos), train_rows (views add rows, not photos), valid_images.
+    """
+    spec, data = backbone.spec, run.data
     best_epoch = metrics["best_epoch"]
     ckpt = {
         "flowerid_version": __version__,
@@ -448,43 +459,35 @@ def _finish(
         },
         "preprocessing": backbone.preprocessing.to_dict(),
         "categories": list(data.categories),
-        "names": names,
+        "names": run.names,
         "class_to_idx": {c: i for i, c in enumerate(data.categories)},
         "head": {"config": head_cfg.to_dict(), "state_dict": head_state},
         "training": {
-            **asdict(cfg),
-            "data_dir": str(Path(data_dir).resolve()),
-            **counts,
-            "device": device,
+            **asdict(run.cfg),
+            "data_dir": str(Path(run.data_dir).resolve()),
+            **{k: int(v) for k, v in photos.items()},
+            "device": run.device,
             "engine": backbone.engine.name,
         },
         "metrics": metrics,
     }
-    path = save_checkpoint(ckpt, save_dir / "checkpoint.pth")
-    atomic_write_json(save_dir / "metrics.json", metrics)
-    (save_dir / STATE_FILE).unlink(missing_ok=True)  # the run is complete: nothing left to resume
-    _write_curves(save_dir / "curves.png", metrics["history"], best_epoch, log)
-    _report_skipped(save_dir, skipped, log)
-    log(
+    path = save_checkpoint(ckpt, run.save_dir / "checkpoint.pth")
+    atomic_write_json(run.save_dir / "metrics.json", metrics)
+    (run.save_dir / STATE_FILE).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    _write_curves(run.save_dir / "curves.png", metrics["history"], best_epoch, run.log)
+    _report_skipped(run.save_dir, skipped, run.log)
+    run.log(
         f"best epoch {best_epoch}: valid accuracy {metrics['valid_acc']:.2%}; saved {path} "
         f"({metrics['total_seconds']:.0f}s in all)"
     )
     return TrainResult(path, metrics, skipped)
 
 
-def _train_tuned(
-    data: Any,
-    data_dir: str | os.PathLike,
-    save_dir: Path,
-    cfg: TrainConfig,
-    names: list[str | None],
-    device: str,
-    log: Log,
-    t_start: float,
-) -> TrainResult:
+def _train_tuned(run: _Run) -> TrainResult:
     """--tune-stages N: the last N stages train with the head on cached front activations (finetune.py)."""
     from . import finetune
 
+    cfg, data = run.cfg, run.data
     if cfg.views:
         raise UsageError("--tune-stages and --views do not combine: tuning mirrors activations instead; use --views 0")
     if cfg.resume:
@@ -499,124 +502,64 @@ def _train_tuned(
     for split, failed in ((data.train, failed_tr), (data.valid, failed_va)):
         skipped.update({str(split.paths[i]): reason for i, reason in failed.items()})
     feat_seconds = time.perf_counter() - t_feat
-    _check_left(data.categories, y_tr, y_va, save_dir, skipped, log)
-    log(f"activations before the last {cfg.tune_stages} stage(s) ready in {feat_seconds:.1f}s: {tuple(x_tr.shape[1:])}")
+    _check_left(data.categories, y_tr, y_va, run.save_dir, skipped, run.log)
+    run.log(
+        f"activations before the last {cfg.tune_stages} stage(s) ready in {feat_seconds:.1f}s: {tuple(x_tr.shape[1:])}"
+    )
 
     head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
-    _, head_state, history, best_epoch = finetune.fit_tail(tail, x_tr, y_tr, x_va, y_va, head_cfg, cfg, device, log)
-    best = history[best_epoch - 1]
-    metrics: dict[str, Any] = {
-        "best_epoch": best_epoch,
-        "valid_acc": best["valid_acc"],
-        "valid_loss": best["valid_loss"],
-        "train_acc": best["train_acc"],
-        "history": history,
-    }
-    head = build_head(head_cfg).to(device)
-    head.load_state_dict(head_state)
-    logits_va = finetune.tail_logits(tail, head, x_va, device)
-    del x_tr, x_va
-    counts = {"train_images": int(len(y_tr)), "train_rows": int(len(y_tr)), "valid_images": int(len(y_va))}
-    metrics["feature_seconds"] = feat_seconds
-    metrics["features_computed"] = counts["train_images"] + counts["valid_images"]
-    return _save_tuned(
-        module,
-        head_cfg,
-        head_state,
-        logits_va,
-        y_va,
-        metrics,
-        data,
-        data_dir,
-        save_dir,
-        cfg,
-        names,
-        skipped,
-        counts,
-        device,
-        log,
-        t_start,
+    head_state, history, best_epoch, logits_va = finetune.fit_tail(
+        tail, x_tr, y_tr, x_va, y_va, head_cfg, cfg, run.device, run.log
     )
+    metrics = _best_metrics(history, best_epoch)
+    metrics["feature_seconds"] = feat_seconds
+    metrics["features_computed"] = len(y_tr) + len(y_va)
+    photos = {"train_images": len(y_tr), "train_rows": len(y_tr), "valid_images": len(y_va)}
+    return _save_tuned(run, module, head_cfg, head_state, logits_va, y_va, metrics, skipped, photos)
 
 
 def _save_tuned(
+    run: _Run,
     module: torch.nn.Module,
     head_cfg: HeadConfig,
     head_state: dict[str, torch.Tensor],
     logits_va: torch.Tensor,
     y_va: torch.Tensor,
     metrics: dict[str, Any],
-    data: Any,
-    data_dir: str | os.PathLike,
-    save_dir: Path,
-    cfg: TrainConfig,
-    names: list[str | None],
     skipped: dict[str, str],
-    counts: dict[str, int],
-    device: str,
-    log: Log,
-    t_start: float,
+    photos: dict[str, int],
 ) -> TrainResult:
     """After a run that trained the backbone too: calibrate on valid logits, save backbone.pth, test, finish."""
     from . import finetune
 
+    cfg = run.cfg
     if cfg.calibrate:
-        temperature = fit_temperature(logits_va, y_va)
-        head_state = scale_logits(head_state, 1.0 / temperature)
-        metrics["temperature"] = temperature
-        metrics["valid_loss_uncalibrated"] = metrics["valid_loss"]
-        metrics["valid_loss"] = F.cross_entropy(logits_va / temperature, y_va).item()
-        log(
-            f"calibrated: temperature {temperature:.3f}, fitted on valid "
-            f"(its cross-entropy {metrics['valid_loss_uncalibrated']:.4f} -> {metrics['valid_loss']:.4f})"
-        )
-    weights = finetune.save_backbone(module.cpu().eval(), save_dir)
-    backbone = load_backbone(get_spec(cfg.arch), device, str(weights), cfg.engine)  # the digest later loads see
-    if data.test is not None:
+        head_state = _calibrate(head_state, logits_va, y_va, metrics, run.log)
+    weights = finetune.save_backbone(module.cpu().eval(), run.save_dir)
+    backbone = load_backbone(get_spec(cfg.arch), run.device, str(weights), cfg.engine)  # the digest later loads see
+    if run.data.test is not None:
         head = build_head(head_cfg)
         head.load_state_dict(head_state)
-        x_te, y_te = _features_for(data.test, backbone, dataclasses.replace(cfg, use_cache=False), "test", skipped, {})
+        no_cache = dataclasses.replace(cfg, use_cache=False)
+        x_te, y_te = _features_for(run.data.test, backbone, no_cache, "test", skipped, {})
         metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, x_te, y_te)
-        log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
-    metrics["total_seconds"] = time.perf_counter() - t_start
-    return _finish(
-        save_dir,
-        data,
-        data_dir,
-        names,
-        cfg,
-        backbone,
-        finetune.BACKBONE_FILE,
-        head_cfg,
-        head_state,
-        metrics,
-        skipped,
-        counts,
-        device,
-        log,
-    )
+        run.log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
+    metrics["total_seconds"] = time.perf_counter() - run.t_start
+    return _finish(run, backbone, finetune.BACKBONE_FILE, head_cfg, head_state, metrics, skipped, photos)
 
 
-def _train_full(
-    data: Any,
-    data_dir: str | os.PathLike,
-    save_dir: Path,
-    cfg: TrainConfig,
-    names: list[str | None],
-    device: str,
-    log: Log,
-    t_start: float,
-) -> TrainResult:
+def _train_full(run: _Run) -> TrainResult:
     """--full-finetune: every layer trains on augmented photos (finetune.fit_full); meant for a GPU."""
     from . import finetune
 
+    cfg, data = run.cfg, run.data
     if cfg.views or cfg.resume or cfg.tune_stages:
         raise UsageError("--full-finetune trains on fresh augmented photos; drop --views, --resume and --tune-stages")
     spec = get_spec(cfg.arch)
     if spec.family == "ensemble":
         raise UsageError(f"--full-finetune takes one network; {spec.name} is an ensemble of {', '.join(spec.members)}")
-    if device == "cpu":
-        log(
+    if run.device == "cpu":
+        run.log(
             "full fine-tuning on a CPU is slow (every photo through the whole network, both ways, every epoch); "
             "it is meant for a GPU. On a CPU, --tune-stages 1 gets most of the gain in minutes"
         )
@@ -624,35 +567,11 @@ def _train_full(
     head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
     skipped: dict[str, str] = {}
     head_state, history, best_epoch, logits_va, y_va = finetune.fit_full(
-        module, head_cfg, data.train, data.valid, spec, cfg, device, skipped, log
+        module, head_cfg, data.train, data.valid, spec, cfg, run.device, skipped, run.log
     )
-    best = history[best_epoch - 1]
-    metrics: dict[str, Any] = {
-        "best_epoch": best_epoch,
-        "valid_acc": best["valid_acc"],
-        "valid_loss": best["valid_loss"],
-        "train_acc": best["train_acc"],
-        "history": history,
-        "feature_seconds": 0.0,
-        "features_computed": 0,
-    }
-    readable = len(data.train.paths) - sum(1 for p in data.train.paths if str(p) in skipped)
-    counts = {"train_images": readable, "train_rows": readable, "valid_images": int(len(y_va))}
-    return _save_tuned(
-        module,
-        head_cfg,
-        head_state,
-        logits_va,
-        y_va,
-        metrics,
-        data,
-        data_dir,
-        save_dir,
-        cfg,
-        names,
-        skipped,
-        counts,
-        device,
-        log,
-        t_start,
-    )
+    metrics = _best_metrics(history, best_epoch)
+    metrics["feature_seconds"] = 0.0
+    metrics["features_computed"] = 0
+    readable = sum(1 for p in data.train.paths if str(p) not in skipped)
+    photos = {"train_images": readable, "train_rows": readable, "valid_images": len(y_va)}
+    return _save_tuned(run, module, head_cfg, head_state, logits_va, y_va, metrics, skipped, photos)
