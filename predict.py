@@ -10,7 +10,7 @@ try:
 except ImportError:  # a plain checkout: use the source tree
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
 
-from flowerid.cli import format_predictions, run  # noqa: E402
+from flowerid.apps.cli import format_predictions, run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -24,7 +24,7 @@ def main(argv=None) -> int:
 
     def go(a: argparse.Namespace) -> int:
         from flowerid.errors import UsageError
-        from flowerid.predictor import Classifier
+        from flowerid.model.predictor import Classifier
 
         if a.top_k < 1:
             raise UsageError("--top_k must be at least 1")

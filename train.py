@@ -10,11 +10,11 @@ try:
 except ImportError:  # a plain checkout: use the source tree
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
 
-from flowerid.cli import run  # noqa: E402
+from flowerid.apps.cli import run  # noqa: E402
 
 
 def main(argv=None) -> int:
-    from flowerid.config import TrainConfig
+    from flowerid.training.config import TrainConfig
 
     d = TrainConfig()
     p = argparse.ArgumentParser(description="Train a flower classifier (heritage interface of flowerid).")
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     def go(a: argparse.Namespace) -> int:
-        from flowerid.training import train
+        from flowerid.training.run import train
 
         cfg = TrainConfig.from_preset(
             arch=a.arch,

@@ -77,11 +77,11 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from flowerid._platform import tune_malloc
-    from flowerid.data import load_dataset
-    from flowerid.engines import OnnxEngine, export_onnx, load_backbone
-    from flowerid.features import extract_features
-    from flowerid.registry import build_backbone, get_spec
+    from flowerid.backbones._platform import tune_malloc
+    from flowerid.backbones.engines import OnnxEngine, export_onnx, load_backbone
+    from flowerid.backbones.features import extract_features
+    from flowerid.backbones.registry import build_backbone, get_spec
+    from flowerid.data.folders import load_dataset
 
     spec = get_spec(args.arch)
     rows: list[tuple[str, float, str]] = []

@@ -28,11 +28,11 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "flowers102"
 def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
-    from flowerid.data import load_dataset
-    from flowerid.export import export_checkpoint
-    from flowerid.predictor import Classifier
-    from flowerid.preprocess import Preprocessing
-    from flowerid.shipped import shipped_model_path
+    from flowerid.data.folders import load_dataset
+    from flowerid.data.preprocess import Preprocessing
+    from flowerid.model.builtin import shipped_model_path
+    from flowerid.model.export import export_checkpoint
+    from flowerid.model.predictor import Classifier
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, default=None, help="default: the built-in model")

@@ -41,7 +41,7 @@ def _value(text: str) -> Any:
 
 def _pairs(items: list[str], many: bool) -> dict[str, Any]:
     from flowerid.errors import UsageError
-    from flowerid.training import TrainConfig
+    from flowerid.training.run import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     out: dict[str, Any] = {}
@@ -55,8 +55,8 @@ def _pairs(items: list[str], many: bool) -> dict[str, Any]:
 
 def build(data: Path, out: Path, grid: dict[str, list[Any]], fixed: dict[str, Any], log=print) -> dict[str, Any]:
     """Train every grid point, write the best as `out`; return its checkpoint."""
-    from flowerid.checkpoint import load_checkpoint, save_checkpoint
-    from flowerid.training import TrainConfig, train
+    from flowerid.model.checkpoint import load_checkpoint, save_checkpoint
+    from flowerid.training.run import TrainConfig, train
 
     keys = list(grid)
     runs: list[dict[str, Any]] = []

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowerid.registry import BackboneSpec, WeightsSource, register_backbone
+from flowerid.backbones.registry import BackboneSpec, WeightsSource, register_backbone
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flowers102"
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+SHARED_DATA = ROOT.parent / "shared" / "data" / "flowers102"
 TINY = "tiny_test"
 
 # Colours that a tiny random conv net separates easily; names are digits so order matters.
@@ -85,7 +86,7 @@ def trained(tmp_path_factory):
     """One tiny model trained once for the tests that only read it."""
     import os
 
-    from flowerid.training import TrainConfig, train
+    from flowerid.training.run import TrainConfig, train
 
     root = tmp_path_factory.mktemp("trained")
     data = build_folder(root / "data", {"train": 8, "valid": 4, "test": 4})

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from flowerid.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, validate
+from flowerid.data.images import load_image
 from flowerid.errors import CheckpointError, FlowerIdError, ImageError
-from flowerid.images import load_image
+from flowerid.model.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, validate
 
 from .hostile import OK, hostile_files
 
@@ -111,7 +111,7 @@ def _paths(obj, prefix=()):
 def test_checkpoint_with_wrong_fields_is_refused_or_works(trained, data):
     """Replace any field of a real checkpoint with junk: validate and the Classifier refuse it
     with a typed error, or it still predicts."""
-    from flowerid.predictor import Classifier
+    from flowerid.model.predictor import Classifier
 
     ckpt = load_checkpoint(trained[1].checkpoint_path)
     bad = copy.deepcopy(ckpt)
@@ -134,7 +134,7 @@ def test_checkpoint_with_wrong_fields_is_refused_or_works(trained, data):
 
 def test_migrations_run_as_explicit_steps(trained, tmp_path, monkeypatch):
     """An older file is brought up to date one tested step at a time; a broken step is refused."""
-    import flowerid.checkpoint as ck
+    import flowerid.model.checkpoint as ck
 
     path = tmp_path / "old.pth"
     save_checkpoint(load_checkpoint(trained[1].checkpoint_path), path)

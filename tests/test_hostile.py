@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from flowerid.cli import main
-from flowerid.data import list_images, load_dataset
+from flowerid.apps.cli import main
+from flowerid.data.folders import list_images, load_dataset
+from flowerid.data.images import load_image
 from flowerid.errors import DataError, DecompressionBombError, ImageError, UsageError
-from flowerid.images import load_image
-from flowerid.training import TrainConfig, train
+from flowerid.training.run import TrainConfig, train
 
 from .conftest import CLASS_COLOURS, TINY, build_folder, make_photo
 from .hostile import IGNORE, OK, SKIP, build_hostile_corpus, names_with
@@ -104,7 +104,7 @@ def test_train_skips_unreadable_files_and_lists_them(hostile_folder, tmp_path):
     ok_valid = sum(1 for k, c in cases.items() if c.outcome == OK and k.startswith("valid/"))
     ckpt_training = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert ckpt_training["history"][-1]["epoch"] == 2
-    from flowerid.checkpoint import load_checkpoint
+    from flowerid.model.checkpoint import load_checkpoint
 
     info = load_checkpoint(result.checkpoint_path)["training"]
     assert info["train_images"] == 3 * 4 + ok_train and info["valid_images"] == 3 * 2 + ok_valid
@@ -152,12 +152,12 @@ def test_a_category_left_with_no_readable_images_is_an_error(tmp_path):
 def test_data_errors_come_before_any_work(tmp_path, capsys, damage, words, monkeypatch):
     root = build_folder(tmp_path / "d", {"train": 1, "valid": 1})
     damage(root)
-    import flowerid.training
+    import flowerid.training.run
 
     def no_backbone(*a, **k):
         raise AssertionError("built a backbone before checking the data")
 
-    monkeypatch.setattr(flowerid.training, "load_backbone", no_backbone)
+    monkeypatch.setattr(flowerid.training.run, "load_backbone", no_backbone)
     args = ["train", str(root), "--save-dir", str(tmp_path / "run"), "--arch", TINY]
     if words is None:  # a hidden file alone changes nothing: still fails only on the stub
         with pytest.raises(AssertionError):

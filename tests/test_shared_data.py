@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from flowerid.cli import main
+from flowerid.apps.cli import main
 
 from .conftest import SHARED_DATA
 

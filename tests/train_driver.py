@@ -20,9 +20,11 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     stage, marker, *argv = sys.argv[1:]
-    from flowerid import engines, preprocess, training
-    from flowerid.cli import main as cli_main
-    from flowerid.registry import register_backbone
+    from flowerid.apps.cli import main as cli_main
+    from flowerid.backbones import engines
+    from flowerid.backbones.registry import register_backbone
+    from flowerid.data import preprocess
+    from flowerid.training import run as training
     from tests.conftest import tiny_spec
 
     register_backbone(tiny_spec(), replace=True)

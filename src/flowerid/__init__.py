@@ -49,23 +49,23 @@ __all__ = [
 def __getattr__(name: str):
     # Lazy: `import flowerid` stays cheap; torch loads only when a model is used.
     if name in ("load", "Classifier", "Prediction"):
-        from . import predictor
+        from .model import predictor
 
         return getattr(predictor, name)
     if name == "TrainConfig":
-        from .config import TrainConfig
+        from .training.config import TrainConfig
 
         return TrainConfig
     if name == "train":
-        from .training import train
+        from .training.run import train
 
         return train
     if name == "evaluate":
-        from .evaluation import evaluate
+        from .evaluation.run import evaluate
 
         return evaluate
     if name == "load_image":
-        from .images import load_image
+        from .data.images import load_image
 
         return load_image
     raise AttributeError(f"module 'flowerid' has no attribute {name!r}")

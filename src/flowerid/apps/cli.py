@@ -1,0 +1,468 @@
+"""Command line: `flowerid train|predict|evaluate|show|check|serve|info|export|backbones`.
+
+The only place errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from .. import __version__
+from ..errors import FlowerIdError, UsageError
+
+EXIT_INTERRUPTED = 130
+
+
+def _err(msg: str) -> None:
+    print(f"flowerid: error: {msg}", file=sys.stderr)
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    from ..training.config import DEFAULT_PRESET, PRESETS, TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
+    p.add_argument(
+        "--save-dir", default="runs/flowers", help="where checkpoint.pth and metrics.json go (default: %(default)s)"
+    )
+    p.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        choices=list(PRESETS),
+        help="; ".join(f"{p.name}: {p.summary} ({p.arch})" for p in PRESETS.values())
+        + " (default: %(default)s). Flags below override the preset.",
+    )
+    p.add_argument("--arch", default=None, help="backbone (default: the preset's); `flowerid backbones` lists them")
+    p.add_argument("--weights", default=None, metavar="PATH", help="local state dict for the backbone")
+    p.add_argument("--epochs", type=int, default=None, help="head training epochs (default: the preset's)")
+    p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
+    p.add_argument(
+        "--tune-stages",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fine-tune the backbone's last N stages with the head, on cached activations "
+        "(EfficientNets; default: the preset's, 0 = frozen)",
+    )
+    p.add_argument(
+        "--full-finetune",
+        action="store_true",
+        help="train every layer on freshly augmented photos each epoch (mixed precision on CUDA): for a GPU",
+    )
+    p.add_argument(
+        "--no-calibrate", action="store_true", help="keep raw probabilities (default: fit a temperature on valid)"
+    )
+    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)")
+    p.add_argument(
+        "--hidden-units",
+        type=int,
+        default=d.hidden_units,
+        help="hidden layer width; 0 = a linear head (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="head training mini-batch (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    p.add_argument(
+        "--category-names",
+        default=None,
+        metavar="JSON",
+        help="category-to-name JSON (default: DATA_DIR/cat_to_name.json if present)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="recompute features instead of using the cache")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "onnx", "torch"],
+        help="backbone engine: auto = ONNX Runtime on CPU, PyTorch on CUDA (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run's head training from its last epoch"
+    )
+    p.set_defaults(
+        interrupt_hint="run it again to reuse the features computed so far, with --resume to continue head training"
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..training.config import TrainConfig
+    from ..training.run import train
+
+    cfg = TrainConfig.from_preset(
+        args.preset,
+        arch=args.arch,
+        epochs=args.epochs,
+        views=args.views,
+        tune_stages=args.tune_stages,
+        full_finetune=args.full_finetune or None,
+        calibrate=not args.no_calibrate,
+        learning_rate=args.learning_rate,
+        hidden_units=args.hidden_units,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        weights=args.weights,
+        category_names=args.category_names,
+        use_cache=not args.no_cache,
+        engine=args.engine,
+        resume=args.resume,
+    )
+    train(args.data_dir, args.save_dir, cfg, log=lambda s: print(s, flush=True))
+    return 0
+
+
+def add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", help="photos to name")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a checkpoint.pth written by `flowerid train` (default: the built-in 102-flower model)",
+    )
+    p.add_argument("--top-k", type=int, default=5, help="how many categories to show (default: %(default)s)")
+    p.add_argument(
+        "--category-names",
+        default=None,
+        metavar="JSON",
+        help="category-to-name JSON (default: the names stored in the checkpoint)",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "onnx", "torch"],
+        help="backbone engine: auto = ONNX Runtime on CPU, PyTorch on CUDA (default: %(default)s)",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="also draw each photo beside a bar chart of its top-K (one image: PATH; several: PATH-<image>.png, "
+        "or <image>.png inside PATH when it is a folder)",
+    )
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..errors import ImageError
+    from ..model.predictor import Classifier
+
+    if args.top_k < 1:
+        raise UsageError("--top-k must be at least 1")
+    from ..model.builtin import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    clf = Classifier.load(checkpoint, device=args.device, category_names=args.category_names, engine=args.engine)
+    results = clf.predict_many(args.images, top_k=args.top_k)
+    failed = 0
+    records = []
+    for image, res in zip(args.images, results, strict=True):
+        if isinstance(res, ImageError):
+            failed += 1
+            records.append({"image": image, "error": res.reason})
+            if not args.json:
+                _err(f"{image}: {res.reason}")
+        else:
+            records.append({"image": image, "predictions": [p.to_dict() for p in res]})
+    if args.json:
+        text = json.dumps(records, indent=2, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a file name that is not UTF-8: \u escapes keep the JSON valid
+            text = json.dumps(records, indent=2)
+        print(text)
+    else:
+        for rec in records:
+            if "predictions" in rec:
+                print(format_predictions(rec["image"], rec["predictions"]))
+    if args.plot:
+        from ..evaluation.figures import write_prediction_plots
+
+        for path in write_prediction_plots(clf, args.images, results, args.plot):
+            print(f"plot: {path}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def format_predictions(image: str, preds: list[dict]) -> str:
+    width = max(len(p["name"] or p["category"]) for p in preds)
+    lines = [image]
+    for rank, p in enumerate(preds, 1):
+        label = p["name"] or p["category"]
+        bar = "█" * int(round(p["probability"] * 20))
+        lines.append(
+            f"  {rank}. {label:<{width}}  {p['probability']:7.2%}  {bar}"
+            + (f"  [{p['category']}]" if p["name"] else "")
+        )
+    return "\n".join(lines)
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    from .server import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_UNSURE_BELOW
+
+    p.add_argument(
+        "--checkpoint", default=None, help="a checkpoint.pth written by `flowerid train` (default: the built-in model)"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 = every network (default: %(default)s)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+        help="largest upload (default: %(default)g)",
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=None, help="largest image in pixels (default: FLOWERID_MAX_PIXELS)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="photos named at once (default: one per core, 1-4)")
+    p.add_argument(
+        "--unsure-below",
+        type=float,
+        default=DEFAULT_UNSURE_BELOW,
+        help="top probability called unsure (default: %(default)s)",
+    )
+    p.add_argument(
+        "--category-names", default=None, metavar="JSON", help="category-to-name JSON (default: checkpoint's)"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from ..model.predictor import Classifier
+    from .server import ServeConfig, create_app, default_threads, run_server
+
+    threads = default_threads() if args.threads is None else args.threads
+    cfg = ServeConfig(int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below)
+    from ..model.builtin import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    clf = Classifier.load(checkpoint, device=args.device, category_names=args.category_names)
+    return run_server(create_app(clf, cfg, str(checkpoint)), args.host, args.port)
+
+
+def add_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
+    p.add_argument("--min-size", type=int, default=64, help="warn about images with a shorter side under this")
+    p.add_argument(
+        "--max-imbalance", type=float, default=10.0, help="warn when train categories differ more than this factor"
+    )
+    p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the data can be trained on as it is, 1 when something would make training wrong."""
+    from ..data.check import check_data
+
+    report = check_data(args.data_dir, min_size=args.min_size, max_imbalance=args.max_imbalance)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format())
+    return 1 if report.errors or (args.strict and report.warnings) else 0
+
+
+def add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint.pth written by `flowerid train`, or `builtin`")
+    p.add_argument("folder", help="labelled photos in ImageFolder layout (FOLDER/<category>/<images>), e.g. DATA/valid")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where metrics.json, the figures and report.html go (default: eval-<FOLDER name> beside the checkpoint)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary of metrics.json instead of text")
+    p.add_argument("--no-figures", action="store_true", help="write metrics.json only (faster)")
+    p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default: %(default)s)")
+    p.add_argument(
+        "--category-names", default=None, metavar="JSON", help="category-to-name JSON (default: the checkpoint's)"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    p.add_argument(
+        "--engine", default="auto", choices=["auto", "onnx", "torch"], help="backbone engine, as for predict"
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..evaluation.run import evaluate
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    from ..model.builtin import BUILTIN, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    beside = Path() if args.checkpoint == BUILTIN else checkpoint.parent  # never write into the installed package
+    out = args.out or beside / f"eval-{Path(args.folder).resolve().name}"
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print  # stdout stays pure JSON
+    result = evaluate(
+        checkpoint,
+        args.folder,
+        out,
+        device=args.device,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        category_names=args.category_names,
+        figures=not args.no_figures,
+        log=log,
+    )
+    if args.json:
+        print(json.dumps(result.summary(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def add_show_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="photos in ImageFolder layout (a data folder with train/ shows train/)")
+    p.add_argument("--out", default="batch.png", metavar="PATH", help="picture to write (default: %(default)s)")
+    p.add_argument("-n", "--num", type=int, default=16, help="how many photos (default: %(default)s)")
+    p.add_argument("--cols", type=int, default=4, help="photos per row (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="which random batch (default: %(default)s)")
+    p.add_argument("--arch", default=None, help="show the preprocessing of this backbone (default: the default one)")
+    p.add_argument("--checkpoint", default=None, help="show the preprocessing and names of this checkpoint")
+    p.add_argument("--category-names", default=None, metavar="JSON", help="default: cat_to_name.json beside the data")
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from ..evaluation.figures import show_folder
+
+    if args.num < 1 or args.cols < 1:
+        raise UsageError("--num and --cols must be at least 1")
+    path, skipped = show_folder(
+        args.folder, args.out, args.num, args.cols, args.seed, args.arch, args.checkpoint, args.category_names
+    )
+    for p, reason in skipped.items():
+        _err(f"{p}: {reason} (skipped)")
+    print(f"wrote {path}")
+    return 0
+
+
+def run_backbones(args: argparse.Namespace) -> int:
+    from ..backbones.registry import _REGISTRY
+
+    width = max(len(name) for name in _REGISTRY)
+    print(f"{'name':<{width}} {'input':>5} {'features':>8}  {'ImageNet':>8}  weights")
+    for spec in _REGISTRY.values():
+        top1 = f"{spec.imagenet_top1:.1f}%" if spec.imagenet_top1 else "-"
+        print(f"{spec.name:<{width}} {spec.input_size:>5} {spec.num_features:>8}  {top1:>8}  {spec.weights.describe()}")
+    return 0
+
+
+def add_info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint (default: the built-in model)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from ..model.builtin import BUILTIN, resolve_checkpoint
+    from ..model.info import checkpoint_info, format_info
+
+    builtin = args.checkpoint in (None, BUILTIN)
+    info = checkpoint_info(resolve_checkpoint(args.checkpoint), shipped=builtin)
+    print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_info(info))
+    return 0
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    # Literal choices: importing .export here would load torch for every command (tests keep them in step).
+    p.add_argument("checkpoint", help="a checkpoint, or `builtin` for the built-in 102-flower model")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: %(default)s")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="int8: smaller and faster (ONNX only)")
+    p.add_argument("--out", required=True, help="model file to write (or a folder); the manifest goes beside it")
+    p.add_argument(
+        "--output",
+        choices=["probabilities", "logits"],
+        default="probabilities",
+        help="what the graph returns (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        metavar="DIR",
+        help="photos for int8 calibration (default: the training data's train/)",
+    )
+    p.add_argument("--calibration-size", type=int, default=128, help="default: %(default)s")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..model.builtin import resolve_checkpoint
+    from ..model.export import export_checkpoint
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    res = export_checkpoint(
+        ckpt,
+        args.out,
+        args.format,
+        quantize=args.quantize,
+        output=args.output,
+        calibration=args.calibration,
+        calibration_size=args.calibration_size,
+    )
+    size = res.model_path.stat().st_size
+    print(f"wrote {res.model_path} ({size / 1e6:.1f} MB) and {res.manifest_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowerid", description="Train image classifiers by transfer learning and name the flower in a photo."
+    )
+    parser.add_argument("--version", action="version", version=f"flowerid {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train", help="train a classifier head on a frozen pretrained backbone")
+    add_train_args(p)
+    p.set_defaults(func=run_train)
+    p = sub.add_parser("predict", help="name the flowers in photos")
+    add_predict_args(p)
+    p.set_defaults(func=run_predict)
+    p = sub.add_parser("serve", help="web page and JSON API: point a phone at a flower")
+    add_serve_args(p)
+    p.set_defaults(func=run_serve)
+    p = sub.add_parser("check", help="report on a data folder: counts, unreadable files, duplicates, leakage")
+    add_check_args(p)
+    p.set_defaults(func=run_check)
+    p = sub.add_parser("evaluate", help="measure a checkpoint on labelled photos: metrics, figures and a report")
+    add_evaluate_args(p)
+    p.set_defaults(func=run_evaluate)
+    p = sub.add_parser("show", help="draw a random batch of labelled photos as the model sees them")
+    add_show_args(p)
+    p.set_defaults(func=run_show)
+    p = sub.add_parser("info", help="say what a checkpoint is: backbone, categories, training, accuracy, digest")
+    add_info_args(p)
+    p.set_defaults(func=run_info)
+    p = sub.add_parser("export", help="write a checkpoint as one ONNX or TorchScript model plus a JSON manifest")
+    add_export_args(p)
+    p.set_defaults(func=run_export)
+    p = sub.add_parser("backbones", help="list the backbones")
+    p.set_defaults(func=run_backbones)
+    return parser
+
+
+def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Call a command, turning flowerid errors and Ctrl-C into messages and exit codes."""
+    try:
+        from ..data.images import max_pixels_default
+
+        max_pixels_default()  # a bad FLOWERID_MAX_PIXELS fails here, not in a worker
+        return func(args)
+    except KeyboardInterrupt:
+        hint = getattr(args, "interrupt_hint", None)
+        print(f"\nflowerid: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except FlowerIdError as exc:
+        _err(str(exc))
+        return exc.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 must not crash printing
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    args = build_parser().parse_args(argv)
+    return run(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Reading labelled photo folders (torchvision ImageFolder layout)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._io import atomic_write_bytes
+from ..errors import DataError
+from .images import looks_like_image
+
+SPLITS = ("train", "valid", "test")
+CATEGORY_NAMES_FILE = "cat_to_name.json"
+
+
+@dataclass
+class ImageFolder:
+    """One split: its categories in ImageFolder order and (path, index) samples."""
+
+    root: Path
+    categories: list[str]
+    samples: list[tuple[Path, int]]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p, _ in self.samples]
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.samples]
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(self.categories, 0)
+        for _, t in self.samples:
+            out[self.categories[t]] += 1
+        return out
+
+
+def find_categories(root: Path) -> list[str]:
+    """Category folders sorted as ImageFolder sorts them (plain string order: "1", "10", "2")."""
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, sorted; hidden files and folders (`.DS_Store`,
+    `._IMG.jpg`, `.ipynb_checkpoints/`) and obvious non-images are left out quietly."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
+        for f in filenames:
+            p = Path(dirpath) / f
+            if not f.startswith(".") and p.is_file() and looks_like_image(p):
+                out.append(p)
+    return sorted(out)
+
+
+def scan_folder(root: str | os.PathLike, categories: list[str] | None = None) -> ImageFolder:
+    """List a split's images. With `categories`, folders map onto that order by name.
+
+    Raises DataError for no categories, an empty category or a category that
+    `categories` does not know.
+    """
+    root = Path(root)
+    found = find_categories(root)
+    if not found:
+        raise DataError(f"{root} has no category folders; expected {root}/<category>/<image files>")
+    if categories is None:
+        categories = found
+    else:
+        unknown = [c for c in found if c not in categories]
+        if unknown:
+            raise DataError(
+                f"{root} has categories the model does not know: {', '.join(unknown[:10])}"
+                + (" …" if len(unknown) > 10 else "")
+                + " (every category needs a folder in train/)"
+            )
+    index = {c: i for i, c in enumerate(categories)}
+    samples: list[tuple[Path, int]] = []
+    empty: list[str] = []
+    for name in found:
+        files = list_images(root / name)
+        if not files:
+            empty.append(name)
+        samples.extend((p, index[name]) for p in files)
+    if empty:
+        raise DataError(f"{root}: category folders with no images: {', '.join(empty[:10])}")
+    return ImageFolder(root, list(categories), samples)
+
+
+@dataclass
+class DataSet:
+    """A data folder with train/ and valid/ (and maybe test/) splits sharing one category order."""
+
+    root: Path
+    categories: list[str]
+    train: ImageFolder
+    valid: ImageFolder
+    test: ImageFolder | None
+
+
+def load_dataset(data_dir: str | os.PathLike) -> DataSet:
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    missing = [s for s in ("train", "valid") if not (root / s).is_dir()]
+    if missing:
+        raise DataError(
+            f"{root} lacks {' and '.join(s + '/' for s in missing)}; expected train/ and valid/ "
+            "(and optionally test/), each with one folder of images per category"
+        )
+    train = scan_folder(root / "train")
+    valid = scan_folder(root / "valid", train.categories)
+    test = scan_folder(root / "test", train.categories) if (root / "test").is_dir() else None
+    return DataSet(root, train.categories, train, valid, test)
+
+
+SKIPPED_FILE = "skipped.tsv"
+
+
+def write_skipped(folder: str | os.PathLike, skipped: dict[str, str]) -> Path | None:
+    """Write skipped.tsv (path, reason) into `folder` atomically, or remove a stale one.
+
+    File names are written as the file system holds them (names that are not
+    UTF-8 keep their bytes); tabs and newlines in them are escaped.
+    """
+    path = Path(folder) / SKIPPED_FILE
+    if not skipped:
+        path.unlink(missing_ok=True)  # an old run's list must not be mistaken for this one's
+        return None
+
+    def clean(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+    lines = "".join(f"{clean(p)}\t{clean(r)}\n" for p, r in sorted(skipped.items()))
+    return atomic_write_bytes(path, ("path\treason\n" + lines).encode("utf-8", "surrogateescape"))
+
+
+def load_category_names(path: str | os.PathLike) -> dict[str, str]:
+    """Read a {category: name} JSON file such as cat_to_name.json."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"category names file {path} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"category names file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise DataError(f"{path} must hold one JSON object mapping category to name")
+    return {str(k): v for k, v in data.items()}
+
+
+def names_for(categories: list[str], mapping: dict[str, str] | None) -> list[str | None]:
+    if not mapping:
+        return [None] * len(categories)
+    return [mapping.get(c) for c in categories]

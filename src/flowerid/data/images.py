@@ -1,0 +1,207 @@
+"""The one image loader every command uses.
+
+It applies EXIF orientation, turns any Pillow mode into RGB, refuses
+decompression bombs before decoding pixels and, for JPEGs much larger than the
+model needs, decodes at reduced scale (draft mode) to save time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import DecompressionBombError, ImageError, NotAnImageError, UsageError
+
+ImageSource = str | os.PathLike | bytes | Image.Image
+
+#: File name endings treated as images when scanning folders.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+#: Default largest pixel count decoded (about a 12000 x 10000 photo).
+DEFAULT_MAX_PIXELS = 120_000_000
+
+_BOMB_HINT = "refused as a possible decompression bomb; raise FLOWERID_MAX_PIXELS if you trust this file"
+
+#: Bumped whenever decoding changes in a way that changes pixels (cache keys use it).
+LOADER_VERSION = 1
+
+
+#: Leading bytes of the formats above, to find images whatever their name.
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
+
+
+def max_pixels_default() -> int:
+    """The pixel limit: `FLOWERID_MAX_PIXELS` if set, else DEFAULT_MAX_PIXELS.
+
+    A value that is not a positive whole number is an error rather than silently
+    ignored: a user who raised the limit must not be refused with the default.
+    """
+    value = os.environ.get("FLOWERID_MAX_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise UsageError(f"FLOWERID_MAX_PIXELS={value!r} is not a positive whole number of pixels (e.g. 200000000)")
+    return limit
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for names that end like an image (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def has_image_magic(head: bytes) -> bool:
+    """True when a file's first bytes are those of a format flowerid reads."""
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def looks_like_image(path: str | os.PathLike) -> bool:
+    """An image by its name, or, for other names, by its magic bytes.
+
+    Files that fail both (`.DS_Store`, `notes.txt`, `Thumbs.db`) are obviously not
+    images and are ignored quietly; an image-named file that cannot be read is not
+    obvious and is reported by whoever tries to load it.
+    """
+    if is_image_file(path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return has_image_magic(f.read(16))
+    except OSError:
+        return False
+
+
+def _describe(source: ImageSource) -> str:
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return "<PIL image>"
+    return str(source)
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, bytes):
+        return Image.open(io.BytesIO(source))
+    return Image.open(source)
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    min_size: int | None = None,
+    max_pixels: int | None = None,
+) -> Image.Image:
+    """Load any readable image as an RGB PIL image.
+
+    `min_size` lets JPEGs decode at a reduced scale while keeping the shorter
+    side at least that many pixels. Raises ImageError (or its subclass
+    DecompressionBombError) for anything that cannot be read: whatever Pillow
+    raises on a hostile file becomes an ImageError naming the file and why.
+    """
+    name = _describe(source)
+    limit = max_pixels if max_pixels is not None else max_pixels_default()
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        if Image.MAX_IMAGE_PIXELS is not None and limit > 2 * Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = limit  # a raised limit must not be undercut by Pillow's own check
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img = _open(source)
+        except FileNotFoundError:
+            raise ImageError(name, "file not found") from None
+        except IsADirectoryError:
+            raise ImageError(name, "is a folder, not an image") from None
+        except PermissionError:
+            raise ImageError(name, "permission denied") from None
+        except Image.DecompressionBombError as exc:
+            raise DecompressionBombError(name, f"over the pixel limit ({_first_line(exc)}); {_BOMB_HINT}") from None
+        except UnidentifiedImageError:
+            raise NotAnImageError(name, _unidentified(source)) from None
+        except Exception as exc:  # Pillow's parsers raise many kinds on hostile headers
+            raise ImageError(name, f"cannot be opened ({_first_line(exc)})") from None
+    try:
+        return _decode(img, name, min_size, limit)
+    finally:
+        if img is not source:
+            img.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unidentified(source: ImageSource) -> str:
+    """Why Pillow did not recognise a file, in words a user can act on."""
+    head = source[:64] if isinstance(source, bytes) else b""
+    if not isinstance(source, bytes | Image.Image):
+        try:
+            with open(source, "rb") as f:
+                head = f.read(64)
+        except OSError:
+            pass
+    if not head:
+        return "is empty (0 bytes)"
+    start = head.lstrip().lower()
+    if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        return "is a web page (HTML/XML), not an image; a failed download?"
+    return "not an image Pillow can read"
+
+
+def _decode(img: Image.Image, name: str, min_size: int | None, limit: int) -> Image.Image:
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageError(name, f"has no pixels ({width}x{height})")
+    if width * height > limit:
+        raise DecompressionBombError(
+            name, f"{width}x{height} = {width * height:,} pixels is over the pixel limit of {limit:,}; {_BOMB_HINT}"
+        )
+    try:
+        if min_size and img.format == "JPEG":
+            img.draft("RGB", (min_size, min_size))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+    except Image.DecompressionBombError as exc:
+        raise DecompressionBombError(name, f"over the pixel limit ({_first_line(exc)}); {_BOMB_HINT}") from None
+    except Exception as exc:  # truncated data, broken chunks, odd codecs, MemoryError...
+        raise ImageError(name, f"cannot be decoded ({_first_line(exc)})") from None
+    with contextlib.suppress(Exception):  # a broken EXIF block must not lose the photo
+        img = ImageOps.exif_transpose(img) or img
+    try:
+        return to_rgb(img)
+    except Exception as exc:
+        raise ImageError(name, f"cannot be converted to RGB ({_first_line(exc)})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: transparency on white, 16/32-bit scaled to 8-bit."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = float(arr.max()) if arr.size else 0.0
+        if top > 255.0:
+            arr = arr * (255.0 / (65535.0 if top <= 65535.0 else top))
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")

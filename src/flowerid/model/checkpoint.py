@@ -1,0 +1,192 @@
+"""Self-describing checkpoints: plain data that loads with `weights_only=True`.
+
+A checkpoint holds the format version, package version, backbone name and
+weights digest, ordered categories and names, head shape and state,
+preprocessing, training settings and metrics. The frozen backbone's weights
+are not copied in: they are rebuilt from the registry and checked by digest.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write
+from ..errors import CheckpointError
+from . import _torchfile
+
+FORMAT = "flowerid-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = ("format", "format_version", "backbone", "preprocessing", "categories", "names", "head")
+
+# Explicit, tested steps from each older version to the next: {from_version: step}.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    import torch
+
+    ckpt = {**ckpt, "format": FORMAT, "format_version": FORMAT_VERSION}
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def _read(path: Path) -> Any:
+    """torch.load(weights_only=True) when torch is already loaded; else the torch-free reader.
+
+    Both refuse any global beyond tensors and plain data. The torch-free one keeps
+    `predict` from paying two seconds to import torch; its tensors are numpy arrays.
+    """
+    if "torch" in sys.modules:
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about odd pickle protocols: noise for users
+            return torch.load(path, map_location="cpu", weights_only=True)
+    return _torchfile.load(str(path))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate a checkpoint without ever unpickling code."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} not found")
+    if path.is_dir():
+        hint = path / "checkpoint.pth"
+        raise CheckpointError(f"{path} is a folder" + (f"; did you mean {hint}?" if hint.exists() else ""))
+    try:
+        ckpt = _read(path)
+    except pickle.UnpicklingError as exc:
+        if isinstance(exc, _torchfile.UnsafeCheckpoint) or "weights_only" in str(exc) or "Weights only" in str(exc):
+            raise CheckpointError(
+                f"{path} needs full pickle to load, which can run arbitrary code; flowerid only "
+                "loads plain-data checkpoints. Re-save it with flowerid, or do not trust it"
+            ) from None
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # the unpickler and zip reader raise many kinds on damaged bytes
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({_first_line(exc)})") from None
+    ckpt = validate(ckpt, str(path))
+    weights = ckpt["backbone"].get("weights_path")
+    if weights and not os.path.isabs(weights):
+        # A tuned backbone lives beside its checkpoint (backbone.pth): the pair moves together.
+        ckpt["backbone"]["weights_path"] = str(path.resolve().parent / weights)
+    return ckpt
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def validate(ckpt: Any, where: str = "checkpoint") -> dict[str, Any]:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{where} is not a flowerid checkpoint (a raw state dict or another tool's file?); "
+            "train one with `flowerid train`"
+        )
+    version = ckpt.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{where} has no format version")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where} is format version {version}, newer than this flowerid reads ({FORMAT_VERSION}); upgrade flowerid"
+        )
+    ckpt = migrate(ckpt, version, where)
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{where} lacks {', '.join(missing)}")
+    cats, names, head = ckpt["categories"], ckpt["names"], ckpt["head"]
+    if not isinstance(cats, list) or not cats or not all(isinstance(c, str) for c in cats):
+        raise CheckpointError(f"{where} has no valid category list")
+    if not isinstance(names, list) or len(names) != len(cats):
+        raise CheckpointError(f"{where}: names do not match categories")
+    if not isinstance(head, dict) or not isinstance(head.get("state_dict"), dict):
+        raise CheckpointError(f"{where} has no head weights")
+    if not all(n is None or isinstance(n, str) for n in names):
+        raise CheckpointError(f"{where}: names must be text or null")
+    _check_backbone(ckpt["backbone"], where)
+    _check_preprocessing(ckpt["preprocessing"], where)
+    _check_head(head, len(cats), where)
+    return ckpt
+
+
+def migrate(ckpt: dict[str, Any], version: int, where: str = "checkpoint") -> dict[str, Any]:
+    """Apply MIGRATIONS one version at a time up to FORMAT_VERSION.
+
+    Each step must raise the version; a step that fails on a damaged file
+    becomes a CheckpointError rather than a traceback.
+    """
+    while version < FORMAT_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise CheckpointError(f"{where} is format version {version}, which cannot be migrated")
+        try:
+            ckpt = step(dict(ckpt))
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"{where}: migrating from format version {version} failed ({exc!r})") from None
+        new = ckpt.get("format_version") if isinstance(ckpt, dict) else None
+        if not isinstance(new, int) or new <= version:
+            raise CheckpointError(f"{where}: the migration from format version {version} did not advance it")
+        version = new
+    return ckpt
+
+
+_BAD = (KeyError, TypeError, ValueError, OverflowError, AttributeError, IndexError)
+
+
+def _check_backbone(info: Any, where: str) -> None:
+    if (
+        not isinstance(info, dict)
+        or not isinstance(info.get("name"), str)
+        or not isinstance(info.get("weights_digest"), str)
+        or not isinstance(info.get("weights_path"), str | None)
+    ):
+        raise CheckpointError(f"{where} has no valid backbone record (name, weights_digest)")
+
+
+def _check_preprocessing(d: Any, where: str) -> None:
+    from ..data.preprocess import _RESAMPLE, Preprocessing
+
+    try:
+        prep = Preprocessing.from_dict(d)
+        ok = (
+            0 < prep.crop_size <= prep.resize_size <= 8192
+            and prep.interpolation in _RESAMPLE
+            and len(prep.mean) == len(prep.std) == 3
+            and all(math.isfinite(v) for v in (*prep.mean, *prep.std))
+            and all(v > 0 for v in prep.std)
+        )
+    except _BAD:
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{where} has no valid preprocessing record")
+
+
+def _check_head(head: dict[str, Any], num_classes: int, where: str) -> None:
+    """The head's weights must be exactly the tensors its recorded shape builds."""
+    from .head import HeadConfig
+
+    try:
+        cfg = HeadConfig.from_dict(head["config"])
+        if not (0 < cfg.in_features <= 1 << 20 and 0 <= cfg.hidden_units <= 1 << 20 and 0 <= cfg.dropout < 1):
+            raise ValueError
+        if cfg.num_classes != num_classes:
+            raise CheckpointError(f"{where}: the head has {cfg.num_classes} outputs for {num_classes} categories")
+        expected = cfg.state_shapes()
+    except _BAD:
+        raise CheckpointError(f"{where} has no valid head configuration") from None
+    state = head["state_dict"]
+    got = {k: tuple(v.shape) for k, v in state.items() if "float" in str(getattr(v, "dtype", ""))}
+    if got != expected or len(state) != len(expected):
+        raise CheckpointError(f"{where}: the head weights do not match the head's recorded shape")

@@ -1,0 +1,141 @@
+"""What a checkpoint is: backbone, categories, how it was trained, its validation figures, file digest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..backbones.registry import file_sha256, get_spec
+from ..errors import BackboneError
+from .checkpoint import load_checkpoint
+from .head import HeadConfig
+
+
+def checkpoint_info(path: str | os.PathLike, shipped: bool = False) -> dict[str, Any]:
+    """A JSON-ready summary of a checkpoint (no weights, no per-epoch history)."""
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    backbone = dict(ckpt["backbone"])
+    try:
+        spec = get_spec(backbone["name"])
+        backbone.update(arch=spec.arch, input_size=spec.input_size, weights_source=spec.weights.describe())
+    except BackboneError:  # an unknown backbone is reported by name; `predict` says what is wrong with it
+        pass
+    metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if k != "history"}
+    if "history" in ckpt.get("metrics", {}):
+        metrics["epochs_run"] = len(ckpt["metrics"]["history"])
+    return {
+        "path": str(path),
+        "shipped": shipped,
+        "file_bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+        "format": f"{ckpt['format']} v{ckpt['format_version']}",
+        "flowerid_version": ckpt.get("flowerid_version"),
+        "created": ckpt.get("created"),
+        "backbone": backbone,
+        "preprocessing": ckpt["preprocessing"],
+        "head": ckpt["head"].get("config", {}),
+        "num_classes": len(ckpt["categories"]),
+        "categories": list(ckpt["categories"]),
+        "names": list(ckpt["names"]),
+        "training": ckpt.get("training", {}),
+        "metrics": metrics,
+    }
+
+
+def _pct(x: Any) -> str:
+    return f"{x:.2%}" if isinstance(x, int | float) else "-"
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The summary as aligned lines for a terminal."""
+    b, p, t, m = info["backbone"], info["preprocessing"], info["training"], info["metrics"]
+    head = HeadConfig.from_dict(info["head"]) if info["head"] else None
+    labelled = [n or c for c, n in zip(info["categories"], info["names"], strict=True)]
+    shown = ", ".join(labelled[:6]) + (f", … ({len(labelled) - 6} more)" if len(labelled) > 6 else "")
+    rows = [
+        ("checkpoint", info["path"] + ("  (built-in model)" if info["shipped"] else "")),
+        ("file", f"{info['file_bytes']:,} bytes, sha256 {info['sha256']}"),
+        (
+            "format",
+            f"{info['format']}, flowerid {info['flowerid_version'] or '?'}, created {info['created'] or '?'}",
+        ),
+        (
+            "backbone",
+            f"{b['name']}"
+            + (f" ({b['arch']}, {b['input_size']} px)" if "arch" in b else "")
+            + f", {b.get('num_features', '?')} features, weights sha256 {str(b.get('weights_digest', '?'))[:16]}…"
+            + (
+                f", local weights {b['weights_path']} (a tuned or user-given file, not the registry's)"
+                if b.get("weights_path")
+                else (f", from {b['weights_source']}" if "weights_source" in b else "")
+            ),
+        ),
+        (
+            "preprocessing",
+            f"shorter side to {p['resize_size']} ({p['interpolation']}), centre crop {p['crop_size']}, "
+            f"mean {list(p['mean'])}, std {list(p['std'])}",
+        ),
+    ]
+    if head:
+        shape = (
+            f"{head.in_features} → {head.hidden_units} → {head.num_classes}"
+            if head.hidden_units
+            else f"linear {head.in_features} → {head.num_classes}"
+        )
+        rows.append(("head", shape + (f", dropout {head.dropout}" if head.dropout else "")))
+    rows.append(("categories", f"{info['num_classes']}: {shown}"))
+    if t:
+        settings = ", ".join(
+            f"{k.replace('_', ' ')} {t[k]}"
+            for k in (
+                "preset",
+                "epochs",
+                "learning_rate",
+                "batch_size",
+                "hidden_units",
+                "weight_decay",
+                "label_smoothing",
+                "seed",
+                "views",
+                "tune_stages",
+            )
+            if t.get(k) is not None
+        )
+        rows.append(
+            (
+                "training",
+                f"{t.get('train_images', '?')} train / {t.get('valid_images', '?')} valid images "
+                f"from {t.get('data_dir', '?')} on {t.get('device', '?')}; {settings}",
+            )
+        )
+        if t.get("selection"):
+            sel = t["selection"]
+            rows.append(("chosen from", f"{len(sel)} settings by valid top-1: " + "; ".join(_selection(sel))))
+    if m:
+        rows.append(
+            (
+                "validation",
+                f"top-1 {_pct(m.get('valid_acc'))}, loss {m.get('valid_loss', float('nan')):.4f}, "
+                f"best epoch {m.get('best_epoch', '?')} of {m.get('epochs_run', '?')}"
+                + (
+                    f"; probabilities calibrated (temperature {m['temperature']:.3f} fitted on valid, "
+                    f"loss {m['valid_loss_uncalibrated']:.4f} before)"
+                    if isinstance(m.get("temperature"), float) and isinstance(m.get("valid_loss_uncalibrated"), float)
+                    else ""
+                ),
+            )
+        )
+        if "test_acc" in m:
+            rows.append(("test", f"top-1 {_pct(m['test_acc'])}, loss {m.get('test_loss', float('nan')):.4f}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _selection(sel: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for run in sel:
+        settings = " ".join(f"{k}={v}" for k, v in run.get("settings", {}).items())
+        out.append(f"{settings or 'defaults'} → {_pct(run.get('valid_acc'))}")
+    return out

@@ -1,0 +1,223 @@
+"""Prediction: load a checkpoint once, then name the flowers in photos."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.folders import load_category_names
+from ..data.images import ImageSource, load_image
+from ..data.preprocess import Preprocessing
+from ..errors import CheckpointError, ImageError, UsageError
+from .checkpoint import load_checkpoint
+from .head import HeadConfig
+
+
+@dataclass(frozen=True)
+class Prediction:
+    category: str
+    name: str | None
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BatchProbabilities:
+    """Class probabilities for many photos; rows of unreadable photos are NaN and listed in `errors`."""
+
+    probs: np.ndarray  # (N, C) float64
+    errors: dict[int, ImageError] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> np.ndarray:
+        return ~np.isnan(self.probs[:, 0]) if len(self.probs) else np.zeros(0, dtype=bool)
+
+
+class NumpyHead:
+    """The trained head applied with numpy: a head is a matrix or two, torch is not needed."""
+
+    def __init__(self, cfg: HeadConfig, state: dict[str, Any]) -> None:
+        linears = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".weight")}, key=lambda s: int(s))
+        try:
+            self.layers = [
+                (
+                    np.asarray(state[f"{m}.weight"], dtype=np.float32).T.copy(),
+                    np.asarray(state[f"{m}.bias"], dtype=np.float32),
+                )
+                for m in linears
+            ]
+        except KeyError as exc:
+            raise CheckpointError(f"head weights lack {exc}") from None
+        expected = 2 if cfg.hidden_units > 0 else 1
+        if (
+            len(self.layers) != expected
+            or self.layers[0][0].shape[0] != cfg.in_features
+            or self.layers[-1][0].shape[1] != cfg.num_classes
+        ):
+            raise CheckpointError("head weights do not match the head's recorded shape")
+
+    def __call__(self, feats: np.ndarray) -> np.ndarray:
+        x = feats
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                x = np.maximum(x, 0.0)
+        return x
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+class Classifier:
+    """A trained flowerid model. Use `Classifier.load(path)`, then `predict(image)`."""
+
+    def __init__(
+        self,
+        checkpoint: dict[str, Any],
+        device: str = "auto",
+        category_names: dict[str, str] | None = None,
+        engine: str = "auto",
+    ) -> None:
+        from ..backbones.engines import load_backbone, resolve_device
+        from ..backbones.registry import get_spec
+
+        self.checkpoint = checkpoint
+        self.categories: list[str] = list(checkpoint["categories"])
+        names = list(checkpoint["names"])
+        if category_names:
+            names = [category_names.get(c, n) for c, n in zip(self.categories, names, strict=True)]
+        self.names: list[str | None] = names
+        self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
+        info = checkpoint["backbone"]
+        self.spec = get_spec(info["name"])
+        if self.spec.preprocessing != self.preprocessing:
+            raise CheckpointError(f"the checkpoint's preprocessing differs from backbone {self.spec.name}'s")
+        self.device = resolve_device(device)
+        self.backbone = load_backbone(self.spec, self.device, info.get("weights_path"), engine)
+        if self.backbone.digest != info["weights_digest"]:
+            raise CheckpointError(
+                f"the {self.spec.name} weights found here (sha256 {self.backbone.digest[:12]}…) are not the ones "
+                f"this checkpoint was trained on ({str(info['weights_digest'])[:12]}…)"
+            )
+        head = checkpoint["head"]
+        self.head = NumpyHead(HeadConfig.from_dict(head["config"]), head["state_dict"])
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        category_names: str | os.PathLike | None = None,
+        engine: str = "auto",
+    ) -> Classifier:
+        mapping = load_category_names(category_names) if category_names else None
+        return cls(load_checkpoint(path), device, mapping, engine)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def preprocess(self, image: ImageSource) -> np.ndarray:
+        return self.preprocessing(load_image(image, min_size=self.preprocessing.resize_size))
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C) for a preprocessed NCHW batch."""
+        return softmax(self.head(self.backbone.engine(np.ascontiguousarray(batch, dtype=np.float32))))
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[Prediction]:
+        k = min(k, len(probs))
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [Prediction(self.categories[i], self.names[i], float(probs[i])) for i in order]
+
+    def predict(self, image: ImageSource, top_k: int = 5) -> list[Prediction]:
+        """Top-K predictions for one photo (a path, bytes or a PIL image)."""
+        if top_k < 1:
+            raise UsageError("top_k must be at least 1")
+        return self.top_k(self.predict_proba(self.preprocess(image)[None])[0], top_k)
+
+    def predict_many(
+        self, images: Sequence[ImageSource], top_k: int = 5, batch_size: int = 32
+    ) -> list[list[Prediction] | ImageError]:
+        """Predict a list of photos in batches; an unreadable one yields its ImageError."""
+        if top_k < 1:
+            raise UsageError("top_k must be at least 1")
+        out: list[list[Prediction] | ImageError] = [ImageError("", "")] * len(images)
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            if pending:
+                probs = self.predict_proba(np.stack([a for _, a in pending]))
+                for (i, _), p in zip(pending, probs, strict=True):
+                    out[i] = self.top_k(p, top_k)
+                pending.clear()
+
+        for i, img in enumerate(images):
+            try:
+                pending.append((i, self.preprocess(img)))
+            except ImageError as exc:
+                out[i] = exc
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return out
+
+    def predict_proba_many(
+        self,
+        images: Sequence[ImageSource],
+        batch_size: int = 32,
+        progress: Callable[[int], None] | None = None,
+    ) -> BatchProbabilities:
+        """Full probability rows for many photos, through the same path as `predict`.
+
+        Evaluation uses this so its numbers match `predict`; an unreadable photo
+        is recorded, not raised. `progress(n)` is called after each batch.
+        """
+        if batch_size < 1:
+            raise UsageError("batch_size must be at least 1")
+        result = BatchProbabilities(np.full((len(images), self.num_classes), np.nan))
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            if pending:
+                result.probs[[i for i, _ in pending]] = self.predict_proba(np.stack([a for _, a in pending]))
+                if progress:
+                    progress(len(pending))
+                pending.clear()
+
+        for i, img in enumerate(images):
+            try:
+                pending.append((i, self.preprocess(img)))
+            except ImageError as exc:
+                result.errors[i] = exc
+                if progress:
+                    progress(1)
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return result
+
+
+def load(
+    path: str | os.PathLike | None = None,
+    device: str = "auto",
+    category_names: str | os.PathLike | None = None,
+    engine: str = "auto",
+) -> Classifier:
+    """Load a trained classifier from a checkpoint file; with no path, the built-in 102-flower model."""
+    if path is None:
+        from .builtin import shipped_model_path
+
+        path = shipped_model_path()
+    return Classifier.load(Path(path), device, category_names, engine)

@@ -1,0 +1,114 @@
+"""Training settings, apart from torch so the CLI can show defaults without importing it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A measured recipe: which backbone, how many augmented views, how long to train."""
+
+    name: str
+    arch: str
+    views: int  # augmented views of each training photo, on top of the photo itself
+    epochs: int
+    summary: str
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    tune_stages: int = 0  # backbone stages fine-tuned with the head (finetune.py); 0 = frozen
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("fast", "efficientnet_lite0", 0, 20, "one small backbone: the quickest useful model"),
+        Preset(
+            "default",
+            "efficientnet_lite0_lite2",
+            0,
+            20,
+            "two backbones side by side: the best accuracy for its time on a CPU",
+        ),
+        Preset(
+            "best",
+            "efficientnet_lite2",
+            0,
+            12,
+            "one larger backbone whose last stage fine-tunes with the head on cached activations",
+            tune_stages=1,
+        ),
+    )
+}
+DEFAULT_PRESET = "default"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; stored in the checkpoint."""
+
+    arch: str = PRESETS[DEFAULT_PRESET].arch
+    epochs: int = PRESETS[DEFAULT_PRESET].epochs
+    learning_rate: float = PRESETS[DEFAULT_PRESET].learning_rate
+    hidden_units: int = 0
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    engine: str = "auto"
+    weights: str | None = None
+    category_names: str | None = None
+    weight_decay: float = PRESETS[DEFAULT_PRESET].weight_decay
+    label_smoothing: float = 0.1
+    dropout: float = 0.0
+    num_workers: int | None = None
+    use_cache: bool = True
+    resume: bool = False  # continue head training from save_dir's train_state.pt
+    preset: str | None = DEFAULT_PRESET  # what the settings came from; None when set by hand
+    views: int = PRESETS[DEFAULT_PRESET].views
+    calibrate: bool = True  # fit a temperature on valid so that probabilities mean what they say
+    tune_stages: int = 0  # fine-tune the backbone's last N stages with the head (0 = frozen backbone)
+    full_finetune: bool = False  # train every layer on augmented photos (for a GPU)
+
+    @classmethod
+    def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
+        """A preset's settings, with any field overridden (None values are ignored)."""
+        try:
+            preset = PRESETS[name]
+        except KeyError:
+            raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - fields
+        if unknown:
+            raise UsageError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        values = {
+            "arch": preset.arch,
+            "views": preset.views,
+            "epochs": preset.epochs,
+            "learning_rate": preset.learning_rate,
+            "weight_decay": preset.weight_decay,
+            "tune_stages": preset.tune_stages,
+            "preset": name,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise UsageError("--epochs must be at least 1")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise UsageError("--learning-rate must be a positive number")
+        if self.hidden_units < 0:
+            raise UsageError("--hidden-units must be 0 (a linear head) or more")
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError("dropout must be in [0, 1)")
+        if self.views < 0:
+            raise UsageError("--views must be 0 (the photos only) or more")
+        if self.tune_stages < 0:
+            raise UsageError("--tune-stages must be 0 (a frozen backbone) or more")

@@ -1,0 +1,124 @@
+"""A real browser on the page: headless Debian Chromium opens it on loopback and names a photo.
+
+Skipped, with the reason, where /usr/bin/chromium or the playwright package is absent;
+`.ci/run` installs Chromium so CI runs it. Playwright never downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+import flowerid
+from flowerid.apps.server import ServeConfig, background_server, create_app
+
+from ..conftest import CLASS_COLOURS, make_photo
+
+CHROMIUM = Path(os.environ.get("FLOWERID_CHROMIUM", "/usr/bin/chromium"))  # Debian's; never a downloaded one
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright package is not installed (pip install -e '.[dev]')"
+)
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent: apt-get install chromium to run the browser test"
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def site(trained):
+    app = create_app(flowerid.load(trained[1].checkpoint_path), ServeConfig(max_upload_bytes=2 * 1024 * 1024))
+    with background_server(app) as url:
+        yield url
+
+
+@pytest.fixture
+def phone(browser, site):
+    """A page at phone size (iPhone 12/13/14 viewport) that records every request it makes."""
+    ctx = browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
+    page = ctx.new_page()
+    page.requests = []
+    page.on("request", lambda r: page.requests.append(r.url))
+    page.goto(site)
+    yield page
+    ctx.close()
+
+
+def _answer(page) -> str:
+    page.wait_for_selector("#result:not([hidden]), #error:not([hidden])", timeout=20_000)
+    return page.inner_text("#answer").lower() if page.is_visible("#result") else "error: " + page.inner_text("#error")
+
+
+def test_the_page_names_the_flower_in_a_photo(phone, tmp_path):
+    photo = tmp_path / "thistle.jpg"
+    make_photo(CLASS_COLOURS["10"], 4242, size=(300, 240)).save(photo, quality=90)
+    assert phone.is_visible("#camera-btn") and phone.get_attribute("#camera", "capture") == "environment"
+
+    phone.set_input_files("#camera", str(photo))
+    assert "globe thistle" in _answer(phone)
+    rows = phone.locator("#top li")
+    assert rows.count() == 3  # the tiny model knows three flowers
+    assert "globe thistle" in rows.first.inner_text().lower()
+    assert phone.is_visible("#preview")
+    phone.screenshot(path=str(tmp_path / "phone.png"))
+    # Nothing but our own server was asked for anything: the page works offline.
+    hosts = {urlparse(u).hostname for u in phone.requests if not u.startswith(("blob:", "data:"))}
+    assert hosts == {"127.0.0.1"}, hosts
+
+    # A second photo replaces the first answer.
+    photo2 = tmp_path / "primrose.png"
+    make_photo(CLASS_COLOURS["1"], 77, size=(200, 200)).save(photo2)
+    phone.set_input_files("#picker", str(photo2))
+    phone.wait_for_function("document.querySelector('#answer').textContent.toLowerCase().includes('primrose')")
+
+
+def test_the_page_says_plainly_when_it_is_not_an_image(phone, tmp_path):
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("shopping list: milk, eggs")
+    phone.set_input_files("#camera", str(notes))
+    assert _answer(phone).startswith("error: ") and "not an image" in phone.inner_text("#error")
+    assert not phone.is_visible("#result")
+
+
+def test_the_page_refuses_a_too_large_photo_before_sending_it(phone, tmp_path):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8" + bytes(3 * 1024 * 1024))
+    before = len([u for u in phone.requests if u.endswith("predict?top_k=5")])
+    phone.set_input_files("#picker", str(big))
+    assert "at most 2 MB" in _answer(phone)
+    assert len([u for u in phone.requests if u.endswith("predict?top_k=5")]) == before
+
+
+def test_the_page_says_when_the_model_is_unsure(browser, trained, tmp_path):
+    photo = tmp_path / "orchid.png"
+    make_photo(CLASS_COLOURS["2"], 5).save(photo)
+    clf = flowerid.load(trained[1].checkpoint_path)
+    with background_server(create_app(clf, ServeConfig(unsure_below=1.0))) as url:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        try:
+            page.goto(url)
+            page.set_input_files("#camera", str(photo))
+            assert _answer(page).startswith("maybe ")
+            assert page.is_visible("#unsure") and "Not sure" in page.inner_text("#unsure")
+        finally:
+            page.close()

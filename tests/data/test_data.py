@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from flowerid.data.folders import find_categories, load_category_names, load_dataset, names_for, scan_folder
+from flowerid.errors import DataError
+
+from ..conftest import build_folder
+
+
+def test_categories_sort_as_imagefolder_does(image_folder):
+    assert find_categories(image_folder / "train") == ["1", "10", "2"]
+    data = load_dataset(image_folder)
+    assert data.categories == ["1", "10", "2"]
+    assert sorted(set(data.train.targets)) == [0, 1, 2]
+    assert all(p.parent.name == data.categories[t] for p, t in data.train.samples)
+
+
+def test_valid_maps_onto_train_order_even_with_fewer_categories(tmp_path):
+    root = build_folder(tmp_path, {"train": 2})
+    build_folder(tmp_path, {"valid": 1}, classes={"2": (1, 2, 3)}, names=False)
+    data = load_dataset(root)
+    assert data.valid.targets == [2]
+
+
+def test_valid_category_missing_from_train(tmp_path):
+    build_folder(tmp_path, {"train": 2, "valid": 1})
+    (tmp_path / "valid" / "99").mkdir()
+    build_folder(tmp_path, {"valid": 1}, classes={"99": (1, 2, 3)}, names=False)
+    with pytest.raises(DataError, match="99"):
+        load_dataset(tmp_path)
+
+
+def test_empty_category_and_missing_split(tmp_path):
+    build_folder(tmp_path, {"train": 2})
+    with pytest.raises(DataError, match="valid/"):
+        load_dataset(tmp_path)
+    (tmp_path / "train" / "7").mkdir()
+    with pytest.raises(DataError, match="no images: 7"):
+        scan_folder(tmp_path / "train")
+
+
+def test_non_images_and_hidden_files_are_ignored(tmp_path):
+    build_folder(tmp_path, {"train": 2})
+    (tmp_path / "train" / "1" / ".DS_Store").write_bytes(b"\0\1")
+    (tmp_path / "train" / "1" / "notes.txt").write_text("hi")
+    assert len(scan_folder(tmp_path / "train").samples) == 6
+
+
+def test_category_names(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"1": "rose", "2": "tulip"}))
+    assert names_for(["1", "2", "3"], load_category_names(p)) == ["rose", "tulip", None]
+    p.write_text("[1, 2]")
+    with pytest.raises(DataError):
+        load_category_names(p)
+    p.write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_category_names(p)

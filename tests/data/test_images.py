@@ -1,0 +1,99 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flowerid.data.images import load_image
+from flowerid.errors import DecompressionBombError, ImageError
+
+
+def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_rgba_goes_on_white():
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    out = load_image(_bytes(img, "PNG"))
+    assert out.mode == "RGB"
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_la_and_palette_transparency():
+    la = Image.new("LA", (3, 3), (0, 0))
+    assert load_image(_bytes(la, "PNG")).getpixel((1, 1)) == (255, 255, 255)
+    p = Image.new("P", (3, 3), 0)
+    p.putpalette([10, 20, 30] * 256)
+    p.info["transparency"] = 0
+    assert load_image(_bytes(p, "PNG", transparency=0)).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_16_bit_scaled_to_8_bit():
+    arr = np.full((5, 5), 65535, dtype=np.uint16)
+    arr[0, 0] = 0
+    img = Image.fromarray(arr)
+    out = np.asarray(load_image(_bytes(img, "PNG")))
+    assert out[2, 2].tolist() == [255, 255, 255]
+    assert out[0, 0].tolist() == [0, 0, 0]
+
+
+def test_cmyk_and_grey_become_rgb():
+    assert load_image(_bytes(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "JPEG")).mode == "RGB"
+    assert load_image(Image.new("L", (4, 4), 7)).getpixel((0, 0)) == (7, 7, 7)
+
+
+def test_exif_orientation_applied():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = load_image(_bytes(img, "JPEG", exif=exif))
+    assert out.size == (20, 40)
+
+
+def test_draft_keeps_shorter_side_at_least_min_size():
+    big = Image.new("RGB", (2000, 1500), (10, 200, 30))
+    out = load_image(_bytes(big, "JPEG"), min_size=300)
+    assert min(out.size) >= 300 and min(out.size) < 1500
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+
+
+def test_decompression_bomb_refused_before_decoding():
+    with pytest.raises(DecompressionBombError, match="over the pixel limit"):
+        load_image(_png_header_only(50_000, 50_000))
+    with pytest.raises(DecompressionBombError):
+        load_image(_bytes(Image.new("RGB", (100, 100)), "PNG"), max_pixels=5_000)
+
+
+@pytest.mark.parametrize(
+    "blob, why",
+    [
+        (b"", "is empty"),
+        (b"<html><body>nope</body></html>", "not an image"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 20, "not an image"),
+    ],
+)
+def test_garbage_is_an_image_error(blob, why):
+    with pytest.raises(ImageError, match=why):
+        load_image(blob)
+
+
+def test_truncated_jpeg_is_an_image_error():
+    data = _bytes(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")
+    with pytest.raises(ImageError):
+        load_image(data[: len(data) // 2])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "nope.jpg")

@@ -1,0 +1,120 @@
+"""Partial fine-tuning (--tune-stages): the last stages of an EfficientNet train with the head."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import flowerid
+from flowerid.apps.cli import main
+from flowerid.backbones.registry import register_backbone
+from flowerid.errors import UsageError
+from flowerid.training.config import TrainConfig
+from flowerid.training.run import train
+
+from ..conftest import TINY, tiny_spec
+
+TINY_EFFNET = "tiny_effnet_test"
+
+
+def _tiny_effnet():
+    import timm
+
+    torch.manual_seed(99)  # the same random weights every build, like a pretrained file
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
+
+
+@pytest.fixture
+def effnet():
+    """The tiny test backbone's preprocessing on a random EfficientNet-Lite0, the network tuning needs."""
+    spec = dataclasses.replace(
+        tiny_spec(), name=TINY_EFFNET, arch="tf_efficientnet_lite0", num_features=1280, factory=_tiny_effnet
+    )
+    register_backbone(spec, replace=True)
+    return spec
+
+
+def _cfg(**kw) -> TrainConfig:
+    settings = {"arch": TINY_EFFNET, "tune_stages": 1, "epochs": 3, "learning_rate": 0.01, "num_workers": 0}
+    return TrainConfig.from_preset("fast", **{**settings, **kw})
+
+
+def test_tuned_run_saves_its_backbone_and_predicts_from_anywhere(effnet, image_folder, tmp_path):
+    result = train(image_folder, tmp_path / "run", _cfg(), log=lambda s: None)
+    weights = tmp_path / "run" / "backbone.pth"
+    assert result.checkpoint_path.exists() and weights.exists()
+    m = result.metrics
+    assert len(m["history"]) == 3 and 1 <= m["best_epoch"] <= 3 and "temperature" in m and "test_acc" in m
+
+    tuned = torch.load(weights, weights_only=True)
+    pristine = _tiny_effnet().state_dict()
+    last = len(_tiny_effnet().blocks) - 1
+    changed = {k for k in pristine if not torch.equal(pristine[k], tuned[k])}
+    assert changed and all(k.startswith((f"blocks.{last}.", "conv_head.")) for k in changed), changed
+    assert not any(k.startswith("bn2.") or ".bn" in k for k in changed)  # BatchNorm keeps its statistics
+
+    # The run folder moves as a whole: the checkpoint finds backbone.pth beside itself.
+    moved = shutil.move(str(tmp_path / "run"), str(tmp_path / "elsewhere"))
+    photos = sorted((image_folder / "valid" / "10").iterdir())
+    by_torch = flowerid.load(f"{moved}/checkpoint.pth", device="cpu", engine="torch").predict_many(photos, top_k=3)
+    by_onnx = flowerid.load(f"{moved}/checkpoint.pth", device="cpu", engine="onnx").predict_many(photos, top_k=3)
+    for a, b in zip(by_torch, by_onnx, strict=True):
+        assert [p.category for p in a] == [p.category for p in b]
+        np.testing.assert_allclose([p.probability for p in a], [p.probability for p in b], atol=1e-4)
+
+
+def test_the_checkpoint_refuses_a_swapped_backbone_file(effnet, image_folder, tmp_path):
+    result = train(image_folder, tmp_path / "run", _cfg(epochs=1), log=lambda s: None)
+    torch.save(_tiny_effnet().state_dict(), tmp_path / "run" / "backbone.pth")  # the untuned weights
+    with pytest.raises(flowerid.CheckpointError, match="not the ones"):
+        flowerid.load(result.checkpoint_path, device="cpu", engine="torch")
+
+
+def test_what_cannot_be_tuned_is_a_usage_error(effnet, image_folder, tmp_path):
+    with pytest.raises(UsageError, match="EfficientNet"):
+        train(image_folder, tmp_path / "a", _cfg(arch=TINY), log=lambda s: None)
+    with pytest.raises(UsageError, match="0 \\(frozen\\) to 7"):
+        train(image_folder, tmp_path / "b", _cfg(tune_stages=8), log=lambda s: None)
+    with pytest.raises(UsageError, match="--views"):
+        train(image_folder, tmp_path / "c", _cfg(views=1), log=lambda s: None)
+
+
+def test_cli_flag(effnet, image_folder, tmp_path, capsys):
+    args = [
+        "train",
+        str(image_folder),
+        "--save-dir",
+        str(tmp_path / "run"),
+        "--arch",
+        TINY_EFFNET,
+        "--tune-stages",
+        "1",
+        "--epochs",
+        "1",
+        "--preset",
+        "fast",
+    ]
+    assert main(args) == 0
+    assert "activations before the last 1 stage(s)" in capsys.readouterr().out
+    assert main([*args[:-4], "--tune-stages", "-1"]) == 2
+
+
+def test_full_finetune_trains_every_layer_and_predicts(effnet, image_folder, tmp_path):
+    cfg = _cfg(tune_stages=0, full_finetune=True, epochs=2, batch_size=8)
+    result = train(image_folder, tmp_path / "run", cfg, log=lambda s: None)
+    assert len(result.metrics["history"]) == 2 and "temperature" in result.metrics and "test_acc" in result.metrics
+    tuned = torch.load(tmp_path / "run" / "backbone.pth", weights_only=True)
+    pristine = _tiny_effnet().state_dict()
+    assert not torch.equal(tuned["conv_stem.weight"], pristine["conv_stem.weight"])  # the very first layer too
+    assert not torch.equal(tuned["bn1.running_mean"], pristine["bn1.running_mean"])  # BatchNorm trains here
+    photos = sorted((image_folder / "valid" / "2").iterdir())
+    by_torch = flowerid.load(result.checkpoint_path, device="cpu", engine="torch").predict_many(photos, top_k=3)
+    by_onnx = flowerid.load(result.checkpoint_path, device="cpu", engine="onnx").predict_many(photos, top_k=3)
+    for a, b in zip(by_torch, by_onnx, strict=True):
+        np.testing.assert_allclose([p.probability for p in a], [p.probability for p in b], atol=1e-4)
+    with pytest.raises(UsageError, match="drop --views"):
+        train(image_folder, tmp_path / "x", _cfg(full_finetune=True), log=lambda s: None)  # tune_stages=1 too
