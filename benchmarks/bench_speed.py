@@ -77,10 +77,11 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from flowerid.backbones import get_spec
     from flowerid.backbones._platform import tune_malloc
+    from flowerid.backbones.build import build_backbone
     from flowerid.backbones.engines import OnnxEngine, export_onnx, load_backbone
     from flowerid.backbones.features import extract_features
-    from flowerid.backbones.registry import build_backbone, get_spec
     from flowerid.data.folders import load_dataset
 
     spec = get_spec(args.arch)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowerid.backbones.registry import BackboneSpec, WeightsSource, register_backbone
+from flowerid.backbones import BackboneSpec, WeightsSource, register_backbone
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 SHARED_DATA = ROOT.parent / "shared" / "data" / "flowers102"

@@ -21,8 +21,7 @@ sys.path.insert(0, str(ROOT))
 def main() -> int:
     stage, marker, *argv = sys.argv[1:]
     from flowerid.apps.cli import main as cli_main
-    from flowerid.backbones import engines
-    from flowerid.backbones.registry import register_backbone
+    from flowerid.backbones import engines, register_backbone
     from flowerid.data import preprocess
     from flowerid.training import run as training
     from tests.conftest import tiny_spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -68,3 +69,11 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     except UnicodeEncodeError:
         data = (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")
     return atomic_write_bytes(path, data)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import flowerid
-from flowerid.backbones import engines
+from flowerid.backbones import engines, ensemble_spec, get_spec, register_backbone, unregister_backbone
+from flowerid.backbones.build import build_backbone
 from flowerid.backbones.engines import load_backbone, onnx_cache_path
-from flowerid.backbones.registry import build_backbone, ensemble_spec, get_spec, register_backbone, unregister_backbone
 from flowerid.errors import CheckpointError, UsageError
 from flowerid.model import _torchfile
 from flowerid.model.checkpoint import load_checkpoint

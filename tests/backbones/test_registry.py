@@ -4,7 +4,9 @@ import urllib.error
 import pytest
 import torch
 
-from flowerid.backbones.registry import build_backbone, get_spec, list_backbones, package_weights_path
+from flowerid.backbones import get_spec, list_backbones
+from flowerid.backbones.build import build_backbone
+from flowerid.backbones.weights import package_weights_path
 from flowerid.errors import BackboneError, WeightsUnavailableError
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowerid.backbones.registry import get_spec
+from flowerid.backbones import get_spec
 from flowerid.data.preprocess import Preprocessing
 
 

@@ -216,7 +216,7 @@ def test_show_draws_a_batch(image_folder, tmp_path, capsys):
     assert main(["show", str(image_folder), "--out", str(out), "-n", "6", "--arch", "tiny_test"]) == 0
     assert str(out) in capsys.readouterr().out
     assert _png_size(out)[0] > 300
-    from flowerid.backbones.registry import get_spec
+    from flowerid.backbones import get_spec
     from flowerid.evaluation.figures import sample_batch
 
     prep = get_spec("tiny_test").preprocessing

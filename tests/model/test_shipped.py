@@ -7,8 +7,8 @@ import tomllib
 
 import pytest
 
+from flowerid._io import file_sha256
 from flowerid.apps.cli import main
-from flowerid.backbones.registry import file_sha256
 from flowerid.errors import CheckpointError
 from flowerid.model.builtin import shipped_model_path
 from flowerid.model.checkpoint import load_checkpoint

@@ -11,7 +11,7 @@ import torch
 
 import flowerid
 from flowerid.apps.cli import main
-from flowerid.backbones.registry import register_backbone
+from flowerid.backbones import register_backbone
 from flowerid.errors import UsageError
 from flowerid.training.config import TrainConfig
 from flowerid.training.run import train

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from flowerid.apps.cli import build_parser
+from flowerid.backbones import get_spec
 from flowerid.backbones.engines import load_backbone
 from flowerid.backbones.features import extract_features
-from flowerid.backbones.registry import get_spec
 from flowerid.data.augment import Augment, view_seed
 from flowerid.errors import UsageError
 from flowerid.model.checkpoint import load_checkpoint

@@ -340,11 +340,12 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_backbones(args: argparse.Namespace) -> int:
-    from ..backbones.registry import _REGISTRY
+    from ..backbones import list_specs
 
-    width = max(len(name) for name in _REGISTRY)
+    specs = list_specs()
+    width = max(len(spec.name) for spec in specs)
     print(f"{'name':<{width}} {'input':>5} {'features':>8}  {'ImageNet':>8}  weights")
-    for spec in _REGISTRY.values():
+    for spec in specs:
         top1 = f"{spec.imagenet_top1:.1f}%" if spec.imagenet_top1 else "-"
         print(f"{spec.name:<{width}} {spec.input_size:>5} {spec.num_features:>8}  {top1:>8}  {spec.weights.describe()}")
     return 0

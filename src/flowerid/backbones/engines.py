@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from .._io import file_sha256
 from ..data.augment import Augment
 from ..data.images import LOADER_VERSION
 from ..data.preprocess import Preprocessing
 from ..errors import DeviceError, UsageError
 from ._platform import tune_malloc
+from .build import build_backbone
 from .cache import cache_root, namespace_for
-from .registry import BackboneSpec, build_backbone, ensemble_digest, file_sha256, get_spec, package_weights_path
+from .spec import BackboneSpec, get_spec
+from .weights import ensemble_digest, package_weights_path
 
 if TYPE_CHECKING:
     import torch

@@ -453,7 +453,7 @@ def show_folder(
     `category_names`, else the checkpoint, else cat_to_name.json in or beside FOLDER.
     Returns the picture's path and the unreadable files skipped.
     """
-    from ..backbones.registry import DEFAULT_BACKBONE, get_spec
+    from ..backbones import DEFAULT_BACKBONE, get_spec
     from ..data.folders import CATEGORY_NAMES_FILE, load_category_names
 
     folder = Path(folder)

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from .._io import atomic_write, atomic_write_json
-from ..backbones.registry import build_backbone, get_spec
+from ..backbones import get_spec
+from ..backbones.build import build_backbone
 from ..data.images import is_image_file
 from ..data.preprocess import Preprocessing
 from ..errors import CheckpointError, DataError, ImageError, UsageError

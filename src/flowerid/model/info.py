@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..backbones.registry import file_sha256, get_spec
+from .._io import file_sha256
+from ..backbones import get_spec
 from ..errors import BackboneError
 from .checkpoint import load_checkpoint
 from .head import HeadConfig

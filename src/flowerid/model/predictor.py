@@ -90,8 +90,8 @@ class Classifier:
         category_names: dict[str, str] | None = None,
         engine: str = "auto",
     ) -> None:
+        from ..backbones import get_spec
         from ..backbones.engines import load_backbone, resolve_device
-        from ..backbones.registry import get_spec
 
         self.checkpoint = checkpoint
         self.categories: list[str] = list(checkpoint["categories"])

@@ -27,9 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._io import atomic_write_bytes
+from ..backbones import BackboneSpec
 from ..backbones.engines import Backbone
 from ..backbones.features import extract_features
-from ..backbones.registry import BackboneSpec
 from ..data.folders import ImageFolder
 from ..errors import UsageError
 from ..model.head import HeadConfig, build_head

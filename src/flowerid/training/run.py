@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from .. import __version__
 from .._io import atomic_write_bytes, atomic_write_json
+from ..backbones import get_spec
+from ..backbones.build import build_backbone
 from ..backbones.engines import Backbone, load_backbone, resolve_device
 from ..backbones.features import extract_features
-from ..backbones.registry import build_backbone, get_spec
 from ..data.augment import Augment
 from ..data.folders import (
     CATEGORY_NAMES_FILE,

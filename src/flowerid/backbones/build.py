@@ -1,0 +1,97 @@
+"""Building a backbone: the network, its pretrained weights, its classifier cut off, frozen, in eval mode.
+
+torch, timm and torchvision are imported only when a network is built, so the
+predict path (an ONNX graph from the cache) never pays for them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._io import file_sha256
+from ..errors import BackboneError, UsageError
+from .spec import BackboneSpec, get_spec
+from .weights import ensemble_digest, load_local, load_online, load_package, state_dict_digest
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+
+def _build_full(spec: BackboneSpec) -> nn.Module:
+    """The network with its ImageNet classifier, randomly initialised."""
+    if spec.family == "timm":
+        import timm
+
+        return timm.create_model(spec.arch, pretrained=False)
+    if spec.family == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(spec.arch, weights=None)
+    raise BackboneError(f"backbone {spec.name!r} has no builder for family {spec.family!r}")
+
+
+def _strip_classifier(spec: BackboneSpec, full: nn.Module) -> nn.Module:
+    """Turn a classifier network into one that outputs pooled features."""
+    import torch.nn as nn
+
+    if spec.family == "timm":
+        full.reset_classifier(0)
+        return full
+    if spec.arch.startswith("vgg"):
+        # Keep the pretrained fc6/fc7: 4096 features, as transfer learning on VGG does.
+        return nn.Sequential(full.features, full.avgpool, nn.Flatten(1), *list(full.classifier.children())[:-1])
+    if spec.arch.startswith("densenet"):
+        return nn.Sequential(full.features, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    if spec.arch.startswith("resnet"):
+        full.fc = nn.Identity()
+        return full
+    raise BackboneError(f"do not know how to take features from {spec.arch!r}")
+
+
+def build_backbone(
+    name_or_spec: str | BackboneSpec, weights_path: str | os.PathLike | None = None
+) -> tuple[nn.Module, str]:
+    """Build a pretrained feature extractor in eval mode; return it and its weights digest.
+
+    `weights_path` loads a local state dict (any entry; lukemelas or timm keys
+    for EfficientNets) instead of the spec's source.
+    """
+    spec = get_spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    if spec.family == "ensemble":
+        if weights_path is not None:
+            raise UsageError(f"{spec.name} is an ensemble of {', '.join(spec.members)}; --weights takes one network")
+        return _build_ensemble(spec)
+    if spec.factory is not None:
+        import torch
+
+        module = spec.factory()
+        if weights_path is not None:
+            module.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        digest = state_dict_digest(module.state_dict())
+        return module.eval(), digest
+    full = _build_full(spec)
+    if weights_path is not None:
+        path = Path(weights_path)
+        load_local(spec, full, path)
+        digest = file_sha256(path)
+    elif spec.weights.kind == "package":
+        digest = load_package(spec, full)
+    elif spec.weights.kind in ("torchvision", "timm-hub"):
+        digest = state_dict_digest(load_online(spec, full))
+    else:
+        digest = state_dict_digest(full.state_dict())
+    module = _strip_classifier(spec, full)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval(), digest
+
+
+def _build_ensemble(spec: BackboneSpec) -> tuple[nn.Module, str]:
+    from .ensemble import Ensemble
+
+    built = [build_backbone(m) for m in spec.members]
+    sizes = [get_spec(m).input_size for m in spec.members]
+    module = Ensemble([module for module, _ in built], sizes, spec.flip_tta)
+    return module.eval(), ensemble_digest([digest for _, digest in built])

