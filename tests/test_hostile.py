@@ -152,12 +152,12 @@ def test_a_category_left_with_no_readable_images_is_an_error(tmp_path):
 def test_data_errors_come_before_any_work(tmp_path, capsys, damage, words, monkeypatch):
     root = build_folder(tmp_path / "d", {"train": 1, "valid": 1})
     damage(root)
-    import flowerid.training.run
+    import flowerid.training.frozen
 
     def no_backbone(*a, **k):
         raise AssertionError("built a backbone before checking the data")
 
-    monkeypatch.setattr(flowerid.training.run, "load_backbone", no_backbone)
+    monkeypatch.setattr(flowerid.training.frozen, "load_backbone", no_backbone)
     args = ["train", str(root), "--save-dir", str(tmp_path / "run"), "--arch", TINY]
     if words is None:  # a hidden file alone changes nothing: still fails only on the stub
         with pytest.raises(AssertionError):

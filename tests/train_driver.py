@@ -23,7 +23,7 @@ def main() -> int:
     from flowerid.apps.cli import main as cli_main
     from flowerid.backbones import engines, register_backbone
     from flowerid.data import preprocess
-    from flowerid.training import run as training
+    from flowerid.training import frozen as training
     from tests.conftest import tiny_spec
 
     register_backbone(tiny_spec(), replace=True)

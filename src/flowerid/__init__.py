@@ -9,8 +9,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import (  # noqa: E402
     BackboneError,
     CheckpointError,

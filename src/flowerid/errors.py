@@ -13,9 +13,16 @@ class FlowerIdError(Exception):
 
 
 class UsageError(FlowerIdError):
-    """A setting or argument that cannot work."""
+    """A setting or argument that cannot work.
+
+    `setting` names it as Python callers spell it (`epochs`); the CLI shows its flag (`--epochs`) instead.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        self.setting = setting
+        super().__init__(message)
 
 
 class DataError(FlowerIdError):

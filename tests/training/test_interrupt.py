@@ -14,7 +14,8 @@ import torch
 
 from flowerid.errors import CheckpointError, UsageError
 from flowerid.model.checkpoint import load_checkpoint
-from flowerid.training.run import STATE_FILE, TrainConfig, train
+from flowerid.training.resume import STATE_FILE
+from flowerid.training.run import TrainConfig, train
 
 from ..conftest import (
     ROOT,

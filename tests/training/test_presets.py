@@ -12,8 +12,9 @@ from flowerid.data.augment import Augment, view_seed
 from flowerid.errors import UsageError
 from flowerid.model.checkpoint import load_checkpoint
 from flowerid.model.predictor import Classifier
+from flowerid.training.calibrate import fit_temperature, scale_logits
 from flowerid.training.config import PRESETS, TrainConfig
-from flowerid.training.run import fit_temperature, scale_logits, train
+from flowerid.training.run import train
 
 from ..conftest import TINY, make_photo
 

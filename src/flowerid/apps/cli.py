@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..errors import FlowerIdError, UsageError
 
 EXIT_INTERRUPTED = 130
@@ -17,6 +18,34 @@ EXIT_INTERRUPTED = 130
 
 def _err(msg: str) -> None:
     print(f"flowerid: error: {msg}", file=sys.stderr)
+
+
+# Options several commands share, declared once (as llm does with its option helpers).
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+
+
+def _engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "onnx", "torch"],
+        help="backbone engine: auto = ONNX Runtime on CPU, PyTorch on CUDA (default: %(default)s)",
+    )
+
+
+def _category_names(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--category-names", default=None, metavar="JSON", help=f"category-to-name JSON (default: {default})")
+
+
+def _checkpoint_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a checkpoint.pth written by `flowerid train` (default: the built-in 102-flower model)",
+    )
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -65,20 +94,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=d.batch_size, help="head training mini-batch (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
-    p.add_argument(
-        "--category-names",
-        default=None,
-        metavar="JSON",
-        help="category-to-name JSON (default: DATA_DIR/cat_to_name.json if present)",
-    )
+    _device(p)
+    _category_names(p, "DATA_DIR/cat_to_name.json if present")
     p.add_argument("--no-cache", action="store_true", help="recompute features instead of using the cache")
-    p.add_argument(
-        "--engine",
-        default="auto",
-        choices=["auto", "onnx", "torch"],
-        help="backbone engine: auto = ONNX Runtime on CPU, PyTorch on CUDA (default: %(default)s)",
-    )
+    _engine(p)
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run's head training from its last epoch"
     )
@@ -116,26 +135,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="photos to name")
-    p.add_argument(
-        "--checkpoint",
-        default=None,
-        help="a checkpoint.pth written by `flowerid train` (default: the built-in 102-flower model)",
-    )
+    _checkpoint_option(p)
     p.add_argument("--top-k", type=int, default=5, help="how many categories to show (default: %(default)s)")
-    p.add_argument(
-        "--category-names",
-        default=None,
-        metavar="JSON",
-        help="category-to-name JSON (default: the names stored in the checkpoint)",
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    _category_names(p, "the names stored in the checkpoint")
+    _device(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument(
-        "--engine",
-        default="auto",
-        choices=["auto", "onnx", "torch"],
-        help="backbone engine: auto = ONNX Runtime on CPU, PyTorch on CUDA (default: %(default)s)",
-    )
+    _engine(p)
     p.add_argument(
         "--plot",
         metavar="PATH",
@@ -198,11 +203,9 @@ def format_predictions(image: str, preds: list[dict]) -> str:
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    from .server import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_UNSURE_BELOW
+    from .serve_config import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_UNSURE_BELOW
 
-    p.add_argument(
-        "--checkpoint", default=None, help="a checkpoint.pth written by `flowerid train` (default: the built-in model)"
-    )
+    _checkpoint_option(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 = every network (default: %(default)s)"
     )
@@ -217,21 +220,16 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--max-pixels", type=int, default=None, help="largest image in pixels (default: FLOWERID_MAX_PIXELS)"
     )
     p.add_argument("--threads", type=int, default=None, help="photos named at once (default: one per core, 1-4)")
-    p.add_argument(
-        "--unsure-below",
-        type=float,
-        default=DEFAULT_UNSURE_BELOW,
-        help="top probability called unsure (default: %(default)s)",
-    )
-    p.add_argument(
-        "--category-names", default=None, metavar="JSON", help="category-to-name JSON (default: checkpoint's)"
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    unsure = "top probability called unsure (default: %(default)s)"
+    p.add_argument("--unsure-below", type=float, default=DEFAULT_UNSURE_BELOW, help=unsure)
+    _category_names(p, "checkpoint's")
+    _device(p)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from ..model.predictor import Classifier
-    from .server import ServeConfig, create_app, default_threads, run_server
+    from .serve_config import ServeConfig, default_threads
+    from .server import create_app, run_server
 
     threads = default_threads() if args.threads is None else args.threads
     cfg = ServeConfig(int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below)
@@ -276,13 +274,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary of metrics.json instead of text")
     p.add_argument("--no-figures", action="store_true", help="write metrics.json only (faster)")
     p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default: %(default)s)")
-    p.add_argument(
-        "--category-names", default=None, metavar="JSON", help="category-to-name JSON (default: the checkpoint's)"
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
-    p.add_argument(
-        "--engine", default="auto", choices=["auto", "onnx", "torch"], help="backbone engine, as for predict"
-    )
+    _category_names(p, "the checkpoint's")
+    _device(p)
+    _engine(p)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -322,11 +316,11 @@ def add_show_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="which random batch (default: %(default)s)")
     p.add_argument("--arch", default=None, help="show the preprocessing of this backbone (default: the default one)")
     p.add_argument("--checkpoint", default=None, help="show the preprocessing and names of this checkpoint")
-    p.add_argument("--category-names", default=None, metavar="JSON", help="default: cat_to_name.json beside the data")
+    _category_names(p, "cat_to_name.json beside the data")
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from ..evaluation.figures import show_folder
+    from .show import show_folder
 
     if args.num < 1 or args.cols < 1:
         raise UsageError("--num and --cols must be at least 1")
@@ -406,38 +400,50 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_args(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+# The command table: name -> (help, declare its options, run it). Order is the order `--help` lists them.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "train": ("train a classifier head on a frozen pretrained backbone", add_train_args, run_train),
+    "predict": ("name the flowers in photos", add_predict_args, run_predict),
+    "serve": ("web page and JSON API: point a phone at a flower", add_serve_args, run_serve),
+    "check": (
+        "report on a data folder: counts, unreadable files, duplicates, leakage",
+        add_check_args,
+        run_check,
+    ),
+    "evaluate": (
+        "measure a checkpoint on labelled photos: metrics, figures and a report",
+        add_evaluate_args,
+        run_evaluate,
+    ),
+    "show": ("draw a random batch of labelled photos as the model sees them", add_show_args, run_show),
+    "info": (
+        "say what a checkpoint is: backbone, categories, training, accuracy, digest",
+        add_info_args,
+        run_info,
+    ),
+    "export": (
+        "write a checkpoint as one ONNX or TorchScript model plus a JSON manifest",
+        add_export_args,
+        run_export,
+    ),
+    "backbones": ("list the backbones", _no_args, run_backbones),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowerid", description="Train image classifiers by transfer learning and name the flower in a photo."
     )
     parser.add_argument("--version", action="version", version=f"flowerid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("train", help="train a classifier head on a frozen pretrained backbone")
-    add_train_args(p)
-    p.set_defaults(func=run_train)
-    p = sub.add_parser("predict", help="name the flowers in photos")
-    add_predict_args(p)
-    p.set_defaults(func=run_predict)
-    p = sub.add_parser("serve", help="web page and JSON API: point a phone at a flower")
-    add_serve_args(p)
-    p.set_defaults(func=run_serve)
-    p = sub.add_parser("check", help="report on a data folder: counts, unreadable files, duplicates, leakage")
-    add_check_args(p)
-    p.set_defaults(func=run_check)
-    p = sub.add_parser("evaluate", help="measure a checkpoint on labelled photos: metrics, figures and a report")
-    add_evaluate_args(p)
-    p.set_defaults(func=run_evaluate)
-    p = sub.add_parser("show", help="draw a random batch of labelled photos as the model sees them")
-    add_show_args(p)
-    p.set_defaults(func=run_show)
-    p = sub.add_parser("info", help="say what a checkpoint is: backbone, categories, training, accuracy, digest")
-    add_info_args(p)
-    p.set_defaults(func=run_info)
-    p = sub.add_parser("export", help="write a checkpoint as one ONNX or TorchScript model plus a JSON manifest")
-    add_export_args(p)
-    p.set_defaults(func=run_export)
-    p = sub.add_parser("backbones", help="list the backbones")
-    p.set_defaults(func=run_backbones)
+    for name, (help_text, add_args, func) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        add_args(p)
+        p.set_defaults(func=func)
     return parser
 
 
@@ -453,8 +459,16 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
         print(f"\nflowerid: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FlowerIdError as exc:
-        _err(str(exc))
+        _err(_as_cli_message(exc))
         return exc.exit_code
+
+
+def _as_cli_message(exc: FlowerIdError) -> str:
+    """The library names a setting as Python spells it (`epochs`); here it is the flag (`--epochs`)."""
+    setting = getattr(exc, "setting", None)
+    if not setting:
+        return str(exc)
+    return re.sub(rf"\b{re.escape(setting)}\b", "--" + setting.replace("_", "-"), str(exc), count=1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,6 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,43 +25,13 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from .. import __version__
+from .._version import __version__
 from ..data.images import load_image, max_pixels_default
 from ..errors import DecompressionBombError, ImageError, NotAnImageError, UsageError
 from ..model.predictor import Classifier, Prediction
+from .serve_config import ServeConfig
 
-DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-#: Top probability under which the page and API call a prediction unsure. On the
-#: flowers102 valid split (default model, label smoothing 0.1) 12.7% of photos fall
-#: under 0.4; predictions at or above it are right 99.0% of the time.
-DEFAULT_UNSURE_BELOW = 0.4
 FIELD = "file"
-
-
-def default_threads() -> int:
-    """Photos named at once: one per core, 1-4. On 2 shared cores, 2 threads served 36-42 photos/s
-    against 22 for one (decoding one photo overlaps the model on another)."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Limits and thresholds of one server; the defaults suit a phone on a home network."""
-
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    max_pixels: int | None = None  # None: FLOWERID_MAX_PIXELS or the library default
-    inference_threads: int = field(default_factory=default_threads)
-    unsure_below: float = DEFAULT_UNSURE_BELOW
-
-    def __post_init__(self) -> None:
-        if self.max_upload_bytes < 1:
-            raise UsageError("the upload limit must be at least 1 byte")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise UsageError("the pixel limit must be at least 1")
-        if self.inference_threads < 1:
-            raise UsageError("inference threads must be at least 1")
-        if not 0.0 <= self.unsure_below <= 1.0:
-            raise UsageError("the unsure threshold is a probability between 0 and 1")
 
 
 class Rejected(Exception):

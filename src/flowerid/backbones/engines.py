@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -135,34 +133,6 @@ class OnnxEngine:
         return self.session.run(None, {self.input_name: x})[0]
 
 
-def export_onnx(module: torch.nn.Module, path: str | os.PathLike, input_size: int, *, opset: int = 17) -> Path:
-    """Export a (N, 3, S, S) -> (N, F) module to ONNX with a dynamic batch axis, atomically."""
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module.eval(),
-                (torch.zeros(1, 3, input_size, input_size),),
-                tmp,
-                dynamo=False,
-                input_names=["input"],
-                output_names=["output"],
-                opset_version=opset,
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 @dataclass
 class Backbone:
     """A backbone ready to run: its spec, weights digest and engine."""
@@ -225,10 +195,8 @@ def load_backbone(
                     path.unlink(missing_ok=True)
     module, digest = build_backbone(spec, weights_path)
     if kind == "onnx":
+        from .onnx import export_onnx
+
         path = export_onnx(module, onnx_cache_path(spec, digest), spec.input_size)
         return Backbone(spec, digest, OnnxEngine(path), weights_path)
     return Backbone(spec, digest, TorchEngine(module, device), weights_path)
-
-
-def engine_info(backbone: Backbone) -> dict[str, Any]:
-    return {"engine": backbone.engine.name, "backbone": backbone.spec.name}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .._text import first_line
 from ..errors import DecompressionBombError, ImageError, NotAnImageError, UsageError
 
 ImageSource = str | os.PathLike | bytes | Image.Image
@@ -125,21 +126,16 @@ def load_image(
         except PermissionError:
             raise ImageError(name, "permission denied") from None
         except Image.DecompressionBombError as exc:
-            raise DecompressionBombError(name, f"over the pixel limit ({_first_line(exc)}); {_BOMB_HINT}") from None
+            raise DecompressionBombError(name, f"over the pixel limit ({first_line(exc)}); {_BOMB_HINT}") from None
         except UnidentifiedImageError:
             raise NotAnImageError(name, _unidentified(source)) from None
         except Exception as exc:  # Pillow's parsers raise many kinds on hostile headers
-            raise ImageError(name, f"cannot be opened ({_first_line(exc)})") from None
+            raise ImageError(name, f"cannot be opened ({first_line(exc)})") from None
     try:
         return _decode(img, name, min_size, limit)
     finally:
         if img is not source:
             img.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _unidentified(source: ImageSource) -> str:
@@ -174,15 +170,15 @@ def _decode(img: Image.Image, name: str, min_size: int | None, limit: int) -> Im
             warnings.simplefilter("ignore")
             img.load()
     except Image.DecompressionBombError as exc:
-        raise DecompressionBombError(name, f"over the pixel limit ({_first_line(exc)}); {_BOMB_HINT}") from None
+        raise DecompressionBombError(name, f"over the pixel limit ({first_line(exc)}); {_BOMB_HINT}") from None
     except Exception as exc:  # truncated data, broken chunks, odd codecs, MemoryError...
-        raise ImageError(name, f"cannot be decoded ({_first_line(exc)})") from None
+        raise ImageError(name, f"cannot be decoded ({first_line(exc)})") from None
     with contextlib.suppress(Exception):  # a broken EXIF block must not lose the photo
         img = ImageOps.exif_transpose(img) or img
     try:
         return to_rgb(img)
     except Exception as exc:
-        raise ImageError(name, f"cannot be converted to RGB ({_first_line(exc)})") from None
+        raise ImageError(name, f"cannot be converted to RGB ({first_line(exc)})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -6,6 +6,8 @@ import base64
 from html import escape
 from typing import Any
 
+from .._text import pct
+
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;
 color:#222;line-height:1.45}
@@ -21,7 +23,7 @@ img{max-width:100%;height:auto;border:1px solid #eee}.bad{color:#c0392b}.scroll{
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{x * 100:.{digits}f}%"
+    return pct(x, digits, missing="–")
 
 
 def _img(pngs: dict[str, bytes], name: str, alt: str) -> str:

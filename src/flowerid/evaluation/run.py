@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import __version__
 from .._io import atomic_write_bytes, atomic_write_json
+from .._text import Log, pct
+from .._version import __version__
 from ..data.folders import ImageFolder, scan_folder, write_skipped
 from ..errors import DataError, UsageError
 from .metrics import DEFAULT_BINS, Outcomes, compute_metrics
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
     from ..model.predictor import Classifier
 
-Log = Callable[[str], None]
 
 #: The keys of metrics.json that make its summary (`--json` prints these).
 SUMMARY_KEYS = (
@@ -272,10 +271,6 @@ def write_outputs(
     return files
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2%}"
-
-
 def format_summary(result: Evaluation) -> str:
     """The evaluation as a few lines of text for the terminal."""
     m = result.metrics
@@ -285,12 +280,12 @@ def format_summary(result: Evaluation) -> str:
         f"evaluated {m['n']} images in {m['classes_present']} categories with {m['backbone']}"
         + (f" ({m['skipped']} unreadable skipped)" if m["skipped"] else "")
         + f" in {m['seconds']:.0f}s",
-        f"  top-1 accuracy          {_pct(m['top1']):>7}  (95% CI {lo1:.1%} to {hi1:.1%})",
-        f"  top-{m['k']} accuracy          {_pct(m['top5']):>7}  (95% CI {lo5:.1%} to {hi5:.1%})",
-        f"  mean per-class accuracy {_pct(m['mean_class_accuracy']):>7}",
-        f"  macro F1                {_pct(m['macro_f1']):>7}",
+        f"  top-1 accuracy          {pct(m['top1']):>7}  (95% CI {lo1:.1%} to {hi1:.1%})",
+        f"  top-{m['k']} accuracy          {pct(m['top5']):>7}  (95% CI {lo5:.1%} to {hi5:.1%})",
+        f"  mean per-class accuracy {pct(m['mean_class_accuracy']):>7}",
+        f"  macro F1                {pct(m['macro_f1']):>7}",
         f"  calibration error (ECE) {m['calibration']['ece']:7.3f}"
-        f"   mean confidence {_pct(m['calibration']['mean_confidence'])}",
+        f"   mean confidence {pct(m['calibration']['mean_confidence'])}",
     ]
     confused = m["most_confused"][:10]
     if confused:

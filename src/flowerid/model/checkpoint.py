@@ -15,10 +15,13 @@ import pickle
 import sys
 import warnings
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write
+from .._text import first_line
+from .._version import __version__
 from ..errors import CheckpointError
 from . import _torchfile
 
@@ -28,6 +31,36 @@ REQUIRED = ("format", "format_version", "backbone", "preprocessing", "categories
 
 # Explicit, tested steps from each older version to the next: {from_version: step}.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def build_checkpoint(
+    *,
+    backbone: dict[str, Any],
+    preprocessing: dict[str, Any],
+    categories: list[str],
+    names: list[str | None],
+    head_config: dict[str, Any],
+    head_state: dict[str, Any],
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """A checkpoint dict in the layout `validate` checks (format fields are added by `save_checkpoint`).
+
+    `backbone`: name, weights_digest, weights_path (None, or relative to the checkpoint's
+    folder for a tuned backbone saved beside it) and num_features.
+    """
+    return {
+        "flowerid_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "backbone": backbone,
+        "preprocessing": preprocessing,
+        "categories": list(categories),
+        "names": names,
+        "class_to_idx": {c: i for i, c in enumerate(categories)},
+        "head": {"config": head_config, "state_dict": head_state},
+        "training": training,
+        "metrics": metrics,
+    }
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -71,20 +104,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path} needs full pickle to load, which can run arbitrary code; flowerid only "
                 "loads plain-data checkpoints. Re-save it with flowerid, or do not trust it"
             ) from None
-        raise CheckpointError(f"{path} is damaged or not a checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({first_line(exc)})") from None
     except Exception as exc:  # the unpickler and zip reader raise many kinds on damaged bytes
-        raise CheckpointError(f"{path} is damaged or not a checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({first_line(exc)})") from None
     ckpt = validate(ckpt, str(path))
     weights = ckpt["backbone"].get("weights_path")
     if weights and not os.path.isabs(weights):
         # A tuned backbone lives beside its checkpoint (backbone.pth): the pair moves together.
         ckpt["backbone"]["weights_path"] = str(path.resolve().parent / weights)
     return ckpt
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def validate(ckpt: Any, where: str = "checkpoint") -> dict[str, Any]:

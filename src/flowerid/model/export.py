@@ -1,7 +1,6 @@
 """Exports an app can run without Python: one graph from photo tensor to answer, plus a manifest.
 
-`export_onnx` turns any torch module into an ONNX file with a dynamic batch axis
-(the inference engine reuses it for backbones). `export_checkpoint` builds the
+`export_checkpoint` builds the
 backbone and head of a trained checkpoint into one graph, writes it as ONNX or
 TorchScript (ONNX optionally int8) and beside it a JSON manifest that says how to
 preprocess a photo and read the output, so an app needs nothing else.
@@ -15,8 +14,7 @@ import logging
 import os
 import random
 import tempfile
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,10 @@ import torch
 import torch.nn as nn
 
 from .._io import atomic_write, atomic_write_json
+from .._text import first_line
 from ..backbones import get_spec
 from ..backbones.build import build_backbone
+from ..backbones.onnx import INPUT_NAME, contiguous, example_input, export_onnx, quiet_export
 from ..data.images import is_image_file
 from ..data.preprocess import Preprocessing
 from ..errors import CheckpointError, DataError, ImageError, UsageError
@@ -39,9 +39,7 @@ MANIFEST_VERSION = 1
 FORMATS = ("onnx", "torchscript")
 OUTPUTS = ("probabilities", "logits")
 QUANTIZATIONS = ("int8",)
-INPUT_NAME = "input"
 SCALE = "0..1 then (x-mean)/std"
-DEFAULT_OPSET = 17
 DEFAULT_CALIBRATION_SIZE = 128
 
 
@@ -75,66 +73,12 @@ class ExportModel(nn.Module):
         return self._one(x)
 
 
-@contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
-    """Hide the exporters' deprecation and tracer chatter: the outputs are checked by tests instead."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
-        yield
-
-
-def _example(input_size: int | tuple[int, int], batch: int = 2) -> torch.Tensor:
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    return torch.zeros(batch, 3, h, w, dtype=torch.float32)
-
-
-def _contiguous(module: nn.Module) -> nn.Module:
-    # A module moved to channels_last for the CPU engine exports the same, but plain layout is the norm.
-    return module.eval().to(memory_format=torch.contiguous_format)
-
-
-def export_onnx(
-    module: nn.Module,
-    path: str | os.PathLike,
-    input_size: int | tuple[int, int],
-    *,
-    input_name: str = INPUT_NAME,
-    output_name: str = "output",
-    opset: int = DEFAULT_OPSET,
-) -> Path:
-    """Write `module` (NCHW float32 in, one tensor out) as ONNX with a dynamic batch axis; atomic.
-
-    Uses the TorchScript-based exporter (`dynamo=False`): it needs no `onnxscript`
-    and exports timm and torchvision networks with outputs within 1e-5 of torch.
-    """
-    module = _contiguous(module)
-    example = _example(input_size)
-    buf = io.BytesIO()
-    with _quiet_export(), torch.no_grad():
-        torch.onnx.export(
-            module,
-            (example,),
-            buf,
-            dynamo=False,
-            input_names=[input_name],
-            output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-        )
-    return atomic_write(path, lambda f: f.write(buf.getbuffer()))
-
-
 def export_torchscript(module: nn.Module, path: str | os.PathLike, input_size: int | tuple[int, int]) -> Path:
     """Trace `module` to TorchScript (loadable with plain `torch.jit.load`); any batch size runs."""
-    module = _contiguous(module)
+    module = contiguous(module)
     buf = io.BytesIO()
-    with _quiet_export(), torch.no_grad():
-        traced = torch.jit.trace(module, (_example(input_size),), check_trace=False)
+    with quiet_export(), torch.no_grad():
+        traced = torch.jit.trace(module, (example_input(input_size),), check_trace=False)
         traced = torch.jit.freeze(traced.eval())
         torch.jit.save(traced, buf)
     return atomic_write(path, lambda f: f.write(buf.getbuffer()))
@@ -225,7 +169,7 @@ def build_export_model(
     try:
         head.load_state_dict(head_info["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"the head weights do not fit the recorded head: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"the head weights do not fit the recorded head: {first_line(exc)}") from None
     return ExportModel(backbone, head.eval(), output=output, hflip=hflip).eval(), prep
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import file_sha256
+from .._text import pct
 from ..backbones import get_spec
 from ..errors import BackboneError
 from .checkpoint import load_checkpoint
@@ -43,10 +44,6 @@ def checkpoint_info(path: str | os.PathLike, shipped: bool = False) -> dict[str,
         "training": ckpt.get("training", {}),
         "metrics": metrics,
     }
-
-
-def _pct(x: Any) -> str:
-    return f"{x:.2%}" if isinstance(x, int | float) else "-"
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -118,7 +115,7 @@ def format_info(info: dict[str, Any]) -> str:
         rows.append(
             (
                 "validation",
-                f"top-1 {_pct(m.get('valid_acc'))}, loss {m.get('valid_loss', float('nan')):.4f}, "
+                f"top-1 {pct(m.get('valid_acc'))}, loss {m.get('valid_loss', float('nan')):.4f}, "
                 f"best epoch {m.get('best_epoch', '?')} of {m.get('epochs_run', '?')}"
                 + (
                     f"; probabilities calibrated (temperature {m['temperature']:.3f} fitted on valid, "
@@ -129,7 +126,7 @@ def format_info(info: dict[str, Any]) -> str:
             )
         )
         if "test_acc" in m:
-            rows.append(("test", f"top-1 {_pct(m['test_acc'])}, loss {m.get('test_loss', float('nan')):.4f}"))
+            rows.append(("test", f"top-1 {pct(m['test_acc'])}, loss {m.get('test_loss', float('nan')):.4f}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -138,5 +135,5 @@ def _selection(sel: list[dict[str, Any]]) -> list[str]:
     out = []
     for run in sel:
         settings = " ".join(f"{k}={v}" for k, v in run.get("settings", {}).items())
-        out.append(f"{settings or 'defaults'} → {_pct(run.get('valid_acc'))}")
+        out.append(f"{settings or 'defaults'} → {pct(run.get('valid_acc'))}")
     return out

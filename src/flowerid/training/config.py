@@ -21,7 +21,7 @@ class Preset:
     summary: str
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
-    tune_stages: int = 0  # backbone stages fine-tuned with the head (finetune.py); 0 = frozen
+    tune_stages: int = 0  # backbone stages fine-tuned with the head (training/tuned.py); 0 = frozen
 
 
 PRESETS: dict[str, Preset] = {
@@ -97,18 +97,26 @@ class TrainConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @property
+    def mode(self) -> str:
+        """The training mode these settings ask for: full (full_finetune), tuned (tune_stages > 0) or frozen."""
+        if self.full_finetune:
+            return "full"
+        return "tuned" if self.tune_stages else "frozen"
+
     def check(self) -> None:
+        """UsageError naming the first setting that cannot work (the CLI shows it as its flag)."""
         if self.epochs < 1:
-            raise UsageError("--epochs must be at least 1")
+            raise UsageError("epochs must be at least 1", setting="epochs")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise UsageError("--learning-rate must be a positive number")
+            raise UsageError("learning_rate must be a positive number", setting="learning_rate")
         if self.hidden_units < 0:
-            raise UsageError("--hidden-units must be 0 (a linear head) or more")
+            raise UsageError("hidden_units must be 0 (a linear head) or more", setting="hidden_units")
         if self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
+            raise UsageError("batch_size must be at least 1", setting="batch_size")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError("dropout must be in [0, 1)")
         if self.views < 0:
-            raise UsageError("--views must be 0 (the photos only) or more")
+            raise UsageError("views must be 0 (the photos only) or more", setting="views")
         if self.tune_stages < 0:
-            raise UsageError("--tune-stages must be 0 (a frozen backbone) or more")
+            raise UsageError("tune_stages must be 0 (a frozen backbone) or more", setting="tune_stages")

@@ -1,0 +1,19 @@
+"""Small helpers for the words flowerid prints: a line sink, an exception's first line, a percentage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Log = Callable[[str], None]  # where progress lines go: print, a logger's info, or nothing
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def pct(x: Any, digits: int = 2, missing: str = "-") -> str:
+    """`0.9645` -> `96.45%`; anything that is not a number -> `missing`."""
+    return f"{x:.{digits}%}" if isinstance(x, int | float) else missing

@@ -1,0 +1,168 @@
+"""The frozen mode: extract (cached) backbone features once, then fit a head on them.
+
+The default and the cheapest: an epoch over 6552 feature rows takes well under a
+second, and with the cache a re-run computes no features at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .._text import Log
+from ..backbones import get_spec
+from ..backbones.engines import load_backbone
+from ..model.head import HeadConfig, build_head
+from .calibrate import calibrate
+from .common import Run, TrainResult, best_metrics, check_left, evaluate_head, features_for, finish
+from .config import TrainConfig
+from .loop import Best, EpochStats, Stepper, run_epochs
+from .resume import STATE_FILE, fingerprint, load_train_state, save_train_state
+
+
+def fit_head(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_valid: torch.Tensor,
+    y_valid: torch.Tensor,
+    head_cfg: HeadConfig,
+    cfg: TrainConfig,
+    log: Log = print,
+    state_path: Path | None = None,
+    resume: bool = False,
+) -> tuple[dict[str, torch.Tensor], list[EpochStats], int]:
+    """AdamW with one warm-up epoch then cosine decay; keep the epoch best on valid.
+
+    Best means highest valid accuracy, ties broken by lower valid loss.
+    Returns the best head state, the per-epoch history and the best epoch (1-based).
+    With `state_path`, everything needed to continue (head, optimiser, random
+    state, history) is written there atomically after every epoch; `resume`
+    continues from it, giving the same result as an uninterrupted run.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    head = build_head(head_cfg).to(x_train.device)
+    n = len(x_train)
+    stepper = Stepper([list(head.parameters())], [cfg.learning_rate], cfg, n)
+    history: list[EpochStats] = []
+    best = Best()
+    digest = ""
+    if state_path is not None:
+        digest = fingerprint(
+            x_train,
+            y_train,
+            x_valid,
+            y_valid,
+            head=head_cfg.to_dict(),
+            **{k: getattr(cfg, k) for k in ("epochs", "learning_rate", "batch_size", "seed", "weight_decay")},
+            label_smoothing=cfg.label_smoothing,
+        )
+        saved = load_train_state(state_path, digest) if resume else None
+        if saved is not None:
+            head.load_state_dict(saved["head"])
+            stepper.opt.load_state_dict(saved["optimizer"])
+            gen.set_state(saved["generator"])
+            torch.set_rng_state(saved["rng"])
+            if x_train.is_cuda and saved.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(saved["cuda_rng"], x_train.device)
+            history = [EpochStats(**h) for h in saved["history"]]
+            best.key, best.epoch = (saved["best_acc"], -saved["best_loss"]), saved["best_epoch"]
+            best.states = {"head": saved["best_state"]}
+            stepper.step = saved["step"]
+            log(f"resuming head training after epoch {len(history)}/{cfg.epochs} from {state_path}")
+        elif resume:
+            log(f"no saved training state in {state_path.parent}; starting head training at epoch 1")
+
+    def train_epoch(epoch: int) -> tuple[float, int, int]:
+        head.train()
+        order = torch.randperm(n, generator=gen).to(x_train.device)
+        loss_sum, correct = 0.0, 0
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            batch_loss, batch_correct = stepper(head(x_train[idx]), y_train[idx])
+            loss_sum += batch_loss
+            correct += batch_correct
+        return loss_sum, correct, n
+
+    def validate(epoch: int) -> tuple[float, float, bool]:
+        v_loss, v_acc = evaluate_head(head, x_valid, y_valid)
+        return v_loss, v_acc, best.offer(epoch, v_loss, v_acc, head=head)
+
+    def save_state(_: EpochStats) -> None:
+        if state_path is None:
+            return
+        save_train_state(
+            state_path,
+            digest,
+            head=head.state_dict(),
+            optimizer=stepper.opt.state_dict(),
+            generator=gen.get_state(),
+            rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state(x_train.device) if x_train.is_cuda else None,
+            history=[asdict(h) for h in history],
+            best_acc=best.key[0],
+            best_loss=-best.key[1],
+            best_epoch=best.epoch,
+            best_state=best.states.get("head", {}),
+            step=stepper.step,
+        )
+
+    run_epochs(cfg, stepper, history, train_epoch, validate, log, after_epoch=save_state)
+    return best.states.get("head", {}), history, best.epoch
+
+
+@torch.no_grad()
+def _logits(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    head.eval()
+    return torch.cat([head(x[i : i + 4096]) for i in range(0, len(x), 4096)])
+
+
+def train_frozen(run: Run) -> TrainResult:
+    """Features of every split (and augmented views) through the frozen backbone, then the head on them."""
+    cfg, data, save_dir, log = run.cfg, run.data, run.save_dir, run.log
+    spec = get_spec(cfg.arch)
+    backbone = load_backbone(spec, run.device, cfg.weights, cfg.engine)
+    skipped: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    t_feat = time.perf_counter()
+    x_tr, y_tr = features_for(data.train, backbone, cfg, "train", skipped, counts)
+    x_va, y_va = features_for(data.valid, backbone, cfg, "valid", skipped, counts)
+    n_view_rows = 0
+    if cfg.views and len(x_tr):
+        readable = dataclasses.replace(data.train, samples=[s for s in data.train.samples if str(s[0]) not in skipped])
+        views = [features_for(readable, backbone, cfg, "train", {}, counts, v) for v in range(1, cfg.views + 1)]
+        n_view_rows = sum(len(x) for x, _ in views)
+        x_tr = torch.cat([x_tr, *(x for x, _ in views)])
+        y_tr = torch.cat([y_tr, *(y for _, y in views)])
+    feat_seconds = time.perf_counter() - t_feat
+    check_left(data.categories, y_tr, y_va, save_dir, skipped, log)
+    log(f"features ready in {feat_seconds:.1f}s")
+
+    head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
+    state_path = save_dir / STATE_FILE
+    if not cfg.resume and state_path.exists():
+        log(f"starting head training over; {state_path} holds an interrupted run that --resume would continue")
+    device = run.device
+    best_state, history, best_epoch = fit_head(
+        x_tr.to(device), y_tr.to(device), x_va.to(device), y_va.to(device), head_cfg, cfg, log, state_path, cfg.resume
+    )
+    metrics = best_metrics([asdict(h) for h in history], best_epoch)
+    head = build_head(head_cfg)
+    if cfg.calibrate:
+        head.load_state_dict(best_state)
+        best_state = calibrate(best_state, _logits(head, x_va), y_va, metrics, log)
+    if data.test is not None:
+        head.load_state_dict(best_state)
+        x_te, y_te = features_for(data.test, backbone, cfg, "test", skipped, counts)
+        metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, x_te, y_te)
+        log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
+    metrics["feature_seconds"] = feat_seconds
+    metrics["features_computed"] = counts.get("computed", 0)
+    metrics["total_seconds"] = time.perf_counter() - run.t_start
+    photos = {"train_images": int(len(y_tr)) - n_view_rows, "train_rows": int(len(y_tr)), "valid_images": len(y_va)}
+    weights = cfg.weights and str(Path(cfg.weights).resolve())
+    return finish(run, backbone, weights, head_cfg, best_state, metrics, skipped, photos)

@@ -1,0 +1,143 @@
+"""The one epoch loop every training mode runs, and the pieces it is made of.
+
+A mode supplies how to train one epoch and how to score the valid split; the loop
+times the epoch, keeps the best one (valid accuracy, ties to the lower loss) and
+prints the same progress line for every mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .._text import Log
+from .config import TrainConfig
+from .schedule import warmup_cosine
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    valid_loss: float
+    valid_acc: float
+    lr: float
+    seconds: float
+
+    def line(self, epochs: int, improved: bool) -> str:
+        """The progress line every training loop prints after an epoch; `*` marks a new best."""
+        return (
+            f"epoch {self.epoch:>3}/{epochs}  train loss {self.train_loss:.4f}  acc {self.train_acc:6.2%}  "
+            f"valid loss {self.valid_loss:.4f}  acc {self.valid_acc:6.2%}{'  *' if improved else ''}"
+        )
+
+
+class Best:
+    """The best epoch so far (valid accuracy, ties to the lower loss), with CPU copies of what to keep."""
+
+    def __init__(self) -> None:
+        self.key = (-1.0, -float("inf"))
+        self.epoch = 0
+        self.states: dict[str, dict[str, torch.Tensor]] = {}
+        self.logits = torch.empty(0)
+        self.labels = torch.empty(0, dtype=torch.long)
+
+    def offer(
+        self,
+        epoch: int,
+        loss: float,
+        acc: float,
+        logits: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **modules: nn.Module,
+    ) -> bool:
+        """Keep the epoch (its modules' states, and its valid logits and labels if given) when it is the best."""
+        if (acc, -loss) <= self.key:
+            return False
+        self.key, self.epoch = (acc, -loss), epoch
+        if logits is not None and labels is not None:
+            self.logits, self.labels = logits, labels
+        self.states = {
+            name: copy.deepcopy({k: v.detach().cpu() for k, v in m.state_dict().items()}) for name, m in modules.items()
+        }
+        return True
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of valid logits."""
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+class Stepper:
+    """AdamW over parameter groups with their own peak rates, on the warm-up + cosine schedule.
+
+    `rates` are the groups' peak rates (the head's last); `step` counts optimiser steps
+    across epochs, so a resumed run continues the schedule where it stopped.
+    """
+
+    def __init__(self, groups: list[list[nn.Parameter]], rates: list[float], cfg: TrainConfig, n: int) -> None:
+        self.opt = torch.optim.AdamW(
+            [{"params": p, "lr": r} for p, r in zip(groups, rates, strict=True)], weight_decay=cfg.weight_decay
+        )
+        self.rates = rates
+        self.epochs = cfg.epochs
+        self.steps_per_epoch = max(1, -(-n // cfg.batch_size))
+        self.label_smoothing = cfg.label_smoothing
+        self.step = 0
+
+    def factor(self, step: int) -> float:
+        return warmup_cosine(step, self.steps_per_epoch, self.epochs)
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """One optimiser step; returns the batch's summed loss and correct count."""
+        for group, rate in zip(self.opt.param_groups, self.rates, strict=True):
+            group["lr"] = rate * self.factor(self.step)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        return loss.item() * len(y), int((logits.argmax(1) == y).sum().item())
+
+    @property
+    def last_lr(self) -> float:
+        """The head's rate at the last step taken."""
+        return self.rates[-1] * self.factor(self.step - 1)
+
+
+def autocast(device: str) -> torch.autocast:
+    """Mixed precision where a GPU runs it (bfloat16 needs no loss scaling); float32 on a CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+
+
+def run_epochs(
+    cfg: TrainConfig,
+    stepper: Stepper,
+    history: list[EpochStats],
+    train_epoch: Callable[[int], tuple[float, int, int]],
+    validate: Callable[[int], tuple[float, float, bool]],
+    log: Log,
+    after_epoch: Callable[[EpochStats], None] | None = None,
+    show_seconds: bool = False,
+) -> list[EpochStats]:
+    """Epochs len(history)+1 .. cfg.epochs: train (summed loss, correct, seen), validate (loss, accuracy,
+    improved), record, then `after_epoch` (resume state) and the progress line."""
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = train_epoch(epoch)
+        v_loss, v_acc, improved = validate(epoch)
+        stats = EpochStats(
+            epoch, loss_sum / seen, correct / seen, v_loss, v_acc, stepper.last_lr, time.perf_counter() - t0
+        )
+        history.append(stats)
+        if after_epoch is not None:
+            after_epoch(stats)
+        log(stats.line(cfg.epochs, improved) + (f"  ({stats.seconds:.0f}s)" if show_seconds else ""))
+    return history
