@@ -4,7 +4,7 @@
 >>> clf = flowerid.load()  # the built-in 102-flower model, or a path to your own checkpoint
 >>> clf.predict("rose.jpg", top_k=3)
 >>> ev = flowerid.evaluate("runs/flowers/checkpoint.pth", "data/valid", "runs/flowers/eval")
->>> ev.confusion_figure()  # matplotlib figures for notebooks; see flowerid.plots
+>>> ev.confusion_figure()  # matplotlib figures for notebooks; see flowerid.evaluation.figures
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def train_tuned(run: Run) -> TrainResult:
 
     head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
     head_state, history, best_epoch, logits_va = fit_tail(
-        tail, x_tr, y_tr, x_va, y_va, head_cfg, cfg, run.device, run.log
+        tail, head_cfg, (x_tr, y_tr), (x_va, y_va), cfg, run.device, run.log
     )
     metrics = best_metrics(history, best_epoch)
     metrics["feature_seconds"] = feat_seconds
