@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import shutil
@@ -67,7 +68,8 @@ def main() -> None:
         planted = plant(args.data, work / "planted", args.not_flowers, seed=args.seed)
         out = work / "out"
         cold, _, _ = check([str(work / "planted"), "--deep", "--out", str(out)])
-        warm, code, printed = check([str(work / "planted"), "--deep", "--out", str(out)])
+        warm, code, printed = check([str(work / "planted"), "--deep", "--out", str(out), "--json"])
+        stages = json.loads(printed)["deep"]["seconds"]
         plain, _, _ = check([str(work / "planted")])
         found = rows_of(out)
 
@@ -97,6 +99,7 @@ def main() -> None:
             f"{len(found['outlier']) - len(strays)} other rows"
         )
         print(f"exit code {code}; cold {cold:.1f}s, warm {warm:.1f}s; plain check {plain:.1f}s ({warm / plain:.2f}x)")
+        print("warm stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()))
 
         if not args.no_real:
             real_out = work / "real"

@@ -301,7 +301,12 @@ def run_check(args: argparse.Namespace) -> int:
         )
         counts = {k: len(findings.of_kind(k)) for k in KINDS}
         found = sum(counts.values())
-        result["deep"] = {"counts": counts, "issues_csv": str(csv_path), "review_html": str(html_path)}
+        result["deep"] = {
+            "counts": counts,
+            "issues_csv": str(csv_path),
+            "review_html": str(html_path),
+            "seconds": {k: round(v, 2) for k, v in findings.seconds.items()},
+        }
         if not args.json:
             print(format_deep(findings, csv_path, html_path))
     if args.json:
