@@ -269,3 +269,18 @@ def test_train_exclude_leaves_out_the_rows_of_issues_csv(planted, tmp_path, caps
     assert "data: 72 train" in printed  # 72 scenes (one renamed into 2/) + copy + stray - the 2 listed
     meta = json.loads((save / "metrics.json").read_text())
     assert meta["best_epoch"] >= 1
+
+
+def test_check_deep_survives_hostile_files(hostile_folder, tmp_path, capsys):
+    root, _ = hostile_folder
+    code = main(["check", str(root), "--deep", "--out", str(tmp_path / "out"), "--arch", TINY, "--min-size", "8"])
+    captured = capsys.readouterr()
+    assert code in (0, 1) and "Traceback" not in captured.err
+    issues = tmp_path / "out" / "issues.csv"  # names that are not UTF-8 keep their bytes, as in skipped.tsv
+    rows = list(csv.DictReader(issues.open(encoding="utf-8", errors="surrogateescape", newline="")))
+    data = load_dataset(root)
+    readable = {str(p.relative_to(root)) for p in data.train.paths + data.valid.paths}
+    assert {r["path"] for r in rows} <= readable
+    kept, left_out, unknown = exclude_photos(data, dc.read_exclude_list(issues))  # every row matches a photo
+    assert left_out == len({r["path"] for r in rows}) and unknown == []
+    (tmp_path / "out" / "review.html").read_text(encoding="utf-8")  # the page is valid UTF-8

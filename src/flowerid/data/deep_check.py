@@ -501,7 +501,7 @@ def run_deep_check(
         out.mkdir(parents=True, exist_ok=True)
         csv_path = write_issues_csv(out / ISSUES_FILE, findings.issues)
         html = render_review(Path(data_dir), photos, findings, names or {})
-        html_path = atomic_write_bytes(out / REVIEW_FILE, html.encode("utf-8", "surrogateescape"))
+        html_path = atomic_write_bytes(out / REVIEW_FILE, html.encode("utf-8", "replace"))  # names are only shown
         seconds[stages[-1]] = time.perf_counter() - float(clock[1])
         bar.update(bar.total - bar.n)
     findings.seconds = seconds
