@@ -9,6 +9,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .._version import __version__
 from ..errors import FlowerIdError, UsageError
@@ -101,6 +102,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run's head training from its last epoch"
     )
+    p.add_argument(
+        "--exclude",
+        default=None,
+        metavar="FILE",
+        help="leave out the photos listed in FILE: one path (relative to DATA_DIR) a line, "
+        "or the issues.csv of `check --deep`",
+    )
     p.set_defaults(
         interrupt_hint="run it again to reuse the features computed so far, with --resume to continue head training"
     )
@@ -128,6 +136,7 @@ def run_train(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         engine=args.engine,
         resume=args.resume,
+        exclude=args.exclude,
     )
     train(args.data_dir, args.save_dir, cfg, log=lambda s: print(s, flush=True))
     return 0
@@ -241,6 +250,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def add_check_args(p: argparse.ArgumentParser) -> None:
+    from ..training.config import DEFAULT_PRESET, PRESETS
+
     p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
     p.add_argument("--min-size", type=int, default=64, help="warn about images with a shorter side under this")
     p.add_argument(
@@ -248,18 +259,83 @@ def add_check_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also look for wrong labels, near-duplicates and photos that belong nowhere (cached features; "
+        "writes issues.csv and review.html into --out)",
+    )
+    p.add_argument("--out", default=None, metavar="DIR", help="where --deep writes (default: check-<DATA_DIR name>)")
+    p.add_argument(
+        "--arch",
+        default=PRESETS[DEFAULT_PRESET].arch,
+        help="backbone whose frozen features --deep compares (default: the default preset's, %(default)s)",
+    )
+    _device(p)
+    _engine(p)
+    p.set_defaults(interrupt_hint="run it again: the features computed so far are cached")
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Exit 0 when the data can be trained on as it is, 1 when something would make training wrong."""
+    """Exit 0 when the data can be trained on as it is, 1 when something would make training wrong.
+
+    With --deep, also 1 when it lists anything: each finding is for the user to decide on.
+    """
     from ..data.check import check_data
 
     report = check_data(args.data_dir, min_size=args.min_size, max_imbalance=args.max_imbalance)
+    result = report.to_dict()
+    if not args.json:
+        print(report.format(), flush=True)
+    found = 0
+    if args.deep:
+        from ..data.deep_check import KINDS, run_deep_check
+        from ..data.folders import CATEGORY_NAMES_FILE, load_category_names
+
+        root = Path(args.data_dir)
+        out = Path(args.out) if args.out else Path(f"check-{root.resolve().name}")
+        names_path = root / CATEGORY_NAMES_FILE
+        names = load_category_names(names_path) if names_path.is_file() else {}
+        findings, csv_path, html_path = run_deep_check(
+            root, out, args.arch, device=args.device, engine=args.engine, names=names
+        )
+        counts = {k: len(findings.of_kind(k)) for k in KINDS}
+        found = sum(counts.values())
+        result["deep"] = {
+            "counts": counts,
+            "issues_csv": str(csv_path),
+            "review_html": str(html_path),
+            "seconds": {k: round(v, 2) for k, v in findings.seconds.items()},
+        }
+        if not args.json:
+            print(format_deep(findings, csv_path, html_path))
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report.format())
-    return 1 if report.errors or (args.strict and report.warnings) else 0
+        print(json.dumps(result, indent=2))
+    return 1 if report.errors or found or (args.strict and report.warnings) else 0
+
+
+def format_deep(findings, csv_path: Path, html_path: Path, shown: int = 5) -> str:
+    """The deep check's summary: counts, the first few of each kind, where the files are."""
+    from ..data.deep_check import DUPLICATE, LABEL, OUTLIER
+
+    lines = [""]
+    for kind, title in ((LABEL, "suspect labels"), (DUPLICATE, "near-duplicate pairs"), (OUTLIER, "outliers")):
+        rows = findings.of_kind(kind)
+        lines.append(f"deep: {len(rows)} {title}")
+        for i in rows[:shown]:
+            if kind == LABEL:
+                lines.append(f"    {i.path}: filed under {i.given}, looks like {i.suggested} ({i.score:.3f})")
+            elif kind == DUPLICATE:
+                lines.append(f"    {i.path} = {i.other} ({i.score:.3f})")
+            else:
+                lines.append(f"    {i.path} ({i.score:.1f})")
+        if len(rows) > shown:
+            lines.append(f"    … and {len(rows) - shown} more")
+    lines.append(f"deep: every finding is in {csv_path}; look at them in {html_path}")
+    lines.append(
+        "      to train without some, delete the rows to keep and run `flowerid train DATA --exclude issues.csv`"
+    )
+    return "\n".join(lines)
 
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:

@@ -118,6 +118,44 @@ def load_dataset(data_dir: str | os.PathLike) -> DataSet:
     return DataSet(root, train.categories, train, valid, test)
 
 
+def exclude_photos(data: DataSet, listed: list[str]) -> tuple[DataSet, int, list[str]]:
+    """The data set without the listed photos (paths relative to the data folder, or absolute).
+
+    Returns it with how many photos were left out and the listed paths that
+    match no photo (a typo, or a file already moved), so the caller can say so.
+    Raises DataError when leaving them out empties a train/ category.
+    """
+    base = os.path.abspath(data.root)
+
+    def key(path: str | os.PathLike) -> str:
+        return os.path.normpath(os.path.relpath(os.path.abspath(os.path.join(base, path)), base))
+
+    wanted = {key(p): p for p in listed}
+    matched: set[str] = set()
+
+    def keep(split: ImageFolder) -> ImageFolder:
+        kept = []
+        for path, target in split.samples:
+            k = key(path)
+            if k in wanted:
+                matched.add(k)
+            else:
+                kept.append((path, target))
+        return ImageFolder(split.root, split.categories, kept)
+
+    train, valid = keep(data.train), keep(data.valid)
+    test = keep(data.test) if data.test is not None else None
+    emptied = [c for c, n in train.counts().items() if n == 0]
+    if emptied:
+        raise DataError(
+            f"excluding the listed photos leaves no train/ photo in categories: {', '.join(emptied[:10])}"
+            + (" …" if len(emptied) > 10 else "")
+            + "; keep some of them, or remove those category folders"
+        )
+    unknown = sorted(str(p) for k, p in wanted.items() if k not in matched)
+    return DataSet(data.root, data.categories, train, valid, test), len(matched), unknown
+
+
 SKIPPED_FILE = "skipped.tsv"
 
 

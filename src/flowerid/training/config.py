@@ -73,6 +73,7 @@ class TrainConfig:
     calibrate: bool = True  # fit a temperature on valid so that probabilities mean what they say
     tune_stages: int = 0  # fine-tune the backbone's last N stages with the head (0 = frozen backbone)
     full_finetune: bool = False  # train every layer on augmented photos (for a GPU)
+    exclude: str | None = None  # a file listing photos to leave out (one path a line, or check --deep's issues.csv)
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:

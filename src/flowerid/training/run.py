@@ -15,7 +15,7 @@ from pathlib import Path
 from .._text import Log
 from ..backbones import get_spec
 from ..backbones.engines import resolve_device
-from ..data.folders import CATEGORY_NAMES_FILE, load_category_names, load_dataset, names_for
+from ..data.folders import CATEGORY_NAMES_FILE, exclude_photos, load_category_names, load_dataset, names_for
 from ..errors import UsageError
 from .common import Run, TrainResult
 from .config import TrainConfig
@@ -46,6 +46,13 @@ def train(
     spec = get_spec(cfg.arch)
     device = resolve_device(cfg.device)
     data = load_dataset(data_dir)
+    if cfg.exclude:
+        from ..data.deep_check import read_exclude_list
+
+        data, left_out, unknown = exclude_photos(data, read_exclude_list(cfg.exclude))
+        log(f"left out {left_out} photo{'s' * (left_out != 1)} listed in {cfg.exclude}")
+        if unknown:
+            log(f"{len(unknown)} listed path(s) match no photo in {data_dir} and were ignored, e.g. {unknown[0]}")
     names_path = Path(cfg.category_names) if cfg.category_names else Path(data_dir) / CATEGORY_NAMES_FILE
     mapping = load_category_names(names_path) if (cfg.category_names or names_path.exists()) else None
     names = names_for(data.categories, mapping)
