@@ -111,6 +111,8 @@ def extract_features(
     on_batch: Callable[[], None] | None = None,
     augment: Augment | None = None,
     view: int = 0,
+    dtype: str = "float32",
+    cache_namespace: str | None = None,
 ) -> Extracted:
     """Features for every path, from the cache where present; failures are reported, not raised.
 
@@ -124,9 +126,10 @@ def extract_features(
         raise ValueError("view 0 is the plain photo; views 1, 2, ... need an augmentation")
     n = len(paths)
     dim = backbone.spec.num_features
-    feats = np.zeros((n, dim), dtype=np.float32)
+    feats = np.zeros((n, dim), dtype=dtype)
     ok = np.zeros(n, dtype=bool)
-    cache = FeatureCache(backbone.cache_namespace(augment, view)) if use_cache else None
+    namespace = cache_namespace or backbone.cache_namespace(augment, view)
+    cache = FeatureCache(namespace, dtype=dtype) if use_cache else None
     todo: list[int] = []
     for i, p in enumerate(paths):
         vec = cache.get(p) if cache else None
