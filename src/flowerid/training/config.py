@@ -74,6 +74,9 @@ class TrainConfig:
     tune_stages: int = 0  # fine-tune the backbone's last N stages with the head (0 = frozen backbone)
     full_finetune: bool = False  # train every layer on augmented photos (for a GPU)
     exclude: str | None = None  # a file listing photos to leave out (one path a line, or check --deep's issues.csv)
+    # Keep the epoch best on valid instead of the last one. Off: presets train a fixed number of
+    # epochs chosen by cross-validation, so valid chooses nothing and stays fit to report and calibrate.
+    keep_best_epoch: bool = False
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
