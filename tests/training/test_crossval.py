@@ -43,3 +43,21 @@ def test_combine_averages_log_probabilities_of_the_same_folds() -> None:
     assert combine(a, b).logits.argmax(1).tolist() == [0, 1]
     with pytest.raises(ValueError):
         combine(a, CVResult(a.logits, y, np.array([1, 0])))
+
+
+def test_cross_validate_trains_each_fold_as_train_does(image_folder):
+    """Frozen tiny backbone, 2 folds over train+valid pooled: every photo predicted by the model that never saw it."""
+    from flowerid.training.config import TrainConfig
+    from flowerid.training.crossval import cross_validate
+
+    from ..conftest import TINY
+
+    lines: list[str] = []
+    cfg = TrainConfig(arch=TINY, epochs=20, learning_rate=0.05, num_workers=0)
+    r = cross_validate(image_folder, cfg, k=2, log=lines.append)
+    assert r.logits.shape == (3 * (8 + 4), 3) and sorted(np.bincount(r.folds)) == [18, 18]
+    assert np.bincount(r.labels).tolist() == [12, 12, 12]
+    assert len(r.top1) == 2 and r.top1.mean() > 0.9  # the tiny colours are easy
+    assert len(lines) == 2 and lines[0].startswith("fold 1/2")
+    one = cross_validate(image_folder, cfg, k=2, only=[1], log=lambda s: None)
+    assert len(one.labels) == 18 and np.array_equal(one.logits, r.logits[r.folds == 1])
