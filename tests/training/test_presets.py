@@ -117,3 +117,13 @@ def test_a_perfectly_separated_valid_split_leaves_probabilities_unscaled(image_f
     assert m["valid_acc"] == 1.0
     assert m["temperature"] == 1.0 and m["temperature_identified"] is False
     assert any("left unscaled" in line and "no mistakes" in line for line in lines)
+
+
+def test_a_presets_tuned_stages_belong_to_its_backbone():
+    """`--arch vgg16` (the heritage train.py) must still train, frozen, under a preset that tunes Lite0."""
+    tuned = TrainConfig.from_preset("default")
+    assert tuned.tune_stages == PRESETS["default"].tune_stages > 0 and tuned.mode == "tuned"
+    assert TrainConfig.from_preset("default", arch="vgg16").tune_stages == 0
+    assert TrainConfig.from_preset("default", arch=tuned.arch).tune_stages == tuned.tune_stages
+    assert TrainConfig.from_preset("default", arch="efficientnet_lite2", tune_stages=2).tune_stages == 2
+    assert TrainConfig().mode == "frozen"  # a plain config suits any backbone
