@@ -7,6 +7,7 @@ disk so an unchanged re-run computes nothing.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -143,6 +144,10 @@ def extract_features(
     workers = default_workers() if num_workers is None else num_workers
     if batch_size is None:
         batch_size = 8 if getattr(backbone.engine, "name", "") == "onnx" else 32
+    if workers:
+        # Collect garbage before the decode workers fork: an ONNX Runtime object collected in a forked
+        # child waits forever on its thread pool's locks (seen with the tuned mode's front engine).
+        gc.collect()
     loader = photo_loader([paths[i] for i in todo], backbone.preprocessing, batch_size, workers, augment, view)
     with tqdm(total=len(todo), desc=desc, unit="img", disable=None, leave=False) as bar:
         for idx, batch, failed in loader:

@@ -27,19 +27,20 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("fast", "efficientnet_lite0", 0, 20, "one small backbone: the quickest useful model"),
+        Preset("fast", "efficientnet_lite0", 0, 20, "one small frozen backbone: the quickest useful model"),
         Preset(
             "default",
-            "efficientnet_lite0_lite2",
+            "efficientnet_lite0",
             0,
-            20,
-            "two backbones side by side: the best accuracy for its time on a CPU",
+            6,
+            "one small backbone whose last stage fine-tunes with the head on cached activations",
+            tune_stages=1,
         ),
         Preset(
             "best",
             "efficientnet_lite2",
             0,
-            12,
+            10,
             "one larger backbone whose last stage fine-tunes with the head on cached activations",
             tune_stages=1,
         ),

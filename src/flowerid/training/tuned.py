@@ -71,31 +71,30 @@ def front_namespace(spec: BackboneSpec, digest: str, stages: int) -> str:
     )
 
 
+class _FlatEngine:
+    """An engine whose (N, C, H, W) output comes back as (N, C*H*W) rows, as feature extraction stores them."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.inner(batch).reshape(len(batch), -1)
+
+
 def front_engine(front: nn.Module, spec: BackboneSpec, namespace: str, device: str, engine: str) -> Engine:
-    """The front as an engine giving flat (N, C*H*W) rows: its ONNX graph (exported once, cached) on a CPU."""
-    if choose_engine(engine, device) == "onnx":
-        path = cache_root() / "onnx" / f"{spec.name}-front-{namespace}.onnx"
-        inner: Engine | None = None
-        if path.is_file():
-            try:
-                inner = OnnxEngine(path)
-            except Exception:  # a damaged cached graph is rebuilt, not trusted
-                path.unlink(missing_ok=True)
-        if inner is None:
-            from ..backbones.onnx import export_onnx
+    """The front as an engine giving flat rows: its ONNX graph (exported once, then cached) on a CPU."""
+    if choose_engine(engine, device) != "onnx":
+        return _FlatEngine(TorchEngine(front, device))
+    path = cache_root() / "onnx" / f"{spec.name}-front-{namespace}.onnx"
+    if path.is_file():
+        try:
+            return _FlatEngine(OnnxEngine(path))
+        except Exception:  # a damaged cached graph is rebuilt, not trusted
+            path.unlink(missing_ok=True)
+    from ..backbones.onnx import export_onnx
 
-            inner = OnnxEngine(export_onnx(front, path, spec.input_size))
-    else:
-        inner = TorchEngine(front, device)
-
-    class Flat:
-        name = inner.name
-
-        def __call__(self, batch: np.ndarray) -> np.ndarray:
-            out = inner(batch)
-            return out.reshape(len(batch), -1)
-
-    return Flat()
+    return _FlatEngine(OnnxEngine(export_onnx(front, path, spec.input_size)))
 
 
 def front_activations(
