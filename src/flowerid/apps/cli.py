@@ -66,7 +66,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--arch", default=None, help="backbone (default: the preset's); `flowerid backbones` lists them")
     p.add_argument("--weights", default=None, metavar="PATH", help="local state dict for the backbone")
-    p.add_argument("--epochs", type=int, default=None, help="head training epochs (default: the preset's)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs, the last one kept (default: the preset's)"
+    )
+    p.add_argument(
+        "--keep-best-epoch",
+        action="store_true",
+        help="keep the epoch best on valid instead of the last (valid then both chooses and reports)",
+    )
     p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
     p.add_argument(
         "--tune-stages",
@@ -126,6 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
         tune_stages=args.tune_stages,
         full_finetune=args.full_finetune or None,
         calibrate=not args.no_calibrate,
+        keep_best_epoch=args.keep_best_epoch or None,
         learning_rate=args.learning_rate,
         hidden_units=args.hidden_units,
         batch_size=args.batch_size,
