@@ -257,9 +257,11 @@ def run_serve(args: argparse.Namespace) -> int:
     return run_server(create_app(clf, cfg, str(checkpoint)), args.host, args.port)
 
 
-def add_check_args(p: argparse.ArgumentParser) -> None:
-    from ..training.config import DEFAULT_PRESET, PRESETS
+# check --deep compares frozen features of this pair (its figures in docs/data-check.md were measured with it).
+DEEP_CHECK_ARCH = "efficientnet_lite0_lite2"
 
+
+def add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
     p.add_argument("--min-size", type=int, default=64, help="warn about images with a shorter side under this")
     p.add_argument(
@@ -276,8 +278,9 @@ def add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="where --deep writes (default: check-<DATA_DIR name>)")
     p.add_argument(
         "--arch",
-        default=PRESETS[DEFAULT_PRESET].arch,
-        help="backbone whose frozen features --deep compares (default: the default preset's, %(default)s)",
+        default=DEEP_CHECK_ARCH,
+        help="backbone whose frozen features --deep compares (default: %(default)s, the pair its figures were "
+        "measured with)",
     )
     _device(p)
     _engine(p)
