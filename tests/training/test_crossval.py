@@ -61,3 +61,11 @@ def test_cross_validate_trains_each_fold_as_train_does(image_folder):
     assert len(lines) == 2 and lines[0].startswith("fold 1/2")
     one = cross_validate(image_folder, cfg, k=2, only=[1], log=lambda s: None)
     assert len(one.labels) == 18 and np.array_equal(one.logits, r.logits[r.folds == 1])
+
+
+def test_one_fold_has_no_out_of_fold_calibration_error() -> None:
+    """A single fold leaves no other folds to fit its temperature on: the ECE is not measured, not made up."""
+    r = CVResult(np.eye(3)[[0, 1, 2]] * 4.0, np.array([0, 1, 1]), np.zeros(3, dtype=int))
+    assert np.isnan(r.ece())
+    two = CVResult(np.eye(3)[[0, 1, 2, 0]] * 4.0, np.array([0, 1, 1, 0]), np.array([0, 0, 1, 1]))
+    assert 0.0 <= two.ece() <= 1.0

@@ -85,6 +85,9 @@ class CVResult:
         return probs, temps
 
     def ece(self) -> float:
+        """Out-of-fold ECE; NaN with a single fold, whose temperature has no other folds to be fitted on."""
+        if len(np.unique(self.folds)) < 2:
+            return float("nan")
         probs, _ = self.calibrated()
         return float(calibration(probs.max(1), probs.argmax(1) == self.labels)["ece"] or 0.0)
 
