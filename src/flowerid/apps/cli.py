@@ -117,7 +117,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "or the issues.csv of `check --deep`",
     )
     p.set_defaults(
-        interrupt_hint="run it again to reuse the features computed so far, with --resume to continue head training"
+        interrupt_hint="run it again to reuse the features (or activations) computed so far, "
+        "with --resume to continue a frozen backbone's head training"
     )
 
 
