@@ -29,6 +29,7 @@ DEFAULT_OUT = ROOT / "src" / "flowerid" / "models" / "flowers102.pth"
 # The fast preset's recipe (one backbone, a linear head) keeps the installed model a few
 # hundred KB and `predict` quick; the grid is what valid chooses among.
 PRESET = "fast"
+DATA_NAME = "flowers102, train/valid split"
 DEFAULT_GRID = {"learning_rate": [0.001, 0.003, 0.01], "epochs": [20, 40]}
 
 
@@ -82,6 +83,8 @@ def build(data: Path, out: Path, grid: dict[str, list[Any]], fixed: dict[str, An
                 best = (score, load_checkpoint(result.checkpoint_path))
     assert best is not None  # the grid always has at least one point
     ckpt = best[1]
+    # The record names the data set, not a folder of the machine the model was built on.
+    ckpt["training"]["data_dir"] = DATA_NAME
     ckpt["training"]["selection"] = runs
     ckpt["training"]["fixed_settings"] = {"preset": PRESET, **fixed}
     save_checkpoint(ckpt, out)

@@ -33,3 +33,19 @@ def test_decode_rejects_wrong_magic():
     blob = bytearray(encode_entry(np.ones(2, dtype=np.float32)))
     blob[0] ^= 1
     assert decode_entry(bytes(blob)) is None
+
+
+def test_float16_entries_for_activations(tmp_path):
+    """Activations are cached in half precision, apart from features; a float32 entry never passes for one."""
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"x")
+    half = FeatureCache("ns", tmp_path / "c", dtype="float16")
+    acts = np.linspace(-3, 3, 7).astype(np.float16)
+    half.put(photo, acts)
+    got = half.get(photo)
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, acts)
+    assert next((tmp_path / "c").rglob("*.f16")).parent.parent.parent.name == "activations"
+    assert FeatureCache("ns", tmp_path / "c").get(photo) is None  # features live elsewhere
+    assert decode_entry(encode_entry(np.ones(2, dtype=np.float32)), "float16") is None
+    assert decode_entry(encode_entry(acts, "float16"), "float32") is None

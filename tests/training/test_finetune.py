@@ -118,3 +118,25 @@ def test_full_finetune_trains_every_layer_and_predicts(effnet, image_folder, tmp
         np.testing.assert_allclose([p.probability for p in a], [p.probability for p in b], atol=1e-4)
     with pytest.raises(UsageError, match="drop --views"):
         train(image_folder, tmp_path / "x", _cfg(full_finetune=True), log=lambda s: None)  # tune_stages=1 too
+
+
+def test_activations_are_cached_so_a_rerun_computes_only_the_tuned_part(effnet, image_folder, tmp_path, isolated_cache):
+    first = train(image_folder, tmp_path / "a", _cfg(epochs=1), log=lambda s: None)
+    assert first.metrics["features_computed"] == 3 * (8 + 4)  # train and valid photos, once
+    entries = sorted((isolated_cache / "activations").rglob("*.f16"))
+    assert len(entries) == 3 * (8 + 4)
+    entries[0].write_bytes(entries[0].read_bytes()[:-3])  # a damaged entry is recomputed, not trusted
+    again = train(image_folder, tmp_path / "b", _cfg(epochs=1), log=lambda s: None)
+    assert again.metrics["features_computed"] == 1
+    a = torch.load(tmp_path / "a" / "backbone.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "backbone.pth", weights_only=True)
+    for k in a:  # the same activations (float16 either way) give the same tuned network
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_the_last_epoch_is_kept_unless_asked_for_the_best_on_valid(effnet, image_folder, tmp_path):
+    last = train(image_folder, tmp_path / "a", _cfg(epochs=3), log=lambda s: None).metrics
+    assert last["best_epoch"] == 3 and last["valid_acc"] == last["history"][2]["valid_acc"]
+    best = train(image_folder, tmp_path / "b", _cfg(epochs=3, keep_best_epoch=True), log=lambda s: None).metrics
+    accs = [h["valid_acc"] for h in best["history"]]
+    assert best["valid_acc"] == max(accs) and accs[best["best_epoch"] - 1] == max(accs)

@@ -135,8 +135,8 @@ def test_ctrl_c_in_feature_extraction_and_head_training_then_resume(tmp_path):
     print(f"stopped {seconds:.2f}s after Ctrl-C in feature extraction")
     assert seconds < 5, f"took {seconds:.1f}s to stop"
     assert "Traceback" not in err and err.strip().splitlines() == [
-        "flowerid: interrupted; run it again to reuse the features computed so far, "
-        "with --resume to continue head training"
+        "flowerid: interrupted; run it again to reuse the features (or activations) computed so far, "
+        "with --resume to continue a frozen backbone's head training"
     ]
     first = _entries(cache)
     assert 16 <= len(first) < total and not (run / "checkpoint.pth").exists()

@@ -81,7 +81,7 @@ def test_temperature_is_recovered_from_labels_drawn_at_a_known_one():
     logits = torch.tensor(rng.normal(0, 3, size=(4000, 10)))
     probs = torch.softmax(logits / 2.5, 1).numpy()
     y = torch.tensor([rng.choice(10, p=p / p.sum()) for p in probs])
-    assert fit_temperature(logits, y) == pytest.approx(2.5, rel=0.1)
+    assert fit_temperature(logits, y).value == pytest.approx(2.5, rel=0.1)
 
 
 def test_scaling_the_head_scales_its_logits():
@@ -108,3 +108,22 @@ def test_calibration_keeps_the_ranking_and_is_recorded(image_folder, tmp_path):
         logits = np.log(pa)
         expected = np.exp(logits / t) / np.exp(logits / t).sum()
         np.testing.assert_allclose(pb, expected, atol=1e-5)
+
+
+def test_a_perfectly_separated_valid_split_leaves_probabilities_unscaled(image_folder, tmp_path):
+    """No mistakes on valid: no temperature can be learnt; the fit once collapsed to 0.047 here."""
+    lines: list[str] = []
+    m = train(image_folder, tmp_path, TrainConfig(arch=TINY, epochs=20, learning_rate=0.05), log=lines.append).metrics
+    assert m["valid_acc"] == 1.0
+    assert m["temperature"] == 1.0 and m["temperature_identified"] is False
+    assert any("left unscaled" in line and "no mistakes" in line for line in lines)
+
+
+def test_a_presets_tuned_stages_belong_to_its_backbone():
+    """`--arch vgg16` (the heritage train.py) must still train, frozen, under a preset that tunes Lite0."""
+    tuned = TrainConfig.from_preset("default")
+    assert tuned.tune_stages == PRESETS["default"].tune_stages > 0 and tuned.mode == "tuned"
+    assert TrainConfig.from_preset("default", arch="vgg16").tune_stages == 0
+    assert TrainConfig.from_preset("default", arch=tuned.arch).tune_stages == tuned.tune_stages
+    assert TrainConfig.from_preset("default", arch="efficientnet_lite2", tune_stages=2).tune_stages == 2
+    assert TrainConfig().mode == "frozen"  # a plain config suits any backbone

@@ -66,7 +66,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--arch", default=None, help="backbone (default: the preset's); `flowerid backbones` lists them")
     p.add_argument("--weights", default=None, metavar="PATH", help="local state dict for the backbone")
-    p.add_argument("--epochs", type=int, default=None, help="head training epochs (default: the preset's)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs, the last one kept (default: the preset's)"
+    )
+    p.add_argument(
+        "--keep-best-epoch",
+        action="store_true",
+        help="keep the epoch best on valid instead of the last (valid then both chooses and reports)",
+    )
     p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
     p.add_argument(
         "--tune-stages",
@@ -110,7 +117,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "or the issues.csv of `check --deep`",
     )
     p.set_defaults(
-        interrupt_hint="run it again to reuse the features computed so far, with --resume to continue head training"
+        interrupt_hint="run it again to reuse the features (or activations) computed so far, "
+        "with --resume to continue a frozen backbone's head training"
     )
 
 
@@ -126,6 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
         tune_stages=args.tune_stages,
         full_finetune=args.full_finetune or None,
         calibrate=not args.no_calibrate,
+        keep_best_epoch=args.keep_best_epoch or None,
         learning_rate=args.learning_rate,
         hidden_units=args.hidden_units,
         batch_size=args.batch_size,
@@ -249,9 +258,11 @@ def run_serve(args: argparse.Namespace) -> int:
     return run_server(create_app(clf, cfg, str(checkpoint)), args.host, args.port)
 
 
-def add_check_args(p: argparse.ArgumentParser) -> None:
-    from ..training.config import DEFAULT_PRESET, PRESETS
+# check --deep compares frozen features of this pair (its figures in docs/data-check.md were measured with it).
+DEEP_CHECK_ARCH = "efficientnet_lite0_lite2"
 
+
+def add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
     p.add_argument("--min-size", type=int, default=64, help="warn about images with a shorter side under this")
     p.add_argument(
@@ -268,8 +279,9 @@ def add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="where --deep writes (default: check-<DATA_DIR name>)")
     p.add_argument(
         "--arch",
-        default=PRESETS[DEFAULT_PRESET].arch,
-        help="backbone whose frozen features --deep compares (default: the default preset's, %(default)s)",
+        default=DEEP_CHECK_ARCH,
+        help="backbone whose frozen features --deep compares (default: %(default)s, the pair its figures were "
+        "measured with)",
     )
     _device(p)
     _engine(p)

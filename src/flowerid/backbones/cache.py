@@ -1,4 +1,4 @@
-"""On-disk cache of per-image feature vectors.
+"""On-disk cache of per-image feature vectors (float32) and frozen-front activations (float16).
 
 Entries live under a namespace that digests everything the features depend on
 (backbone, weights, preprocessing, loader version), keyed by the file's path,
@@ -20,7 +20,11 @@ import numpy as np
 
 from .._io import atomic_write_bytes
 
-_MAGIC = b"FLFEAT1\0"
+# One magic per stored element type: float32 feature vectors, float16 activation maps
+# (a frozen front's output is 10-20x larger than a feature vector; half precision is
+# what the tuned stages read anyway).
+_MAGICS = {np.dtype("<f4"): b"FLFEAT1\0", np.dtype("<f2"): b"FLACT16\0"}
+_SUFFIX = {np.dtype("<f4"): ".f32", np.dtype("<f2"): ".f16"}
 _HEADER = struct.Struct("<8sII")  # magic, crc32 of payload, element count
 
 
@@ -40,10 +44,18 @@ def namespace_for(parts: dict[str, Any]) -> str:
 
 
 class FeatureCache:
-    """Feature vectors for one namespace; `get` returns None for missing or damaged entries."""
+    """Vectors for one namespace; `get` returns None for missing or damaged entries.
 
-    def __init__(self, namespace: str, root: Path | None = None) -> None:
-        self.dir = (root or cache_root()) / "features" / namespace
+    `dtype` float32 (features) or float16 (a frozen front's activations, kept
+    under activations/ so that clearing one kind leaves the other).
+    """
+
+    def __init__(self, namespace: str, root: Path | None = None, dtype: str = "float32") -> None:
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        if self.dtype not in _MAGICS:
+            raise ValueError(f"cache entries are float32 or float16, not {dtype}")
+        kind = "features" if self.dtype == np.dtype("<f4") else "activations"
+        self.dir = (root or cache_root()) / kind / namespace
 
     @staticmethod
     def file_key(path: str | os.PathLike) -> str | None:
@@ -55,7 +67,7 @@ class FeatureCache:
         return hashlib.sha1(ident.encode("utf-8", "surrogateescape")).hexdigest()
 
     def _entry(self, key: str) -> Path:
-        return self.dir / key[:2] / f"{key}.f32"
+        return self.dir / key[:2] / f"{key}{_SUFFIX[self.dtype]}"
 
     def get(self, path: str | os.PathLike) -> np.ndarray | None:
         key = self.file_key(path)
@@ -65,25 +77,28 @@ class FeatureCache:
             blob = self._entry(key).read_bytes()
         except OSError:
             return None
-        return decode_entry(blob)
+        return decode_entry(blob, self.dtype)
 
     def put(self, path: str | os.PathLike, vector: np.ndarray) -> None:
         key = self.file_key(path)
         if key is None:
             return
-        atomic_write_bytes(self._entry(key), encode_entry(vector), fsync=False)
+        atomic_write_bytes(self._entry(key), encode_entry(vector, self.dtype), fsync=False)
 
 
-def encode_entry(vector: np.ndarray) -> bytes:
-    payload = np.ascontiguousarray(vector, dtype="<f4").tobytes()
-    return _HEADER.pack(_MAGIC, zlib.crc32(payload), vector.size) + payload
+def encode_entry(vector: np.ndarray, dtype: np.dtype | str = "<f4") -> bytes:
+    dtype = np.dtype(dtype).newbyteorder("<")
+    payload = np.ascontiguousarray(vector, dtype=dtype).tobytes()
+    return _HEADER.pack(_MAGICS[dtype], zlib.crc32(payload), vector.size) + payload
 
 
-def decode_entry(blob: bytes) -> np.ndarray | None:
+def decode_entry(blob: bytes, dtype: np.dtype | str = "<f4") -> np.ndarray | None:
+    """The stored vector in its native type, or None if the entry is damaged or of another type."""
+    dtype = np.dtype(dtype).newbyteorder("<")
     if len(blob) < _HEADER.size:
         return None
     magic, crc, count = _HEADER.unpack_from(blob)
     payload = blob[_HEADER.size :]
-    if magic != _MAGIC or len(payload) != 4 * count or zlib.crc32(payload) != crc:
+    if magic != _MAGICS[dtype] or len(payload) != dtype.itemsize * count or zlib.crc32(payload) != crc:
         return None
-    return np.frombuffer(payload, dtype="<f4").astype(np.float32)
+    return np.frombuffer(payload, dtype=dtype).astype(dtype.newbyteorder("="))

@@ -7,6 +7,7 @@ disk so an unchanged re-run computes nothing.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -111,6 +112,8 @@ def extract_features(
     on_batch: Callable[[], None] | None = None,
     augment: Augment | None = None,
     view: int = 0,
+    dtype: str = "float32",
+    cache_namespace: str | None = None,
 ) -> Extracted:
     """Features for every path, from the cache where present; failures are reported, not raised.
 
@@ -124,9 +127,10 @@ def extract_features(
         raise ValueError("view 0 is the plain photo; views 1, 2, ... need an augmentation")
     n = len(paths)
     dim = backbone.spec.num_features
-    feats = np.zeros((n, dim), dtype=np.float32)
+    feats = np.zeros((n, dim), dtype=dtype)
     ok = np.zeros(n, dtype=bool)
-    cache = FeatureCache(backbone.cache_namespace(augment, view)) if use_cache else None
+    namespace = cache_namespace or backbone.cache_namespace(augment, view)
+    cache = FeatureCache(namespace, dtype=dtype) if use_cache else None
     todo: list[int] = []
     for i, p in enumerate(paths):
         vec = cache.get(p) if cache else None
@@ -140,6 +144,10 @@ def extract_features(
     workers = default_workers() if num_workers is None else num_workers
     if batch_size is None:
         batch_size = 8 if getattr(backbone.engine, "name", "") == "onnx" else 32
+    if workers:
+        # Collect garbage before the decode workers fork: an ONNX Runtime object collected in a forked
+        # child waits forever on its thread pool's locks (seen with the tuned mode's front engine).
+        gc.collect()
     loader = photo_loader([paths[i] for i in todo], backbone.preprocessing, batch_size, workers, augment, view)
     with tqdm(total=len(todo), desc=desc, unit="img", disable=None, leave=False) as bar:
         for idx, batch, failed in loader:

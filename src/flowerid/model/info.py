@@ -116,9 +116,11 @@ def format_info(info: dict[str, Any]) -> str:
             (
                 "validation",
                 f"top-1 {pct(m.get('valid_acc'))}, loss {m.get('valid_loss', float('nan')):.4f}, "
-                f"best epoch {m.get('best_epoch', '?')} of {m.get('epochs_run', '?')}"
+                f"kept epoch {m.get('best_epoch', '?')} of {m.get('epochs_run', len(m.get('history') or []) or '?')}"
                 + (
-                    f"; probabilities calibrated (temperature {m['temperature']:.3f} fitted on valid, "
+                    "; probabilities unscaled (valid had no mistakes to fit a temperature on)"
+                    if m.get("temperature_identified") is False
+                    else f"; probabilities calibrated (temperature {m['temperature']:.3f} fitted on valid, "
                     f"loss {m['valid_loss_uncalibrated']:.4f} before)"
                     if isinstance(m.get("temperature"), float) and isinstance(m.get("valid_loss_uncalibrated"), float)
                     else ""

@@ -179,7 +179,7 @@ def finish(
     _write_curves(run.save_dir / "curves.png", metrics["history"], best_epoch, run.log)
     report_skipped(run.save_dir, skipped, run.log)
     run.log(
-        f"best epoch {best_epoch}: valid accuracy {metrics['valid_acc']:.2%}; saved {path} "
+        f"kept epoch {best_epoch}: valid accuracy {metrics['valid_acc']:.2%}; saved {path} "
         f"({metrics['total_seconds']:.0f}s in all)"
     )
     return TrainResult(path, metrics, skipped)

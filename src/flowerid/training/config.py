@@ -27,13 +27,14 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("fast", "efficientnet_lite0", 0, 20, "one small backbone: the quickest useful model"),
+        Preset("fast", "efficientnet_lite0", 0, 20, "one small frozen backbone: the quickest useful model"),
         Preset(
             "default",
-            "efficientnet_lite0_lite2",
+            "efficientnet_lite0",
             0,
-            20,
-            "two backbones side by side: the best accuracy for its time on a CPU",
+            8,
+            "one small backbone whose last stage fine-tunes with the head on cached activations",
+            tune_stages=1,
         ),
         Preset(
             "best",
@@ -71,13 +72,23 @@ class TrainConfig:
     preset: str | None = DEFAULT_PRESET  # what the settings came from; None when set by hand
     views: int = PRESETS[DEFAULT_PRESET].views
     calibrate: bool = True  # fit a temperature on valid so that probabilities mean what they say
-    tune_stages: int = 0  # fine-tune the backbone's last N stages with the head (0 = frozen backbone)
+    # Fine-tune the backbone's last N stages with the head (0 = frozen backbone). A plain TrainConfig()
+    # trains frozen, so it suits any backbone; TrainConfig.from_preset() gives a preset's own recipe.
+    tune_stages: int = 0
     full_finetune: bool = False  # train every layer on augmented photos (for a GPU)
     exclude: str | None = None  # a file listing photos to leave out (one path a line, or check --deep's issues.csv)
+    # Keep the epoch best on valid instead of the last one. Off: presets train a fixed number of
+    # epochs chosen by cross-validation, so valid chooses nothing and stays fit to report and calibrate.
+    keep_best_epoch: bool = False
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
-        """A preset's settings, with any field overridden (None values are ignored)."""
+        """A preset's settings, with any field overridden (None values are ignored).
+
+        A preset's tuned stages belong to its backbone: with another `arch` the backbone
+        stays frozen unless `tune_stages` is given too (any backbone works frozen; only
+        EfficientNets can be tuned).
+        """
         try:
             preset = PRESETS[name]
         except KeyError:
@@ -95,7 +106,10 @@ class TrainConfig:
             "tune_stages": preset.tune_stages,
             "preset": name,
         }
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if given.get("arch", preset.arch) != preset.arch and "tune_stages" not in given:
+            values["tune_stages"] = 0
+        values.update(given)
         return cls(**values)
 
     @property

@@ -49,7 +49,7 @@ def fit_head(
     n = len(x_train)
     stepper = Stepper([list(head.parameters())], [cfg.learning_rate], cfg, n)
     history: list[EpochStats] = []
-    best = Best()
+    best = Best(keep_last=not cfg.keep_best_epoch)
     digest = ""
     if state_path is not None:
         digest = fingerprint(

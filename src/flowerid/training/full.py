@@ -98,7 +98,7 @@ def fit_full(
         loss, acc = score(logits, y)
         return loss, acc, best.offer(epoch, loss, acc, logits, y, module=module, head=head)
 
-    best = Best()
+    best = Best(keep_last=not cfg.keep_best_epoch)
     history = run_epochs(cfg, stepper, [], train_epoch, validate, log, show_seconds=True)
     module.load_state_dict(best.states["module"])
     return best.states["head"], [dataclasses.asdict(h) for h in history], best.epoch, best.logits, best.labels

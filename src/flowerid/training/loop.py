@@ -40,9 +40,12 @@ class EpochStats:
 
 
 class Best:
-    """The best epoch so far (valid accuracy, ties to the lower loss), with CPU copies of what to keep."""
+    """The epoch to keep, with CPU copies of its modules: the last one offered (`keep_last`, the default:
+    a fixed schedule chosen by cross-validation, so valid chooses nothing and can report and calibrate)
+    or the best so far on valid (accuracy, ties to the lower loss; valid is then used up)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_last: bool = True) -> None:
+        self.keep_last = keep_last
         self.key = (-1.0, -float("inf"))
         self.epoch = 0
         self.states: dict[str, dict[str, torch.Tensor]] = {}
@@ -58,16 +61,18 @@ class Best:
         labels: torch.Tensor | None = None,
         **modules: nn.Module,
     ) -> bool:
-        """Keep the epoch (its modules' states, and its valid logits and labels if given) when it is the best."""
-        if (acc, -loss) <= self.key:
+        """Keep the epoch (its modules' states, and its valid logits and labels if given) when it is the one
+        to keep; True for a new best on valid either way (the progress line's `*`)."""
+        improved = (acc, -loss) > self.key
+        if not improved and not self.keep_last:
             return False
-        self.key, self.epoch = (acc, -loss), epoch
+        self.key, self.epoch = max(self.key, (acc, -loss)), epoch
         if logits is not None and labels is not None:
             self.logits, self.labels = logits, labels
         self.states = {
             name: copy.deepcopy({k: v.detach().cpu() for k, v in m.state_dict().items()}) for name, m in modules.items()
         }
-        return True
+        return improved
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -112,9 +117,21 @@ class Stepper:
         return self.rates[-1] * self.factor(self.step - 1)
 
 
+def bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where autocast halves the tuned
+    stages' epoch time (measured on 2 cores: 0.84 -> 0.41 s per batch of 64 for Lite0's last stage)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast(device: str) -> torch.autocast:
-    """Mixed precision where a GPU runs it (bfloat16 needs no loss scaling); float32 on a CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    """bfloat16 mixed precision (no loss scaling needed) on a GPU, and on a CPU that computes it natively;
+    float32 elsewhere. Weights and optimiser state stay float32."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_cpu())
 
 
 def run_epochs(

@@ -40,7 +40,7 @@ def train(
     data_dir: str | os.PathLike, save_dir: str | os.PathLike, cfg: TrainConfig | None = None, log: Log = print
 ) -> TrainResult:
     """Train a model and write checkpoint.pth and metrics.json into save_dir (the mode: `cfg.mode`)."""
-    cfg = cfg or TrainConfig()
+    cfg = cfg or TrainConfig.from_preset()
     cfg.check()
     t_start = time.perf_counter()
     spec = get_spec(cfg.arch)

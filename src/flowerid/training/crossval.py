@@ -1,0 +1,183 @@
+"""k-fold cross-validation over train and valid pooled: how recipes are chosen without using up valid.
+
+Every preset is chosen by its mean top-1 over stratified folds of all labelled
+photos, each fold trained exactly as `train()` trains (the same features or cached
+activations, the same fit, a fixed number of epochs); valid stays what a finished
+run reports. The calibration error is measured out of fold: each fold's temperature
+is fitted on the other folds' held-out predictions, as a run fits it on valid.
+`benchmarks/bench_cv.py` prints the table the presets were chosen by.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._text import Log
+from ..backbones import get_spec
+from ..backbones.build import build_backbone
+from ..backbones.engines import load_backbone, resolve_device
+from ..data.folders import ImageFolder, load_dataset
+from ..errors import DataError
+from ..evaluation.metrics import calibration
+from ..model.head import HeadConfig, build_head
+from .calibrate import fit_temperature, softmax
+from .common import features_for
+from .config import TrainConfig
+
+FOLDS = 5
+SEED = 0
+
+
+def stratified_folds(labels: np.ndarray, k: int = FOLDS, seed: int = SEED) -> np.ndarray:
+    """A fold number 0..k-1 for every photo; each category is dealt round the folds in a seeded order.
+
+    Each category continues the deal where the last one stopped, so folds differ in size by at most one.
+    """
+    labels = np.asarray(labels)
+    if k < 2:
+        raise ValueError("cross-validation needs at least 2 folds")
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    dealt = 0
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        fold[idx] = (dealt + np.arange(len(idx))) % k
+        dealt += len(idx)
+    return fold
+
+
+@dataclass
+class CVResult:
+    """Out-of-fold logits of one recipe (each row from the model that did not train on it) and what they say."""
+
+    logits: np.ndarray  # (N, C)
+    labels: np.ndarray  # (N,)
+    folds: np.ndarray  # (N,)
+
+    def _per_fold(self, k: int) -> np.ndarray:
+        top = np.argsort(-self.logits, axis=1, kind="stable")[:, :k]
+        hit = (top == self.labels[:, None]).any(1)
+        return np.array([hit[self.folds == f].mean() for f in np.unique(self.folds)])
+
+    @property
+    def top1(self) -> np.ndarray:
+        return self._per_fold(1)
+
+    @property
+    def top5(self) -> np.ndarray:
+        return self._per_fold(5)
+
+    def calibrated(self) -> tuple[np.ndarray, list[float]]:
+        """Probabilities with each fold's temperature fitted on the other folds' held-out predictions."""
+        probs = np.zeros(self.logits.shape, dtype=np.float64)
+        temps = []
+        for f in np.unique(self.folds):
+            rest = self.folds != f
+            t = fit_temperature(self.logits[rest], self.labels[rest]).value
+            probs[~rest] = softmax(self.logits[~rest], t)
+            temps.append(t)
+        return probs, temps
+
+    def ece(self) -> float:
+        """Out-of-fold ECE; NaN with a single fold, whose temperature has no other folds to be fitted on."""
+        if len(np.unique(self.folds)) < 2:
+            return float("nan")
+        probs, _ = self.calibrated()
+        return float(calibration(probs.max(1), probs.argmax(1) == self.labels)["ece"] or 0.0)
+
+    def summary(self) -> str:
+        t1, t5 = self.top1, self.top5
+        _, temps = self.calibrated()
+        sd = t1.std(ddof=1) if len(t1) > 1 else float("nan")
+        return (
+            f"top-1 {t1.mean():.2%} +- {sd:.2%}  top-5 {t5.mean():.2%}  "
+            f"out-of-fold ECE {self.ece():.3f}  T {np.mean(temps):.2f}"
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        np.savez_compressed(path, logits=self.logits, labels=self.labels, folds=self.folds)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CVResult:
+        d = np.load(path)
+        return cls(d["logits"], d["labels"], d["folds"])
+
+
+def combine(*results: CVResult) -> CVResult:
+    """An ensemble of recipes measured on the same folds: their log-probabilities averaged."""
+    first = results[0]
+    for r in results[1:]:
+        if not (np.array_equal(r.folds, first.folds) and np.array_equal(r.labels, first.labels)):
+            raise ValueError("an ensemble combines results on the same folds of the same photos")
+    logp = [np.log(softmax(r.logits)) for r in results]
+    return CVResult(np.mean(logp, axis=0), first.labels, first.folds)
+
+
+def pooled(data_dir: str | os.PathLike) -> ImageFolder:
+    """train and valid as one split: the photos cross-validation deals into folds."""
+    data = load_dataset(data_dir)
+    return dataclasses.replace(data.train, samples=data.train.samples + data.valid.samples)
+
+
+def cross_validate(
+    data_dir: str | os.PathLike,
+    cfg: TrainConfig,
+    k: int = FOLDS,
+    seed: int = SEED,
+    only: list[int] | None = None,
+    log: Log = print,
+) -> CVResult:
+    """Out-of-fold logits of the recipe `cfg` over train+valid pooled (folds `only`, default all).
+
+    Frozen and tuned modes; features and activations come from the same cache `train()` uses.
+    """
+    from .frozen import _logits, fit_head
+    from .tuned import fit_tail, front_activations, split_backbone
+
+    if cfg.mode == "full" or cfg.views:
+        raise DataError("cross-validation covers the frozen and tuned modes without views")
+    device = resolve_device(cfg.device)
+    spec = get_spec(cfg.arch)
+    photos = pooled(data_dir)
+    skipped: dict[str, str] = {}
+    if cfg.mode == "tuned":
+        module, digest = build_backbone(spec, cfg.weights)
+        front, _ = split_backbone(module, spec, cfg.tune_stages)
+        x, y, failed, _ = front_activations(photos, front, spec, digest, cfg.tune_stages, cfg, device, "all")
+    else:
+        backbone = load_backbone(spec, device, cfg.weights, cfg.engine)
+        x, y = features_for(photos, backbone, cfg, "all", skipped, {})
+        failed = skipped
+    if failed:
+        raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
+    labels = y.numpy()
+    folds = stratified_folds(labels, k, seed)
+    num_classes = len(photos.categories)
+    head_cfg = HeadConfig(spec.num_features, num_classes, cfg.hidden_units, cfg.dropout)
+    logits = np.zeros((len(labels), num_classes), dtype=np.float32)
+    quiet: Log = lambda s: None  # noqa: E731
+    for f in only if only is not None else range(k):
+        tr = torch.from_numpy(np.flatnonzero(folds != f))
+        te = torch.from_numpy(np.flatnonzero(folds == f))
+        if cfg.mode == "tuned":
+            module, _ = build_backbone(spec, cfg.weights)  # every fold starts from the pretrained network
+            _, tail = split_backbone(module, spec, cfg.tune_stages)
+            _, history, _, out = fit_tail(tail, head_cfg, (x[tr], y[tr]), (x[te], y[te]), cfg, device, quiet)
+        else:
+            state, history, _ = fit_head(x[tr], y[tr], x[te], y[te], head_cfg, cfg, quiet)
+            head = build_head(head_cfg)
+            head.load_state_dict(state)
+            out = _logits(head, x[te])
+        logits[te.numpy()] = out.float().numpy()
+        acc = float((out.argmax(1) == y[te]).float().mean())
+        log(f"fold {f + 1}/{k}: held-out top-1 {acc:.2%} on {len(te)} photos")
+    if only is not None:
+        keep = np.isin(folds, only)
+        return CVResult(logits[keep], labels[keep], folds[keep])
+    return CVResult(logits, labels, folds)
