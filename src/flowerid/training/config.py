@@ -74,6 +74,8 @@ class TrainConfig:
     tune_stages: int = 0  # fine-tune the backbone's last N stages with the head (0 = frozen backbone)
     full_finetune: bool = False  # train every layer on augmented photos (for a GPU)
     exclude: str | None = None  # a file listing photos to leave out (one path a line, or check --deep's issues.csv)
+    accept_rate: float = 0.95  # share of valid photos the unknown-photo threshold accepts as known
+    negatives: str | None = None  # folder of photos of other things: sharpens the unknown-photo score
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
@@ -121,3 +123,8 @@ class TrainConfig:
             raise UsageError("views must be 0 (the photos only) or more", setting="views")
         if self.tune_stages < 0:
             raise UsageError("tune_stages must be 0 (a frozen backbone) or more", setting="tune_stages")
+        if not 0.5 <= self.accept_rate <= 1.0:
+            raise UsageError(
+                "accept_rate must be a fraction between 0.5 and 1 (0.95 keeps 95% of valid photos)",
+                setting="accept_rate",
+            )

@@ -149,6 +149,19 @@ def fit_tail(
     return best.states["head"], [dataclasses.asdict(h) for h in history], best.epoch, best.logits
 
 
+@torch.no_grad()
+def tail_features(tail: nn.Module, x: torch.Tensor, device: str, batch: int = 256) -> torch.Tensor:
+    """The tuned tail's output (the head's input) for cached activations, unmirrored, on the CPU."""
+    tail.eval()
+    amp = autocast(device)
+    out = []
+    for i in range(0, len(x), batch):
+        with amp:
+            xi = x[i : i + batch].to(device).float().contiguous(memory_format=torch.channels_last)
+            out.append(tail(xi).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def train_tuned(run: Run) -> TrainResult:
     """tune_stages N: the last N stages train with the head on cached front activations."""
     cfg, data = run.cfg, run.data
@@ -179,4 +192,6 @@ def train_tuned(run: Run) -> TrainResult:
     metrics["feature_seconds"] = feat_seconds
     metrics["features_computed"] = len(y_tr) + len(y_va)
     photos = {"train_images": len(y_tr), "train_rows": len(y_tr), "valid_images": len(y_va)}
-    return finish_trained_backbone(run, module, head_cfg, head_state, logits_va, y_va, metrics, skipped, photos)
+    # The head's inputs through the tuned tail: the unknown-photo detector is fitted on what predict will see.
+    feats = (tail_features(tail, x_tr, run.device), y_tr, tail_features(tail, x_va, run.device))
+    return finish_trained_backbone(run, module, head_cfg, head_state, logits_va, y_va, metrics, skipped, photos, feats)
