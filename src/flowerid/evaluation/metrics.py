@@ -252,9 +252,10 @@ def rejection_metrics(
     known = np.asarray(known, dtype=np.float64)
     unknown = np.asarray(unknown, dtype=np.float64)
     t95 = float(np.quantile(known, accept_rate))
-    cuts = np.unique(np.concatenate([known, unknown, [-np.inf]]))
+    cuts = np.unique(np.concatenate([known, unknown]))
     if len(cuts) > 400:
         cuts = np.quantile(cuts, np.linspace(0, 1, 400))
+    cuts = np.concatenate([[-np.inf], cuts])  # the ROC starts at (1, 1): everything called unknown
     lo, hi = float(min(known.min(), unknown.min())), float(max(known.max(), unknown.max()))
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
     return {
