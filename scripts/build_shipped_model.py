@@ -10,6 +10,10 @@ test split is never used. Features are cached, so re-runs with other settings
 
     python scripts/build_shipped_model.py                      # the default grid
     python scripts/build_shipped_model.py --grid learning_rate=0.003 --set epochs=30
+    python scripts/build_shipped_model.py --fit-unknown-only   # add the unknown-photo detector, head untouched
+
+Training fits the unknown-photo detector itself; `--fit-unknown-only` fits it onto the
+model already there (from its cached train and valid features), so its answers stay as they were.
 """
 
 from __future__ import annotations
@@ -91,6 +95,37 @@ def build(data: Path, out: Path, grid: dict[str, list[Any]], fixed: dict[str, An
     return ckpt
 
 
+def fit_unknown_only(data: Path, out: Path, accept_rate: float, log=print) -> dict[str, Any]:
+    """Fit the unknown-photo detector onto the checkpoint at `out` from its own features; the head is kept."""
+    import numpy as np
+    import torch
+
+    from flowerid.backbones.features import extract_features
+    from flowerid.data.folders import load_dataset
+    from flowerid.errors import DataError
+    from flowerid.model.checkpoint import load_checkpoint, save_checkpoint
+    from flowerid.model.predictor import Classifier
+    from flowerid.training.unknown import fit_unknown
+
+    ckpt = load_checkpoint(out)
+    clf = Classifier(ckpt, device="cpu")
+    ds = load_dataset(data)
+    if list(ds.categories) != clf.categories:
+        raise DataError(f"{data} has other categories than {out}")
+    rows = []
+    for name, split in (("train", ds.train), ("valid", ds.valid)):
+        ex = extract_features(split.paths, clf.backbone, desc=f"{name} features")
+        rows.append((ex.features[ex.ok], np.asarray(split.targets)[ex.ok]))
+    (x_tr, y_tr), (x_va, _) = rows
+    det = fit_unknown(x_tr, y_tr, x_va, clf.head(x_va), clf.num_classes, accept_rate)
+    ckpt["unknown"] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in det.to_state().items()}
+    ckpt["metrics"]["unknown"] = {"method": det.method, "threshold": det.threshold, "accept_rate": det.accept_rate}
+    ckpt["training"]["accept_rate"] = accept_rate
+    save_checkpoint(ckpt, out)
+    log(f"unknown photos: {det.describe()}; wrote {out}")
+    return ckpt
+
+
 def main(argv: list[str] | None = None) -> int:
     from flowerid.errors import FlowerIdError
 
@@ -99,7 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the model goes (default: %(default)s)")
     ap.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="TrainConfig values to try")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig value for all runs")
+    ap.add_argument(
+        "--fit-unknown-only", action="store_true", help="add the unknown-photo detector to --out, no training"
+    )
+    ap.add_argument("--accept-rate", type=float, default=0.95, help="with --fit-unknown-only (default: %(default)s)")
     args = ap.parse_args(argv)
+    if args.fit_unknown_only:
+        try:
+            fit_unknown_only(args.data, args.out, args.accept_rate)
+        except FlowerIdError as exc:
+            print(f"build_shipped_model: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        return 0
     try:
         grid = _pairs(args.grid, many=True) if args.grid else dict(DEFAULT_GRID)
         fixed = _pairs(args.set, many=False)

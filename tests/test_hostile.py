@@ -191,7 +191,8 @@ def test_predict_over_the_corpus(trained, corpus, capsys):
     assert [r["image"] for r in records] == paths
     for name, rec in zip(names, records, strict=True):
         if cases[name].outcome == OK:
-            assert set(rec) == {"image", "predictions"} and len(rec["predictions"]) == 2, name
+            assert list(rec) == ["image", "known", "unknown_score", "predictions"], name
+            assert len(rec["predictions"]) == 2 and isinstance(rec["known"], bool), name
         else:  # an explicitly named file is never ignored: it gets an error
             assert set(rec) == {"image", "error"} and rec["error"], name
     assert main(["predict", *paths, "--checkpoint", ckpt]) == 1

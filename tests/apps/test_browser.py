@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from PIL import Image
 
 import flowerid
 from flowerid.apps.server import ServeConfig, background_server, create_app
@@ -110,8 +111,8 @@ def test_the_page_refuses_a_too_large_photo_before_sending_it(phone, tmp_path):
 
 
 def test_the_page_says_when_the_model_is_unsure(browser, trained, tmp_path):
-    photo = tmp_path / "orchid.png"
-    make_photo(CLASS_COLOURS["2"], 5).save(photo)
+    photo = tmp_path / "thistle.png"
+    make_photo(CLASS_COLOURS["10"], 5).save(photo)  # a flower it knows (thistles sit far inside the threshold)
     clf = flowerid.load(trained[1].checkpoint_path)
     with background_server(create_app(clf, ServeConfig(unsure_below=1.0))) as url:
         page = browser.new_page(viewport={"width": 390, "height": 844})
@@ -120,5 +121,28 @@ def test_the_page_says_when_the_model_is_unsure(browser, trained, tmp_path):
             page.set_input_files("#camera", str(photo))
             assert _answer(page).startswith("maybe ")
             assert page.is_visible("#unsure") and "Not sure" in page.inner_text("#unsure")
+        finally:
+            page.close()
+
+
+def test_the_page_says_when_a_photo_is_not_a_flower_it_knows(browser, trained, tmp_path):
+    """ "Not a flower I know" is its own state, apart from "unsure between flowers I know"."""
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (300, 240), (250, 250, 250)).save(blank)
+    thistle = tmp_path / "thistle.png"
+    make_photo(CLASS_COLOURS["10"], 4242, size=(300, 240)).save(thistle)
+    clf = flowerid.load(trained[1].checkpoint_path)
+    with background_server(create_app(clf, ServeConfig(unsure_below=1.0))) as url:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        try:
+            page.goto(url)
+            page.set_input_files("#camera", str(blank))
+            assert _answer(page) == "not a flower i know"
+            assert page.is_visible("#unknown") and not page.is_visible("#unsure")
+            assert "does not look like a flower I know" in page.inner_text("#unknown")
+            assert page.locator("#top li").count() == 3  # the closest ones are still listed
+            page.set_input_files("#picker", str(thistle))  # then a flower it knows: unsure, not unknown
+            page.wait_for_function("document.querySelector('#answer').textContent.startsWith('Maybe ')")
+            assert page.is_visible("#unsure") and not page.is_visible("#unknown")
         finally:
             page.close()

@@ -42,7 +42,8 @@ def test_train_then_predict_json(image_folder, tmp_path, capsys):
     records = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in records] == images
     for rec, cat in zip(records, ("1", "10", "2"), strict=True):
-        assert set(rec) == {"image", "predictions"}
+        assert list(rec) == ["image", "known", "unknown_score", "predictions"]
+        assert rec["known"] is True and isinstance(rec["unknown_score"], float)  # its own test photos: flowers it knows
         assert len(rec["predictions"]) == 2
         assert set(rec["predictions"][0]) == {"category", "name", "probability"}
         assert rec["predictions"][0]["category"] == cat

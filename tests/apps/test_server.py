@@ -278,11 +278,11 @@ def test_inference_runs_off_the_event_loop(clf):
     """
     release = threading.Event()
     waited: list[bool] = []
-    real_predict_proba = clf.predict_proba
+    real_forward = clf.forward
 
-    def stuck_predict_proba(batch):
+    def stuck_forward(batch):
         waited.append(release.wait(3))
-        return real_predict_proba(batch)
+        return real_forward(batch)
 
     async def scenario() -> dict[str, int]:
         out: dict[str, int] = {}
@@ -298,11 +298,11 @@ def test_inference_runs_off_the_event_loop(clf):
             release.set()
         return out
 
-    clf.predict_proba = stuck_predict_proba  # an instance attribute, looked up per request
+    clf.forward = stuck_forward  # an instance attribute, looked up per request
     try:
         assert anyio.run(scenario) == {"health": 200, "predict": 200}
     finally:
-        del clf.predict_proba
+        del clf.forward
     assert waited == [True], "/health was not answered while a prediction ran"
 
 

@@ -64,7 +64,7 @@ def test_metrics_json_recomputes_and_is_complete(evaluated):
     for key, value in again.items():
         assert saved[key] == pytest.approx(value) if isinstance(value, float) else saved[key] == value, key
     rec = saved["predictions"][0]
-    assert set(rec) == {"path", "true", "predicted", "probability", "true_probability", "top_k"}
+    assert set(rec) == {"path", "true", "predicted", "probability", "true_probability", "top_k", "unknown_score"}
     assert Path(rec["path"]).is_file() and Path(rec["path"]).parent.parent == (data / "valid").resolve()
     assert {p["name"] for p in saved["per_class"]} == set(saved["names"])
     assert {"precision", "recall", "f1", "support"} <= set(saved["per_class"][0])

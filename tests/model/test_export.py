@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from flowerid.model.predictor import Classifier
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-MANIFEST_KEYS = {"format", "version", "model", "input", "preprocessing", "output", "categories", "names"}
+MANIFEST_KEYS = {"format", "version", "model", "input", "preprocessing", "output", "unknown", "categories", "names"}
 
 
 def _photos(data: Path) -> list[Path]:
@@ -70,6 +71,47 @@ def reference(trained):
     batch = np.stack([clf.preprocess(p) for p in photos])
     top1 = [clf.predict(p, top_k=1)[0].category for p in photos]
     return clf, photos, batch, clf.predict_proba(batch), top1
+
+
+def test_exports_give_the_unknown_score_as_a_second_output(trained, reference, tmp_path):
+    """An app gets predict's unknown score and verdict from the graph and the manifest, with no flowerid."""
+    _, result = trained
+    clf, photos, batch, probs, _ = reference
+    scores = clf.forward(batch)[1]
+    odd = np.random.default_rng(0).normal(0, 3, batch[:4].shape).astype(np.float32)  # noise: not like any photo
+    odd_scores = clf.forward(odd)[1]
+    res = export_checkpoint(result.checkpoint_path, tmp_path / "flowers.onnx")
+    sess = _session(res.model_path)
+    assert [o.name for o in sess.get_outputs()] == ["probabilities", "unknown_score"]
+    out, score = sess.run(None, {"input": batch})
+    np.testing.assert_allclose(out, probs, atol=1e-4)
+    np.testing.assert_allclose(score, scores, atol=1e-4)
+    np.testing.assert_allclose(sess.run(None, {"input": odd})[1], odd_scores, atol=1e-4)
+    manifest = res.manifest
+    assert manifest["unknown"]["output"] == "unknown_score"
+    assert manifest["unknown"]["threshold"] == clf.unknown.threshold
+    verdict = lambda s: s <= manifest["unknown"]["threshold"]  # noqa: E731 (the manifest's rule)
+    assert (verdict(score) == clf.unknown.known(scores)).all() and not verdict(odd_scores).all()
+
+    ts = export_checkpoint(result.checkpoint_path, tmp_path / "flowers.pt", "torchscript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated in favour of torch.export
+        module = torch.jit.load(str(ts.model_path))
+    with torch.no_grad():
+        ts_out, ts_score = module(torch.from_numpy(batch))
+    np.testing.assert_allclose(ts_out.numpy(), probs, atol=1e-4)
+    np.testing.assert_allclose(ts_score.numpy(), scores, atol=1e-4)
+
+
+def test_a_checkpoint_that_cannot_tell_exports_one_output(trained, tmp_path):
+    from flowerid.model.checkpoint import load_checkpoint
+
+    _, result = trained
+    old = load_checkpoint(result.checkpoint_path)
+    del old["unknown"]
+    res = export_checkpoint(old, tmp_path / "old.onnx")
+    assert [o.name for o in _session(res.model_path).get_outputs()] == ["probabilities"]
+    assert res.manifest["unknown"] is None
 
 
 def test_onnx_export_matches_predict_and_manifest(trained, reference, tmp_path):
@@ -123,7 +165,7 @@ def test_torchscript_runs_with_plain_torch(trained, reference, tmp_path):
         f"m = torch.jit.load({str(res.model_path)!r})\n"
         f"x = torch.from_numpy(np.load({str(tmp_path / 'batch.npy')!r}))\n"
         "with torch.no_grad():\n"
-        "    out = m(x).numpy(); one = m(x[:1]).numpy()\n"
+        "    out = m(x)[0].numpy(); one = m(x[:1])[0].numpy()\n"
         "assert not any(k.startswith('flowerid') for k in sys.modules), 'flowerid was imported'\n"
         f"np.save({str(tmp_path / 'out.npy')!r}, out); np.save({str(tmp_path / 'one.npy')!r}, one)\n"
     )
@@ -169,7 +211,7 @@ def test_flip_averaging_module(trained):
     flip = ExportModel(plain.backbone, plain.head, hflip=True)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        expected = 0.5 * (plain(x) + plain(torch.flip(x, dims=[3])))
+        expected = 0.5 * (plain(x)[0] + plain(torch.flip(x, dims=[3]))[0])
         torch.testing.assert_close(flip(x), expected)
     with pytest.raises(UsageError):
         ExportModel(plain.backbone, plain.head, output="logits", hflip=True)

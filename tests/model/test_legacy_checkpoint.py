@@ -27,3 +27,22 @@ def test_checkpoint_from_before_the_move_predicts_as_it_did(engine):
         assert [p["category"] for p in got] == [p["category"] for p in expected[cat]]
         assert [p["name"] for p in got] == [p["name"] for p in expected[cat]]
         assert [p["probability"] for p in got] == pytest.approx([p["probability"] for p in expected[cat]], abs=1e-5)
+
+
+def test_checkpoint_from_before_unknown_photos_says_it_cannot_tell(tmp_path, capsys):
+    """It predicts as before; known and unknown_score are None (null in JSON); info says why."""
+    from flowerid.apps.cli import main
+    from flowerid.model.export import export_checkpoint
+    from flowerid.model.info import checkpoint_info, format_info
+
+    clf = flowerid.load(LEGACY / "checkpoint.pth", device="cpu")
+    assert clf.unknown is None
+    preds = clf.predict(make_photo(CLASS_COLOURS["1"], 1001), top_k=2)
+    assert [(p.known, p.unknown_score) for p in preds] == [(None, None)] * 2
+    photo = tmp_path / "p.png"
+    make_photo(CLASS_COLOURS["2"], 5).save(photo)
+    assert main(["predict", str(photo), "--checkpoint", str(LEGACY / "checkpoint.pth"), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)[0]
+    assert rec["known"] is None and rec["unknown_score"] is None and rec["predictions"]
+    assert "cannot tell" in format_info(checkpoint_info(LEGACY / "checkpoint.pth"))
+    assert export_checkpoint(LEGACY / "checkpoint.pth", tmp_path / "m.onnx").manifest["unknown"] is None

@@ -30,7 +30,8 @@ def shipped():
 def test_shipped_model_is_small_complete_and_chosen_on_valid(shipped):
     path = shipped_model_path()
     assert path.parent == ROOT / "src" / "flowerid" / "models"
-    assert path.stat().st_size < 1_000_000  # a head, not a backbone
+    assert path.stat().st_size < 2_000_000  # a head and a class mean per category, not a backbone
+    assert shipped["unknown"]["method"] == "gen+cosine" and shipped["unknown"]["accept_rate"] == 0.95
     assert shipped["backbone"]["name"] == "efficientnet_lite0" and not shipped["backbone"]["weights_path"]
     assert len(shipped["categories"]) == 102 and all(shipped["names"])
     assert shipped["head"]["config"]["hidden_units"] == 0

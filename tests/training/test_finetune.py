@@ -15,6 +15,7 @@ from flowerid.backbones import register_backbone
 from flowerid.errors import UsageError
 from flowerid.training.config import TrainConfig
 from flowerid.training.run import train
+from flowerid.training.unknown import class_means
 
 from ..conftest import TINY, tiny_spec
 
@@ -65,6 +66,14 @@ def test_tuned_run_saves_its_backbone_and_predicts_from_anywhere(effnet, image_f
     for a, b in zip(by_torch, by_onnx, strict=True):
         assert [p.category for p in a] == [p.category for p in b]
         np.testing.assert_allclose([p.probability for p in a], [p.probability for p in b], atol=1e-4)
+        assert a[0].known == b[0].known and a[0].unknown_score == pytest.approx(b[0].unknown_score, abs=1e-3)
+
+    # The unknown-photo detector was fitted on the tuned network's features (the tail run on the
+    # cached float16 activations), which are what predict computes from the photos.
+    clf = flowerid.load(f"{moved}/checkpoint.pth", device="cpu")
+    train_photos = sorted(p for c in ("1", "10", "2") for p in (image_folder / "train" / c).iterdir())
+    feats = clf.backbone.engine(np.stack([clf.preprocess(p) for p in train_photos]))
+    np.testing.assert_allclose(clf.unknown.means, class_means(feats, np.repeat([0, 1, 2], 8), 3), atol=2e-3)
 
 
 def test_the_checkpoint_refuses_a_swapped_backbone_file(effnet, image_folder, tmp_path):

@@ -91,6 +91,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-calibrate", action="store_true", help="keep raw probabilities (default: fit a temperature on valid)"
     )
+    p.add_argument(
+        "--accept-rate",
+        type=float,
+        default=d.accept_rate,
+        metavar="FRACTION",
+        help='the share of valid photos the "not one of my categories" threshold accepts (default: %(default)s)',
+    )
+    p.add_argument(
+        "--negatives",
+        default=None,
+        metavar="DIR",
+        help="photos of things that are none of the categories (any layout): sharpen the unknown-photo score",
+    )
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)")
     p.add_argument(
         "--hidden-units",
@@ -135,6 +148,8 @@ def run_train(args: argparse.Namespace) -> int:
         full_finetune=args.full_finetune or None,
         calibrate=not args.no_calibrate,
         keep_best_epoch=args.keep_best_epoch or None,
+        accept_rate=args.accept_rate,
+        negatives=args.negatives,
         learning_rate=args.learning_rate,
         hidden_units=args.hidden_units,
         batch_size=args.batch_size,
@@ -169,7 +184,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..errors import ImageError
-    from ..model.predictor import Classifier
+    from ..model.predictor import Classifier, photo_fields
 
     if args.top_k < 1:
         raise UsageError("--top-k must be at least 1")
@@ -187,7 +202,7 @@ def run_predict(args: argparse.Namespace) -> int:
             if not args.json:
                 _err(f"{image}: {res.reason}")
         else:
-            records.append({"image": image, "predictions": [p.to_dict() for p in res]})
+            records.append({"image": image, **photo_fields(res), "predictions": [p.to_dict() for p in res]})
     if args.json:
         text = json.dumps(records, indent=2, ensure_ascii=False)
         try:
@@ -198,7 +213,7 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         for rec in records:
             if "predictions" in rec:
-                print(format_predictions(rec["image"], rec["predictions"]))
+                print(format_predictions(rec["image"], rec["predictions"], rec["known"], clf.num_classes))
     if args.plot:
         from ..evaluation.figures import write_prediction_plots
 
@@ -207,9 +222,13 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def format_predictions(image: str, preds: list[dict]) -> str:
+def format_predictions(image: str, preds: list[dict], known: bool | None = None, num_classes: int = 0) -> str:
+    """A photo's top-K as a table; a photo unlike anything trained on says so first, plainly."""
     width = max(len(p["name"] or p["category"]) for p in preds)
     lines = [image]
+    if known is False:
+        closest = preds[0]["name"] or preds[0]["category"]
+        lines.append(f"  not one of the {num_classes} categories I know (closest: {closest})")
     for rank, p in enumerate(preds, 1):
         label = p["name"] or p["category"]
         bar = "█" * int(round(p["probability"] * 20))
@@ -361,6 +380,13 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the summary of metrics.json instead of text")
     p.add_argument("--no-figures", action="store_true", help="write metrics.json only (faster)")
+    p.add_argument(
+        "--unknown",
+        default=None,
+        metavar="DIR",
+        help="photos of things that are none of the categories (any layout): measure how well the model "
+        "tells them apart (AUROC, rates at its threshold, a figure in report.html)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default: %(default)s)")
     _category_names(p, "the checkpoint's")
     _device(p)
@@ -389,6 +415,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         category_names=args.category_names,
         figures=not args.no_figures,
+        unknown=args.unknown,
         log=log,
     )
     if args.json:

@@ -21,14 +21,14 @@ import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .._version import __version__
 from ..data.images import load_image, max_pixels_default
 from ..errors import DecompressionBombError, ImageError, NotAnImageError, UsageError
-from ..model.predictor import Classifier, Prediction
+from ..model.predictor import Classifier, Prediction, photo_fields
 from .serve_config import ServeConfig
 
 FIELD = "file"
@@ -51,8 +51,13 @@ class PredictionOut(BaseModel):
 
 
 class PredictResponse(BaseModel):
+    known: bool | None = Field(
+        description="false: the photo does not look like any category the model knows "
+        "(the predictions are only the closest ones); null: this model cannot tell"
+    )
+    unknown_score: float | None = Field(description="higher: less like anything the model was trained on")
     predictions: list[PredictionOut]
-    unsure: bool
+    unsure: bool = Field(description="a category it knows, but the best guess is under the unsure threshold")
     model: dict[str, Any]
 
 
@@ -76,6 +81,7 @@ def model_info(clf: Classifier, config: ServeConfig, checkpoint: str | os.PathLi
         "checkpoint": Path(checkpoint).name if checkpoint else None,
         "flowerid_version": __version__,
         "unsure_below": config.unsure_below,
+        "tells_unknown": clf.unknown is not None,
     }
     return info
 
@@ -186,8 +192,8 @@ def create_app(
         # The one loader with this server's pixel limit, then the model's own preprocessing:
         # the same steps, and so the same numbers, as Classifier.predict on a file.
         image = load_image(data, min_size=min_size, max_pixels=max_pixels)
-        probs = classifier.predict_proba(classifier.preprocessing(image)[None])[0]
-        return classifier.top_k(probs, top_k)
+        probs, scores = classifier.forward(classifier.preprocessing(image)[None])
+        return classifier.top_k(probs[0], top_k, None if scores is None else scores[0])
 
     _mount_docs(app)
 
@@ -242,8 +248,9 @@ def create_app(
         except ImageError as exc:
             raise _image_rejection(exc) from None
         return {
+            **photo_fields(preds),
             "predictions": [p.to_dict() for p in preds],
-            "unsure": preds[0].probability < cfg.unsure_below,
+            "unsure": preds[0].known is not False and preds[0].probability < cfg.unsure_below,
             "model": info,
         }
 

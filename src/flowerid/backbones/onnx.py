@@ -10,7 +10,7 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -50,16 +50,17 @@ def export_onnx(
     input_size: int | tuple[int, int],
     *,
     input_name: str = INPUT_NAME,
-    output_name: str = "output",
+    output_name: str | Sequence[str] = "output",
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """Write `module` (NCHW float32 in, one tensor out) as ONNX with a dynamic batch axis; atomic.
+    """Write `module` (NCHW float32 in; one tensor out, or one per name) as ONNX with a dynamic batch axis; atomic.
 
     Uses the TorchScript-based exporter (`dynamo=False`): it needs no `onnxscript`
     and exports timm and torchvision networks with outputs within 1e-5 of torch.
     """
     module = contiguous(module)
     example = example_input(input_size)
+    names = [output_name] if isinstance(output_name, str) else list(output_name)
     buf = io.BytesIO()
     with quiet_export(), torch.no_grad():
         torch.onnx.export(
@@ -68,8 +69,8 @@ def export_onnx(
             buf,
             dynamo=False,
             input_names=[input_name],
-            output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            output_names=names,
+            dynamic_axes={input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}},
             opset_version=opset,
             do_constant_folding=True,
         )

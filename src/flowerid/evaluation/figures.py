@@ -435,3 +435,30 @@ def sample_batch(
         images.append(img)
         labels.append((names or {}).get(cat) or cat)
     return images, labels, skipped
+
+
+def unknown_figure(unknown: dict[str, Any]) -> Figure:
+    """Unknown-score histogram of known photos and photos of other things, with the threshold; and the ROC."""
+    hist, roc = unknown["histogram"], unknown["roc"]
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[3, 2])
+    edges = np.asarray(hist["edges"])
+    centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    left.bar(centres, hist["known"], width=width, color=BLUE, alpha=0.7, label=f"known ({unknown['n_known']})")
+    others = f"other things ({unknown['n_unknown']})"
+    left.bar(centres, hist["unknown"], width=width, color=RED, alpha=0.6, label=others)
+    left.axvline(unknown["threshold"], color=GREY, linestyle="--", linewidth=1.2, label="threshold: above is unknown")
+    left.set_xlabel("unknown score (higher: less like the training photos)")
+    left.set_ylabel("photos")
+    if max(hist["known"] + hist["unknown"], default=0) > 0:
+        left.set_yscale("symlog", linthresh=1)
+    left.legend(fontsize=8)
+    left.set_title("Scores", fontsize=10)
+    right.plot(roc["known_rejected"], roc["unknown_rejected"], color=RED)
+    right.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1)
+    right.set_xlabel("known photos called unknown")
+    right.set_ylabel("other things called unknown")
+    right.set_xlim(0, 1)
+    right.set_ylim(0, 1.01)
+    right.set_title(f"ROC: AUROC {unknown['auroc']:.4f}", fontsize=10)
+    return fig

@@ -227,3 +227,53 @@ def recompute(metrics: dict[str, Any]) -> dict[str, Any]:
         n_bins=metrics["calibration"]["n_bins"],
         confused_limit=max(len(metrics["most_confused"]), 1) if metrics["most_confused"] else 20,
     )
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """The chance that an unknown photo scores higher than a known one (ties count half): ROC area."""
+    k = np.sort(np.asarray(known, dtype=np.float64))
+    u = np.asarray(unknown, dtype=np.float64)
+    if not len(k) or not len(u):
+        return float("nan")
+    below = np.searchsorted(k, u, side="left")
+    at_or_below = np.searchsorted(k, u, side="right")
+    return float((below + 0.5 * (at_or_below - below)).sum() / (len(k) * len(u)))
+
+
+def rejection_metrics(
+    known: np.ndarray, unknown: np.ndarray, threshold: float, accept_rate: float = 0.95, bins: int = 40
+) -> dict[str, Any]:
+    """How well unknown scores (higher: less like training) separate photos of other things from known ones.
+
+    `unknown_accepted_at_95`: the share of unknown photos let through by the threshold that keeps
+    `accept_rate` of these known photos (FPR at 95% TPR, the usual figure); the `*_at_threshold`
+    rates use the model's own stored threshold. The ROC and histogram are for the report's figure.
+    """
+    known = np.asarray(known, dtype=np.float64)
+    unknown = np.asarray(unknown, dtype=np.float64)
+    t95 = float(np.quantile(known, accept_rate))
+    cuts = np.unique(np.concatenate([known, unknown]))
+    if len(cuts) > 400:
+        cuts = np.quantile(cuts, np.linspace(0, 1, 400))
+    cuts = np.concatenate([[-np.inf], cuts])  # the ROC starts at (1, 1): everything called unknown
+    lo, hi = float(min(known.min(), unknown.min())), float(max(known.max(), unknown.max()))
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    return {
+        "n_known": len(known),
+        "n_unknown": len(unknown),
+        "auroc": auroc(known, unknown),
+        "accept_rate": accept_rate,
+        "unknown_accepted_at_95": float((unknown <= t95).mean()),
+        "threshold": float(threshold),
+        "known_rejected_at_threshold": float((known > threshold).mean()),
+        "unknown_accepted_at_threshold": float((unknown <= threshold).mean()),
+        "roc": {
+            "known_rejected": [float((known > c).mean()) for c in cuts],
+            "unknown_rejected": [float((unknown > c).mean()) for c in cuts],
+        },
+        "histogram": {
+            "edges": edges.tolist(),
+            "known": np.histogram(known, edges)[0].tolist(),
+            "unknown": np.histogram(unknown, edges)[0].tolist(),
+        },
+    }

@@ -108,6 +108,17 @@ def render_report(
         "<h2>Mistakes</h2>",
         _img(pngs, "mistakes", "misclassified photos"),
     ]
+    if "unknown" in m:
+        u = m["unknown"]
+        parts += [
+            "<h2>Photos of other things</h2>",
+            f"<p>{u['n_unknown']} photos from {escape(str(u['folder']))} against these {u['n_known']}: "
+            f"AUROC {u['auroc']:.4f}; at the threshold that keeps 95% of these photos, "
+            f"{_pct(u['unknown_accepted_at_95'])} of the others pass as known. At the model's own threshold "
+            f"({u['threshold']:.3f}) {_pct(u['unknown_accepted_at_threshold'])} of the others pass as known and "
+            f"{_pct(u['known_rejected_at_threshold'])} of these photos are called unknown.</p>",
+            _img(pngs, "unknown", "unknown-score histogram and ROC"),
+        ]
     if skipped:
         rows = "".join(f"<tr><td>{escape(p)}</td><td>{escape(r)}</td></tr>" for p, r in skipped.items())
         parts.append(

@@ -21,7 +21,7 @@ from .._text import Log, pct
 from .._version import __version__
 from ..data.folders import ImageFolder, scan_folder, write_skipped
 from ..errors import DataError, UsageError
-from .metrics import DEFAULT_BINS, Outcomes, compute_metrics
+from .metrics import DEFAULT_BINS, Outcomes, compute_metrics, rejection_metrics
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,7 +51,7 @@ SUMMARY_KEYS = (
     "seconds",
 )
 
-FIGURES = ("confusion", "per_class", "mistakes", "reliability", "curves")
+FIGURES = ("confusion", "per_class", "mistakes", "reliability", "curves", "unknown")
 
 
 @dataclass
@@ -76,6 +76,10 @@ class Evaluation:
         out["ece"] = m["calibration"]["ece"]
         out["mean_confidence"] = m["calibration"]["mean_confidence"]
         out["most_confused"] = [{k: v for k, v in c.items() if k != "label"} for c in m["most_confused"][:10]]
+        if "known_rejected" in m:
+            out["known_rejected"] = m["known_rejected"]
+        if "unknown" in m:
+            out["unknown"] = {k: v for k, v in m["unknown"].items() if k not in ("roc", "histogram")}
         if self.out_dir is not None:
             out["out_dir"] = str(self.out_dir)
         return out
@@ -105,6 +109,12 @@ class Evaluation:
         from .figures import reliability_figure
 
         return reliability_figure(self.metrics)
+
+    def unknown_figure(self) -> Figure | None:
+        """Score histogram and ROC of known photos against --unknown ones, or None without them."""
+        from .figures import unknown_figure
+
+        return unknown_figure(self.metrics["unknown"]) if "unknown" in self.metrics else None
 
     def curves_figure(self) -> Figure | None:
         """Training curves from the checkpoint's history, or None when it has none."""
@@ -156,6 +166,7 @@ def evaluate(
     n_bins: int = DEFAULT_BINS,
     figures: bool = True,
     mistakes: int = 24,
+    unknown: str | os.PathLike | None = None,
     log: Log = print,
 ) -> Evaluation:
     """Evaluate a checkpoint (or a loaded Classifier) on FOLDER in ImageFolder layout.
@@ -163,7 +174,8 @@ def evaluate(
     Categories match the checkpoint's by name; a category it does not know is a
     DataError naming it. Unreadable photos are skipped and listed. With
     `out_dir`, writes metrics.json, skipped.tsv (when any), the figures and
-    report.html there.
+    report.html there. `unknown`: a folder of photos of none of the categories
+    (any layout); how well the model tells them from FOLDER's goes in metrics["unknown"].
     """
     from tqdm.auto import tqdm
 
@@ -178,6 +190,7 @@ def evaluate(
         clf = Classifier.load(checkpoint, device=device, category_names=category_names, engine=engine)
         ckpt_path = str(Path(checkpoint).resolve())
     folder = Path(folder)
+    others = _unknown_photos(clf, unknown) if unknown is not None else []  # before the long part: fail early
     split = _scan(folder, clf.categories)
     with tqdm(total=len(split.paths), desc="evaluate", unit="img", disable=None, leave=False) as bar:
         batch = clf.predict_proba_many(split.paths, batch_size=batch_size, progress=bar.update)
@@ -203,11 +216,48 @@ def evaluate(
         "preprocessing": clf.preprocessing.to_dict(),
         "predictions": _records(split, keep, out, clf.categories),
     }
+    if batch.unknown_scores is not None and clf.unknown is not None:
+        scores = batch.unknown_scores[keep]
+        metrics["known_rejected"] = float((~clf.unknown.known(scores)).mean())
+        for rec, score in zip(metrics["predictions"], scores.tolist(), strict=True):
+            rec["unknown_score"] = score
+        if unknown is not None:
+            with tqdm(total=len(others), desc="evaluate unknown", unit="img", disable=None, leave=False) as bar:
+                other = clf.predict_proba_many(others, batch_size=batch_size, progress=bar.update)
+            ok = other.ok
+            if not ok.any():
+                raise DataError(f"none of the {len(others)} images in {unknown} could be read")
+            skipped.update({str(others[i]): exc.reason for i, exc in sorted(other.errors.items())})
+            assert other.unknown_scores is not None  # the same model as above
+            metrics["unknown"] = {
+                "folder": str(Path(unknown).resolve()),
+                "method": clf.unknown.method,
+                **rejection_metrics(scores, other.unknown_scores[ok], clf.unknown.threshold),
+            }
+            metrics["skipped"] = len(skipped)
     result = Evaluation(metrics, skipped, history=history, best_epoch=ck.get("metrics", {}).get("best_epoch"))
     if out_dir is not None:
         write_outputs(result, Path(out_dir), figures=figures, mistakes=mistakes, checkpoint_info=_describe(ck))
     log(format_summary(result))
     return result
+
+
+def _unknown_photos(clf: Classifier, folder: str | os.PathLike) -> list[Path]:
+    """The photos of --unknown DIR; a model that cannot tell, or a folder with none, is a clear error."""
+    from ..data.folders import list_images
+
+    if clf.unknown is None:
+        raise UsageError(
+            "this checkpoint was trained before flowerid could tell photos of other things; "
+            "retrain it with this version to evaluate --unknown"
+        )
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--unknown {folder} is not a folder")
+    paths = list_images(folder)
+    if not paths:
+        raise DataError(f"--unknown {folder} holds no photos")
+    return paths
 
 
 def _describe(ck: dict[str, Any]) -> dict[str, Any]:
@@ -251,6 +301,7 @@ def write_outputs(
             "mistakes": lambda: result.mistakes_figure(mistakes),
             "reliability": result.reliability_figure,
             "curves": result.curves_figure,
+            "unknown": result.unknown_figure,
         }
         for name, make in makers.items():
             fig = make()
@@ -287,6 +338,17 @@ def format_summary(result: Evaluation) -> str:
         f"  calibration error (ECE) {m['calibration']['ece']:7.3f}"
         f"   mean confidence {pct(m['calibration']['mean_confidence'])}",
     ]
+    if "known_rejected" in m:
+        lines.append(f"  called unknown          {pct(m['known_rejected']):>7}   of these photos (stored threshold)")
+    if "unknown" in m:
+        u = m["unknown"]
+        lines += [
+            f"photos of other things ({u['n_unknown']} in {u['folder']}):",
+            f"  AUROC                   {u['auroc']:7.4f}",
+            f"  let through at 95% kept {pct(u['unknown_accepted_at_95']):>7}   (false-positive rate at 95% of known)",
+            f"  let through at stored   {pct(u['unknown_accepted_at_threshold']):>7}   "
+            f"(threshold {u['threshold']:.3f}; known photos called unknown {pct(u['known_rejected_at_threshold'])})",
+        ]
     confused = m["most_confused"][:10]
     if confused:
         lines.append("most confused (true → predicted):")

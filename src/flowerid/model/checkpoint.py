@@ -43,11 +43,13 @@ def build_checkpoint(
     head_state: dict[str, Any],
     training: dict[str, Any],
     metrics: dict[str, Any],
+    unknown: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A checkpoint dict in the layout `validate` checks (format fields are added by `save_checkpoint`).
 
     `backbone`: name, weights_digest, weights_path (None, or relative to the checkpoint's
-    folder for a tuned backbone saved beside it) and num_features.
+    folder for a tuned backbone saved beside it) and num_features. `unknown`: the
+    unknown-photo detector's state (model/unknown.py); a checkpoint without it names every photo.
     """
     return {
         "flowerid_version": __version__,
@@ -58,6 +60,7 @@ def build_checkpoint(
         "names": names,
         "class_to_idx": {c: i for i, c in enumerate(categories)},
         "head": {"config": head_config, "state_dict": head_state},
+        "unknown": unknown,
         "training": training,
         "metrics": metrics,
     }
@@ -144,6 +147,12 @@ def validate(ckpt: Any, where: str = "checkpoint") -> dict[str, Any]:
     _check_backbone(ckpt["backbone"], where)
     _check_preprocessing(ckpt["preprocessing"], where)
     _check_head(head, len(cats), where)
+    if ckpt.get("unknown") is not None:  # absent or None: from before flowerid could tell; it names every photo
+        from .head import HeadConfig
+        from .unknown import UnknownDetector
+
+        cfg = HeadConfig.from_dict(head["config"])
+        UnknownDetector.from_state(ckpt["unknown"], cfg.num_classes, cfg.in_features, where)
     return ckpt
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .._io import atomic_write, atomic_write_json
 from .._text import first_line
@@ -33,6 +34,7 @@ from ..data.preprocess import Preprocessing
 from ..errors import CheckpointError, DataError, ImageError, UsageError
 from .checkpoint import load_checkpoint
 from .head import HeadConfig, build_head
+from .unknown import GEN_GAMMA, GEN_TOP, UnknownDetector
 
 MANIFEST_FORMAT = "flowerid-export"
 MANIFEST_VERSION = 1
@@ -43,15 +45,51 @@ SCALE = "0..1 then (x-mean)/std"
 DEFAULT_CALIBRATION_SIZE = 128
 
 
+UNKNOWN_OUTPUT = "unknown_score"
+
+
+class UnknownScore(nn.Module):
+    """unknown.UnknownDetector.score as torch operations, so the exported graph gives the same number."""
+
+    def __init__(self, detector: UnknownDetector) -> None:
+        super().__init__()
+        self.register_buffer("means", torch.from_numpy(np.asarray(detector.means, dtype=np.float64)))
+        self.register_buffer("negatives", torch.from_numpy(np.asarray(detector.negatives, dtype=np.float64)))
+        self.d = detector
+
+    def forward(self, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        # float64, as in numpy: 1 - p for a sure photo (p near 1) loses most of its digits in float32.
+        d = self.d
+        feats, logits = feats.double(), logits.double()
+        p = torch.softmax(logits, dim=1)
+        q = torch.topk(p, min(GEN_TOP, p.shape[1]), dim=1).values
+        near = (q.pow(GEN_GAMMA) * (1.0 - q).pow(GEN_GAMMA)).sum(dim=1)
+        unit = F.normalize(feats, dim=1, eps=1e-12)
+        known = (unit @ self.means.T).max(dim=1).values
+        far = 1.0 - known
+        if self.negatives.shape[0]:
+            far = far + torch.clamp((unit @ self.negatives.T).max(dim=1).values - known, min=0.0)
+        z_near = (near - d.near_mean) / d.near_std
+        z_far = (far - d.far_mean) / d.far_std
+        return (z_near + torch.clamp(z_far - d.knee, min=0.0)).float()
+
+
 class ExportModel(nn.Module):
     """Backbone, head and (optionally) softmax in one module: NCHW float32 in, (N, C) out.
 
     `hflip` averages the probabilities of the photo and its mirror image, for a
-    checkpoint whose prediction uses that test-time augmentation.
+    checkpoint whose prediction uses that test-time augmentation. With `unknown`,
+    a second output (N,) gives the unknown score of the photo as `predict` computes it
+    (of the photo itself, not its mirror).
     """
 
     def __init__(
-        self, backbone: nn.Module, head: nn.Module, output: str = "probabilities", hflip: bool = False
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        output: str = "probabilities",
+        hflip: bool = False,
+        unknown: UnknownScore | None = None,
     ) -> None:
         super().__init__()
         if output not in OUTPUTS:
@@ -62,15 +100,20 @@ class ExportModel(nn.Module):
         self.head = head
         self.output = output
         self.hflip = hflip
+        self.unknown = unknown
 
-    def _one(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.backbone(x))
+    def _answer(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=1) if self.output == "probabilities" else logits
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        feats = self.backbone(x)
+        logits = self.head(feats)
+        out = self._answer(logits)
         if self.hflip:
-            return 0.5 * (self._one(x) + self._one(torch.flip(x, dims=[3])))
-        return self._one(x)
+            out = 0.5 * (out + self._answer(self.head(self.backbone(torch.flip(x, dims=[3])))))
+        if self.unknown is None:
+            return out
+        return out, self.unknown(feats, logits)
 
 
 def export_torchscript(module: nn.Module, path: str | os.PathLike, input_size: int | tuple[int, int]) -> Path:
@@ -165,12 +208,19 @@ def build_export_model(
             f"this checkpoint was trained on ({str(info['weights_digest'])[:12]}…)"
         )
     head_info = checkpoint["head"]
-    head = build_head(HeadConfig.from_dict(head_info["config"]))
+    head_cfg = HeadConfig.from_dict(head_info["config"])
+    head = build_head(head_cfg)
     try:
         head.load_state_dict(head_info["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"the head weights do not fit the recorded head: {first_line(exc)}") from None
-    return ExportModel(backbone, head.eval(), output=output, hflip=hflip).eval(), prep
+    state = checkpoint.get("unknown")
+    unknown = (
+        UnknownScore(UnknownDetector.from_state(state, head_cfg.num_classes, head_cfg.in_features))
+        if state is not None
+        else None
+    )
+    return ExportModel(backbone, head.eval(), output=output, hflip=hflip, unknown=unknown).eval(), prep
 
 
 def build_manifest(
@@ -197,9 +247,26 @@ def build_manifest(
             "scale": SCALE,
         },
         "output": output,
+        "unknown": _unknown_manifest(checkpoint),
         "categories": cats,
         # An app shows a label for every class: the category stands in for a missing name, as `predict` does.
         "names": [n if n else c for c, n in zip(cats, checkpoint["names"], strict=True)],
+    }
+
+
+def _unknown_manifest(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """How an app reads the second output, or None for a model that cannot tell (one output only)."""
+    state = checkpoint.get("unknown")
+    if state is None:
+        return None
+    cfg = HeadConfig.from_dict(checkpoint["head"]["config"])
+    det = UnknownDetector.from_state(state, cfg.num_classes, cfg.in_features)
+    return {
+        "output": UNKNOWN_OUTPUT,
+        "threshold": det.threshold,
+        "rule": f"the photo is none of the categories when {UNKNOWN_OUTPUT} > threshold",
+        "method": det.method,
+        "accept_rate": det.accept_rate,
     }
 
 
@@ -287,11 +354,12 @@ def export_checkpoint(
     if quantize:
         photos = calibration_photos(calibration or _default_calibration(ckpt), calibration_size)
     model, prep = build_export_model(ckpt, output=output, hflip=hflip)
+    names = [output, UNKNOWN_OUTPUT] if model.unknown is not None else output
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
         export_torchscript(model, out, prep.crop_size)
     elif not quantize:
-        export_onnx(model, out, prep.crop_size, output_name=output)
+        export_onnx(model, out, prep.crop_size, output_name=names)
     else:
         arrays = []
         for p in photos:
@@ -300,7 +368,7 @@ def export_checkpoint(
         if not arrays:
             raise DataError(f"none of the {len(photos)} calibration photos could be read")
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export.") as tmp:
-            float_path = export_onnx(model, Path(tmp) / "float.onnx", prep.crop_size, output_name=output)
+            float_path = export_onnx(model, Path(tmp) / "float.onnx", prep.crop_size, output_name=names)
             quantize_onnx_int8(float_path, Path(tmp) / "int8.onnx", arrays, keep_float=keep_float)
             os.replace(Path(tmp) / "int8.onnx", out)
     manifest = build_manifest(ckpt, out.name, prep, output)

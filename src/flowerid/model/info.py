@@ -43,6 +43,25 @@ def checkpoint_info(path: str | os.PathLike, shipped: bool = False) -> dict[str,
         "names": list(ckpt["names"]),
         "training": ckpt.get("training", {}),
         "metrics": metrics,
+        "unknown": _unknown_info(ckpt),
+    }
+
+
+def _unknown_info(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """How the checkpoint tells photos of other things, or None when it cannot (trained before it could)."""
+    from .unknown import UnknownDetector
+
+    state = ckpt.get("unknown")
+    if state is None:
+        return None
+    cfg = HeadConfig.from_dict(ckpt["head"]["config"])
+    det = UnknownDetector.from_state(state, cfg.num_classes, cfg.in_features)
+    return {
+        "method": det.method,
+        "threshold": det.threshold,
+        "accept_rate": det.accept_rate,
+        "negative_prototypes": len(det.negatives),
+        "stored_floats": int(det.means.size + det.negatives.size),
     }
 
 
@@ -129,6 +148,18 @@ def format_info(info: dict[str, Any]) -> str:
         )
         if "test_acc" in m:
             rows.append(("test", f"top-1 {pct(m['test_acc'])}, loss {m.get('test_loss', float('nan')):.4f}"))
+    u = info.get("unknown")
+    rows.append(
+        (
+            "unknown photos",
+            f"{u['method']}: unknown above {u['threshold']:.4g}, a threshold that accepts "
+            f"{u['accept_rate']:.0%} of valid"
+            + (f"; sharpened by {u['negative_prototypes']} negative prototypes" if u["negative_prototypes"] else "")
+            if u
+            else 'cannot tell: trained before flowerid could say "not one of my categories"; '
+            "retrain to get it (every photo gets one of the categories)",
+        )
+    )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

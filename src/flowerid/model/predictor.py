@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,33 @@ from ..data.preprocess import Preprocessing
 from ..errors import CheckpointError, ImageError, UsageError
 from .checkpoint import load_checkpoint
 from .head import HeadConfig
+from .unknown import UnknownDetector, softmax
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """One of a photo's top-K categories.
+
+    `known` and `unknown_score` describe the photo, so every prediction of one photo
+    carries the same two: whether it looks like anything the model was trained on,
+    and how unlike it is (higher: less like; `known` is `unknown_score <= threshold`).
+    Both are None for a model trained before flowerid could tell.
+    """
+
     category: str
     name: str | None
     probability: float
+    known: bool | None = None
+    unknown_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The category, name and probability; the photo-level fields go beside the list (`photo_fields`)."""
+        return {"category": self.category, "name": self.name, "probability": self.probability}
+
+
+def photo_fields(preds: Sequence[Prediction]) -> dict[str, Any]:
+    """`known` and `unknown_score` of the photo these predictions are for, as JSON puts them."""
+    return {"known": preds[0].known, "unknown_score": preds[0].unknown_score}
 
 
 @dataclass
@@ -34,6 +51,7 @@ class BatchProbabilities:
 
     probs: np.ndarray  # (N, C) float64
     errors: dict[int, ImageError] = field(default_factory=dict)
+    unknown_scores: np.ndarray | None = None  # (N,) float64, NaN where unreadable; None: the model cannot tell
 
     @property
     def ok(self) -> np.ndarray:
@@ -72,14 +90,6 @@ class NumpyHead:
         return x
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
 class Classifier:
     """A trained flowerid model. Use `Classifier.load(path)`, then `predict(image)`."""
 
@@ -112,7 +122,13 @@ class Classifier:
                 f"this checkpoint was trained on ({str(info['weights_digest'])[:12]}…)"
             )
         head = checkpoint["head"]
-        self.head = NumpyHead(HeadConfig.from_dict(head["config"]), head["state_dict"])
+        head_cfg = HeadConfig.from_dict(head["config"])
+        self.head = NumpyHead(head_cfg, head["state_dict"])
+        state = checkpoint.get("unknown")
+        # None: a checkpoint from before flowerid could tell photos of other things; it names every photo.
+        self.unknown = (
+            UnknownDetector.from_state(state, head_cfg.num_classes, head_cfg.in_features) if state is not None else None
+        )
 
     @classmethod
     def load(
@@ -132,20 +148,32 @@ class Classifier:
     def preprocess(self, image: ImageSource) -> np.ndarray:
         return self.preprocessing(load_image(image, min_size=self.preprocessing.resize_size))
 
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities (N, C) and unknown scores (N,) (None when the model cannot tell) for a batch."""
+        feats = self.backbone.engine(np.ascontiguousarray(batch, dtype=np.float32))
+        logits = self.head(feats)
+        scores = self.unknown.score(feats, logits) if self.unknown is not None else None
+        return softmax(logits), scores
+
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C) for a preprocessed NCHW batch."""
-        return softmax(self.head(self.backbone.engine(np.ascontiguousarray(batch, dtype=np.float32))))
+        return self.forward(batch)[0]
 
-    def top_k(self, probs: np.ndarray, k: int) -> list[Prediction]:
+    def top_k(self, probs: np.ndarray, k: int, unknown_score: float | None = None) -> list[Prediction]:
         k = min(k, len(probs))
         order = np.argsort(-probs, kind="stable")[:k]
-        return [Prediction(self.categories[i], self.names[i], float(probs[i])) for i in order]
+        known = None
+        if unknown_score is not None and self.unknown is not None:
+            unknown_score = float(unknown_score)
+            known = bool(self.unknown.known(unknown_score))
+        return [Prediction(self.categories[i], self.names[i], float(probs[i]), known, unknown_score) for i in order]
 
     def predict(self, image: ImageSource, top_k: int = 5) -> list[Prediction]:
-        """Top-K predictions for one photo (a path, bytes or a PIL image)."""
+        """Top-K predictions for one photo (a path, bytes or a PIL image); each says whether the photo is `known`."""
         if top_k < 1:
             raise UsageError("top_k must be at least 1")
-        return self.top_k(self.predict_proba(self.preprocess(image)[None])[0], top_k)
+        probs, scores = self.forward(self.preprocess(image)[None])
+        return self.top_k(probs[0], top_k, None if scores is None else scores[0])
 
     def predict_many(
         self, images: Sequence[ImageSource], top_k: int = 5, batch_size: int = 32
@@ -158,9 +186,9 @@ class Classifier:
 
         def flush() -> None:
             if pending:
-                probs = self.predict_proba(np.stack([a for _, a in pending]))
-                for (i, _), p in zip(pending, probs, strict=True):
-                    out[i] = self.top_k(p, top_k)
+                probs, scores = self.forward(np.stack([a for _, a in pending]))
+                for j, ((i, _), p) in enumerate(zip(pending, probs, strict=True)):
+                    out[i] = self.top_k(p, top_k, None if scores is None else scores[j])
                 pending.clear()
 
         for i, img in enumerate(images):
@@ -187,11 +215,16 @@ class Classifier:
         if batch_size < 1:
             raise UsageError("batch_size must be at least 1")
         result = BatchProbabilities(np.full((len(images), self.num_classes), np.nan))
+        if self.unknown is not None:
+            result.unknown_scores = np.full(len(images), np.nan)
         pending: list[tuple[int, np.ndarray]] = []
 
         def flush() -> None:
             if pending:
-                result.probs[[i for i, _ in pending]] = self.predict_proba(np.stack([a for _, a in pending]))
+                rows = [i for i, _ in pending]
+                result.probs[rows], scores = self.forward(np.stack([a for _, a in pending]))
+                if result.unknown_scores is not None and scores is not None:
+                    result.unknown_scores[rows] = scores
                 if progress:
                     progress(len(pending))
                 pending.clear()

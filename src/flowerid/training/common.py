@@ -27,6 +27,7 @@ from ..model.head import HeadConfig, build_head
 from .calibrate import calibrate
 from .config import TrainConfig
 from .resume import STATE_FILE
+from .unknown import fit_for_run
 
 
 @dataclass
@@ -142,6 +143,7 @@ def finish(
     weights_path: str | None,
     head_cfg: HeadConfig,
     head_state: dict[str, torch.Tensor],
+    unknown: dict[str, Any],
     metrics: dict[str, Any],
     skipped: dict[str, str],
     photos: dict[str, int],
@@ -172,6 +174,7 @@ def finish(
             "engine": backbone.engine.name,
         },
         metrics=metrics,
+        unknown=unknown,
     )
     path = save_checkpoint(ckpt, run.save_dir / "checkpoint.pth")
     atomic_write_json(run.save_dir / "metrics.json", metrics)
@@ -205,13 +208,26 @@ def finish_trained_backbone(
     metrics: dict[str, Any],
     skipped: dict[str, str],
     photos: dict[str, int],
+    feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """After a run that trained the backbone too: calibrate on valid logits, save backbone.pth, test, finish."""
+    """After a run that trained the backbone too: calibrate on valid logits, save backbone.pth, test, finish.
+
+    `feats`: the tuned network's train features, labels and valid features, when the run has them
+    at hand (the tuned mode's tail on cached activations); otherwise they are extracted here, for
+    the unknown-photo detector.
+    """
     cfg = run.cfg
     if cfg.calibrate:
         head_state = calibrate(head_state, logits_va, y_va, metrics, run.log)
     weights = save_backbone(module.cpu().eval(), run.save_dir)
     backbone = load_backbone(get_spec(cfg.arch), run.device, str(weights), cfg.engine)  # the digest later loads see
+    if feats is None:
+        no_cache = dataclasses.replace(cfg, use_cache=False)
+        feats = (
+            *features_for(run.data.train, backbone, no_cache, "train", {}, {}),
+            features_for(run.data.valid, backbone, no_cache, "valid", {}, {})[0],
+        )
+    unknown = fit_for_run(cfg, backbone, *feats, head_cfg, head_state, metrics, run.log)
     if run.data.test is not None:
         head = build_head(head_cfg)
         head.load_state_dict(head_state)
@@ -220,4 +236,4 @@ def finish_trained_backbone(
         metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, x_te, y_te)
         run.log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
     metrics["total_seconds"] = time.perf_counter() - run.t_start
-    return finish(run, backbone, BACKBONE_FILE, head_cfg, head_state, metrics, skipped, photos)
+    return finish(run, backbone, BACKBONE_FILE, head_cfg, head_state, unknown, metrics, skipped, photos)

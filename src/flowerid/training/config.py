@@ -80,6 +80,8 @@ class TrainConfig:
     # Keep the epoch best on valid instead of the last one. Off: presets train a fixed number of
     # epochs chosen by cross-validation, so valid chooses nothing and stays fit to report and calibrate.
     keep_best_epoch: bool = False
+    accept_rate: float = 0.95  # share of valid photos the unknown-photo threshold accepts as known
+    negatives: str | None = None  # folder of photos of other things: sharpens the unknown-photo score
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
@@ -135,3 +137,8 @@ class TrainConfig:
             raise UsageError("views must be 0 (the photos only) or more", setting="views")
         if self.tune_stages < 0:
             raise UsageError("tune_stages must be 0 (a frozen backbone) or more", setting="tune_stages")
+        if not 0.5 <= self.accept_rate <= 1.0:
+            raise UsageError(
+                "accept_rate must be a fraction between 0.5 and 1 (0.95 keeps 95% of valid photos)",
+                setting="accept_rate",
+            )

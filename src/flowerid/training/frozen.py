@@ -22,6 +22,7 @@ from .common import Run, TrainResult, best_metrics, check_left, evaluate_head, f
 from .config import TrainConfig
 from .loop import Best, EpochStats, Stepper, run_epochs
 from .resume import STATE_FILE, fingerprint, load_train_state, save_train_state
+from .unknown import fit_for_run
 
 
 def fit_head(
@@ -155,6 +156,8 @@ def train_frozen(run: Run) -> TrainResult:
     if cfg.calibrate:
         head.load_state_dict(best_state)
         best_state = calibrate(best_state, _logits(head, x_va), y_va, metrics, log)
+    n_photos = int(len(y_tr)) - n_view_rows  # the views come after the photos themselves
+    unknown = fit_for_run(cfg, backbone, x_tr[:n_photos], y_tr[:n_photos], x_va, head_cfg, best_state, metrics, log)
     if data.test is not None:
         head.load_state_dict(best_state)
         x_te, y_te = features_for(data.test, backbone, cfg, "test", skipped, counts)
@@ -163,6 +166,6 @@ def train_frozen(run: Run) -> TrainResult:
     metrics["feature_seconds"] = feat_seconds
     metrics["features_computed"] = counts.get("computed", 0)
     metrics["total_seconds"] = time.perf_counter() - run.t_start
-    photos = {"train_images": int(len(y_tr)) - n_view_rows, "train_rows": int(len(y_tr)), "valid_images": len(y_va)}
+    photos = {"train_images": n_photos, "train_rows": int(len(y_tr)), "valid_images": len(y_va)}
     weights = cfg.weights and str(Path(cfg.weights).resolve())
-    return finish(run, backbone, weights, head_cfg, best_state, metrics, skipped, photos)
+    return finish(run, backbone, weights, head_cfg, best_state, unknown, metrics, skipped, photos)

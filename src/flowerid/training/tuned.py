@@ -251,4 +251,6 @@ def train_tuned(run: Run) -> TrainResult:
     metrics["feature_seconds"] = feat_seconds
     metrics["features_computed"] = computed_tr + computed_va
     photos = {"train_images": len(y_tr), "train_rows": len(y_tr), "valid_images": len(y_va)}
-    return finish_trained_backbone(run, module, head_cfg, head_state, logits_va, y_va, metrics, skipped, photos)
+    # The head's inputs through the tuned tail: the unknown-photo detector is fitted on what predict will see.
+    feats = (head_inputs(tail, x_tr, run.device), y_tr, head_inputs(tail, x_va, run.device))
+    return finish_trained_backbone(run, module, head_cfg, head_state, logits_va, y_va, metrics, skipped, photos, feats)
