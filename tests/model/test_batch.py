@@ -161,6 +161,22 @@ def test_other_columns_or_a_foreign_file_are_refused_not_overwritten(tmp_path):
     ]
 
 
+def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_pyarrow(name, *a, **k):
+        if name.startswith("pyarrow"):
+            raise ImportError("No module named 'pyarrow'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with pytest.raises(UsageError, match=r"pip install 'flowerid\[parquet\]'"):
+        open_results(tmp_path / "r.parquet")
+    assert not (tmp_path / "r.parquet").exists()
+
+
 def test_done_set_holds_many_names_in_little_memory():
     done = DoneSet()
     names = [f"photos/{i // 1000}/{i}.jpg" for i in range(200_000)]

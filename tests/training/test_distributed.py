@@ -1,6 +1,7 @@
 """torchrun: two processes with gloo on the CPU against one process, on the tiny synthetic data.
 
-Each launch takes a few seconds (torchrun and torch start in every process).
+Each launch takes several seconds (torchrun and torch start in every process); the longer ones are
+marked slow.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def test_predict_under_torchrun_leaves_one_complete_file(job):
     assert not list(root.glob("pred2.csv.rank-*"))
 
 
+@pytest.mark.slow  # two torchrun launches of a small EfficientNet, 10-20 s each
 @pytest.mark.parametrize("mode", [["--tune-stages", "1"], ["--full-finetune", "--tune-stages", "0"]])
 def test_tuned_and_full_train_with_ddp_and_count_each_valid_photo_once(tmp_path, mode):
     from .test_finetune import TINY_EFFNET, _tiny_effnet
@@ -122,6 +124,7 @@ def test_tuned_and_full_train_with_ddp_and_count_each_valid_photo_once(tmp_path,
     assert (tmp_path / "run" / "skipped.tsv").read_text().count("broken.jpg") == 1
 
 
+@pytest.mark.slow  # two torchrun launches
 def test_a_failed_process_stops_the_job_clearly_and_a_rerun_resumes(tmp_path):
     data = build_folder(tmp_path / "data", {"train": 12, "valid": 4})
     cache, loads = tmp_path / "cache", tmp_path / "loads"

@@ -31,7 +31,16 @@ import numpy as np
 from .. import distributed
 from ..data.walk import Warn, iter_photos
 from ..errors import ImageError, UsageError
-from .results import DoneSet, JsonlWriter, Record, open_results, read_jsonl, result_format
+from .results import (
+    DoneSet,
+    JsonlWriter,
+    Record,
+    open_results,
+    read_done,
+    read_jsonl,
+    require_pyarrow,
+    result_format,
+)
 
 if TYPE_CHECKING:
     from .predictor import Classifier
@@ -136,9 +145,7 @@ def predict_to_file(
     out = Path(out)
     kind = result_format(out)
     if kind == "parquet":
-        from .results import _pyarrow
-
-        _pyarrow()  # missing pyarrow is said before any work
+        require_pyarrow()  # said before any work
     w = distributed.init(getattr(clf, "device", "cpu"))
     t0 = time.perf_counter()
     done = DoneSet()
@@ -146,8 +153,7 @@ def predict_to_file(
         if w.is_main:
             open_results(out, top_k).close()  # repair FILE (fold a Parquet journal) before the others read it
         distributed.barrier()
-        if out.exists():
-            _read_done(out, done)
+        read_done(out, done)
         writer: Any = JsonlWriter(part_path(out, w.rank), done)
     else:
         writer = open_results(out, top_k, (), done)
@@ -208,30 +214,6 @@ def predict_to_file(
         _fold_parts(out, top_k, log)
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _read_done(out: Path, done: DoneSet) -> None:
-    """Photos FILE names, read by a process that does not write it (the main one repaired it first)."""
-    kind = result_format(out)
-    if kind == "jsonl":
-        for record in read_jsonl(out):
-            done.add(record["image"])
-    elif kind == "csv":
-        import csv
-
-        from .results import _complete_lines
-
-        for n, (line, _) in enumerate(_complete_lines(out, quoted=True)):
-            fields = next(csv.reader([line.decode("utf-8", "surrogateescape")]), [])
-            if n and fields:
-                done.add(fields[0])
-    else:
-        from .results import _pyarrow
-
-        _, pq = _pyarrow()
-        for batch in pq.ParquetFile(out).iter_batches(columns=["image"]):
-            for image in batch.column(0).to_pylist():
-                done.add(image)
 
 
 def _fold_parts(out: Path, top_k: int, log: Log | None) -> None:

@@ -232,7 +232,7 @@ class CsvWriter:
         self._f.close()
 
 
-def _pyarrow():
+def require_pyarrow():
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -251,17 +251,14 @@ class ParquetWriter:
     def __init__(
         self, path: str | os.PathLike, top_k: int = 1, extra: Sequence[str] = (), done: DoneSet | None = None
     ) -> None:
-        self.pa, self.pq = _pyarrow()
+        self.pa, self.pq = require_pyarrow()
         self.path = Path(path)
         self.top_k, self.extra = top_k, tuple(extra)
         self.cols = columns(top_k, extra)
         self.done = done if done is not None else DoneSet()
         if self.path.exists():
             self._check_schema()
-            table = self.pq.ParquetFile(self.path)
-            for batch in table.iter_batches(columns=["image"]):
-                for image in batch.column(0).to_pylist():
-                    self.done.add(image)
+            read_done(self.path, self.done)
         self.journal = JsonlWriter(journal_path(self.path), self.done)
 
     def _schema(self):
@@ -315,6 +312,28 @@ def _arrow_type(pa, column: str):
     if column.startswith("probability") or column == "unknown_score":
         return pa.float64()
     return pa.bool_() if column == "known" else pa.string()
+
+
+def read_done(path: str | os.PathLike, done: DoneSet) -> None:
+    """Add the photos a result file names to `done`, reading only: the file is neither checked nor repaired
+    (under torchrun the main process opens it for writing first, which does both)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kind = result_format(path)
+    if kind == "jsonl":
+        for record in read_jsonl(path):
+            done.add(record["image"])
+    elif kind == "csv":
+        for n, (line, _) in enumerate(_complete_lines(path, quoted=True)):
+            fields = next(csv.reader([line.decode(*_ENC)]), [])
+            if n and fields:  # the first line is the header
+                done.add(fields[0])
+    else:
+        _, pq = require_pyarrow()
+        for batch in pq.ParquetFile(path).iter_batches(columns=["image"]):
+            for image in batch.column(0).to_pylist():
+                done.add(image)
 
 
 def journal_path(path: str | os.PathLike) -> Path:
