@@ -251,6 +251,18 @@ def test_an_interrupted_batch_resumes_with_each_photo_once(tree, tmp_path, monke
     assert sorted(images) == sorted(photos) and len(images) == len(set(images))
 
 
+def test_the_bar_of_a_resumed_run_counts_what_is_left(tree, tmp_path, capsys):
+    clf, root, photos = tree
+    out = tmp_path / "out.jsonl"
+    w = JsonlWriter(out)
+    w.write([_record(p, 1) for p in photos[:5]])
+    w.close()
+    s = predict_to_file(clf, [str(root)], out, progress=True)
+    left = len(photos) - 5
+    assert s.already == 5 and s.predicted + s.errors == left
+    assert f"{left}/{left}" in capsys.readouterr().err  # rate and time left need the total
+
+
 def test_parts_left_by_a_torchrun_job_are_honoured_and_merged(tree, tmp_path):
     clf, root, photos = tree
     out = tmp_path / "out.csv"

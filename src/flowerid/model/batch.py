@@ -79,30 +79,38 @@ def existing_parts(out: Path) -> list[Path]:
 
 
 class _Progress:
-    """A tqdm bar on a terminal, its total counted by a background walk so the time left shows early."""
+    """A tqdm bar on a terminal, its total counted by a background walk so the time left shows early.
 
-    def __init__(self, inputs: Sequence[str], share: tuple[int, int], enabled: bool | None) -> None:
+    The total leaves out the photos `already` names: a resumed run's bar counts what is left.
+    """
+
+    def __init__(self, inputs: Sequence[str], share: tuple[int, int], enabled: bool | None, already: DoneSet) -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(desc="predict", unit="img", disable=None if enabled is None else not enabled, smoothing=0.05)
         self._stop = threading.Event()
+        self._counter: threading.Thread | None = None
         if not self.bar.disable:
             rank, size = share
-            threading.Thread(target=self._count, args=(inputs, rank, size), daemon=True).start()
+            self._counter = threading.Thread(target=self._count, args=(inputs, rank, size, already), daemon=True)
+            self._counter.start()
 
-    def _count(self, inputs: Sequence[str], rank: int, size: int) -> None:
+    def _count(self, inputs: Sequence[str], rank: int, size: int, already: DoneSet) -> None:
         n = 0
-        for i, _ in enumerate(iter_photos(inputs)):
+        for i, image in enumerate(iter_photos(inputs)):
             if self._stop.is_set():
                 return
-            n += i % size == rank
+            n += i % size == rank and image not in already
         self.bar.total = n
         self.bar.refresh()
 
     def update(self, n: int) -> None:
         self.bar.update(n)
 
-    def close(self) -> None:
+    def close(self, finished: bool) -> None:
+        """A finished run's bar ends on its total; an interrupted one stops counting at once."""
+        if finished and self._counter is not None:
+            self._counter.join()
         self._stop.set()
         self.bar.close()
 
@@ -164,11 +172,12 @@ def predict_to_file(
     distributed.barrier()  # every process knows what is done before any writes more
     summary = BatchSummary(out)
     pool = ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="decode")
-    bar = _Progress(inputs, (w.rank, w.size), progress if w.is_main else False)
+    bar = _Progress(inputs, (w.rank, w.size), progress if w.is_main else False, done.frozen())
     inflight: deque[tuple[str, Future[np.ndarray]]] = deque()
     depth = 4 * batch_size
     prep = clf.preprocess
     photos = (p for i, p in enumerate(iter_photos(inputs, warn)) if i % w.size == w.rank)
+    finished = False
     try:
         group: list[tuple[str, np.ndarray | None, str | None]] = []
 
@@ -202,9 +211,10 @@ def predict_to_file(
                 flush()
         if group:
             flush()
+        finished = True
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        bar.close()
+        bar.close(finished)
         writer.close()
     # The job's totals on every process (this also waits for all to finish), then the parts fold into FILE.
     summary.predicted, summary.errors, summary.already = (

@@ -96,6 +96,13 @@ class DoneSet:
         self._sorted = np.union1d(self._sorted, new)
         self._recent.clear()
 
+    def frozen(self) -> DoneSet:
+        """A copy that later additions leave alone; it shares the sorted array (never changed in place)."""
+        self._compact()
+        copy = DoneSet()
+        copy._sorted = self._sorted
+        return copy
+
     def __contains__(self, image: str) -> bool:
         key = image_key(image)
         if key in self._recent:
