@@ -159,7 +159,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
         "command again skips the photos FILE already names (docs/scaling.md)",
     )
     _checkpoint_option(p)
-    p.add_argument("--top-k", type=int, default=5, help="how many categories to show (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=None, help="how many categories to show (default: 5; with --out, 1)")
     _category_names(p, "the names stored in the checkpoint")
     _device(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -179,6 +179,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..errors import ImageError
     from ..model.predictor import Classifier
 
+    if args.top_k is None:
+        args.top_k = 5 if args.out is None else 1  # a file gets the CSV's one-prediction columns unless asked
     if args.top_k < 1:
         raise UsageError("--top-k must be at least 1")
     from ..model.builtin import resolve_checkpoint
