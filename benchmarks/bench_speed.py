@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_DATA, ROOT
+from common import DEFAULT_DATA, LAUNCH_WITH_PEAK, ROOT
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -39,27 +39,16 @@ def matmul_gflops() -> float:
     return rate(lambda: a @ b, 1, 3.0) * per / 1e9
 
 
-# Runs flowerid in this fresh process and reports its own peak resident memory at exit.
-# (The rusage of a forked child would report this benchmark's peak instead: Linux carries
-# the parent's high-water mark across fork and exec.)
-_LAUNCH = """
-import atexit, runpy, sys
-def _peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            sys.stderr.write("\\nPEAK_KIB " + line.split()[1] + "\\n")
-atexit.register(_peak)
-sys.argv = ["flowerid", *sys.argv[1:]]
-runpy.run_module("flowerid", run_name="__main__")
-"""
-
-
 def timed(args: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of `flowerid ARGS` in a fresh process."""
     full = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **env)
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", _LAUNCH, *args], env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", LAUNCH_WITH_PEAK, *args],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

@@ -11,6 +11,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "flowers102"
 
+# `python -c LAUNCH_WITH_PEAK ARGS` runs `flowerid ARGS` in this fresh process and reports its own peak
+# resident memory at exit as a `PEAK_KIB n` line on stderr. (The rusage of a forked child would report
+# the benchmark's peak instead: Linux carries the parent's high-water mark across fork and exec.)
+LAUNCH_WITH_PEAK = """
+import atexit, runpy, sys
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            sys.stderr.write("\\nPEAK_KIB " + line.split()[1] + "\\n")
+atexit.register(_peak)
+sys.argv = ["flowerid", *sys.argv[1:]]
+runpy.run_module("flowerid", run_name="__main__")
+"""
+
 
 def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
     """Run `python -m flowerid ARGS` as a user would (a cold process); return wall seconds and the result."""

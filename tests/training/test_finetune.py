@@ -29,12 +29,16 @@ def _tiny_effnet():
     return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
 
 
-@pytest.fixture
-def effnet():
+def effnet_spec():
     """The tiny test backbone's preprocessing on a random EfficientNet-Lite0, the network tuning needs."""
-    spec = dataclasses.replace(
+    return dataclasses.replace(
         tiny_spec(), name=TINY_EFFNET, arch="tf_efficientnet_lite0", num_features=1280, factory=_tiny_effnet
     )
+
+
+@pytest.fixture
+def effnet():
+    spec = effnet_spec()
     register_backbone(spec, replace=True)
     return spec
 

@@ -10,15 +10,22 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._version import __version__
+from ..distributed import shutdown, world
 from ..errors import FlowerIdError, UsageError
+
+if TYPE_CHECKING:
+    from ..model.predictor import Classifier
 
 EXIT_INTERRUPTED = 130
 
 
 def _err(msg: str) -> None:
-    print(f"flowerid: error: {msg}", file=sys.stderr)
+    """An error line; under torchrun it names the process (`rank 1 of 4`)."""
+    w = world()
+    print(f"flowerid: {w.label() + ': ' if w.distributed else ''}error: {msg}", file=sys.stderr)
 
 
 # Options several commands share, declared once (as llm does with its option helpers).
@@ -162,14 +169,21 @@ def run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         exclude=args.exclude,
     )
-    train(args.data_dir, args.save_dir, cfg, log=lambda s: print(s, flush=True))
+    train(args.data_dir, args.save_dir, cfg, log=lambda s: print(s, flush=True))  # None on other torchrun ranks
     return 0
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", help="photos to name")
+    p.add_argument("images", nargs="+", help="photos to name; with --out, folders too (walked, links followed)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write one row per photo into FILE (.csv, .jsonl or .parquet) as they are made; running the same "
+        "command again skips the photos FILE already names (docs/scaling.md)",
+    )
     _checkpoint_option(p)
-    p.add_argument("--top-k", type=int, default=5, help="how many categories to show (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=None, help="how many categories to show (default: 5; with --out, 1)")
     _category_names(p, "the names stored in the checkpoint")
     _device(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -180,18 +194,44 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
         help="also draw each photo beside a bar chart of its top-K (one image: PATH; several: PATH-<image>.png, "
         "or <image>.png inside PATH when it is a folder)",
     )
+    p.set_defaults(interrupt_hint="with --out, run the same command again to go on where it stopped")
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    import os
+
     from ..errors import ImageError
     from ..model.predictor import Classifier, photo_fields
 
+    if args.top_k is None:
+        args.top_k = 5 if args.out is None else 1  # a file gets the CSV's one-prediction columns unless asked
     if args.top_k < 1:
         raise UsageError("--top-k must be at least 1")
     from ..model.builtin import resolve_checkpoint
 
+    w = world()
+    if args.out is None:
+        folders = [p for p in args.images if os.path.isdir(p)]
+        if folders:
+            raise UsageError(f"{folders[0]} is a folder: name its photos into a file with --out FILE.csv")
+        if w.distributed:
+            raise UsageError("under torchrun, predict writes its rows into a file: add --out FILE.csv")
+    else:
+        from ..model.results import result_format
+
+        result_format(args.out)  # a bad file name fails before the model loads
+        if args.plot or args.json:
+            raise UsageError("--out writes every row into its file; leave out --plot and --json")
+    device = args.device
+    if w.distributed and device != "cpu":
+        from ..backbones.engines import resolve_device
+
+        if resolve_device(device).startswith("cuda"):
+            device = f"cuda:{w.local_rank}"  # one GPU per process
     checkpoint = resolve_checkpoint(args.checkpoint)
-    clf = Classifier.load(checkpoint, device=args.device, category_names=args.category_names, engine=args.engine)
+    clf = Classifier.load(checkpoint, device=device, category_names=args.category_names, engine=args.engine)
+    if args.out is not None:
+        return _predict_to_file(clf, args)
     results = clf.predict_many(args.images, top_k=args.top_k)
     failed = 0
     records = []
@@ -220,6 +260,24 @@ def run_predict(args: argparse.Namespace) -> int:
         for path in write_prediction_plots(clf, args.images, results, args.plot):
             print(f"plot: {path}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predict_to_file(clf: Classifier, args: argparse.Namespace) -> int:
+    """`predict ... --out FILE`: every photo into FILE; an unreadable photo is a row with its error, not a failure."""
+    from ..model.batch import predict_to_file
+
+    def warn(path: str, reason: str) -> None:
+        _err(f"{path}: {reason} (folder skipped)")
+
+    s = predict_to_file(clf, args.images, args.out, top_k=args.top_k, warn=warn)
+    if world().is_main:
+        print(
+            f"named {s.predicted} photo{'s' if s.predicted != 1 else ''} into {args.out} in {s.seconds:.1f}s "
+            f"({s.rate:.1f}/s)"
+            + (f"; {s.errors} could not be read (rows with an error)" if s.errors else "")
+            + (f"; {s.already} were already there" if s.already else "")
+        )
+    return 0
 
 
 def format_predictions(image: str, preds: list[dict], known: bool | None = None, num_classes: int = 0) -> str:
@@ -571,11 +629,24 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
         return func(args)
     except KeyboardInterrupt:
         hint = getattr(args, "interrupt_hint", None)
-        print(f"\nflowerid: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
+        if world().is_main:  # under torchrun every process is interrupted; one says so
+            print(f"\nflowerid: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FlowerIdError as exc:
         _err(_as_cli_message(exc))
         return exc.exit_code
+    except Exception as exc:
+        if not world().distributed:
+            raise
+        # torchrun stops the other processes when this one exits: say why, and how to go on.
+        text = str(exc).strip().splitlines()
+        _err(
+            f"{type(exc).__name__}: {text[0] if text else ''}; the job stops. Run the same command again: "
+            "features already extracted are reused from the cache, rows already written are kept"
+        )
+        return 1
+    finally:
+        shutdown()
 
 
 def _as_cli_message(exc: FlowerIdError) -> str:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.augment import Augment, view_seed
 from ..data.preprocess import Preprocessing
+from ..distributed import world
 from ..errors import ImageError
 from .cache import FeatureCache
 from .engines import Backbone
@@ -64,8 +65,12 @@ def _worker_init(_: int) -> None:
 
 
 def default_workers() -> int:
-    """Decode workers: one per core beyond the first, at least one, at most four."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    """Decode workers: one per core beyond the first, at least one, at most four.
+
+    Under torchrun the cores are this machine's processes' to share.
+    """
+    cores = (os.cpu_count() or 2) // max(1, world().local_size)
+    return max(1, min(4, cores - 1))
 
 
 def photo_loader(
@@ -114,6 +119,7 @@ def extract_features(
     view: int = 0,
     dtype: str = "float32",
     cache_namespace: str | None = None,
+    known_failures: dict[str, str] | None = None,
 ) -> Extracted:
     """Features for every path, from the cache where present; failures are reported, not raised.
 
@@ -122,6 +128,8 @@ def extract_features(
     slower end to end); 32 on PyTorch, whose GPU wants larger batches.
     With `augment`, each photo's augmented view number `view` (view 0 is the plain
     photo): the same view of the same photo is always the same, so it is cached too.
+    `known_failures` (path: reason) are reported without being read again: another
+    process of a torchrun job already tried them. The bar shows in the main process only.
     """
     if (augment is None) != (view == 0):
         raise ValueError("view 0 is the plain photo; views 1, 2, ... need an augmentation")
@@ -132,13 +140,16 @@ def extract_features(
     namespace = cache_namespace or backbone.cache_namespace(augment, view)
     cache = FeatureCache(namespace, dtype=dtype) if use_cache else None
     todo: list[int] = []
+    result = Extracted(feats, ok)
     for i, p in enumerate(paths):
+        if known_failures and str(p) in known_failures:
+            result.failures[i] = known_failures[str(p)]
+            continue
         vec = cache.get(p) if cache else None
         if vec is not None and vec.shape == (dim,):
             feats[i], ok[i] = vec, True
         else:
             todo.append(i)
-    result = Extracted(feats, ok)
     if not todo:
         return result
     workers = default_workers() if num_workers is None else num_workers
@@ -149,7 +160,8 @@ def extract_features(
         # child waits forever on its thread pool's locks (seen with the tuned mode's front engine).
         gc.collect()
     loader = photo_loader([paths[i] for i in todo], backbone.preprocessing, batch_size, workers, augment, view)
-    with tqdm(total=len(todo), desc=desc, unit="img", disable=None, leave=False) as bar:
+    quiet = None if world().is_main else True
+    with tqdm(total=len(todo), desc=desc, unit="img", disable=quiet, leave=False) as bar:
         for idx, batch, failed in loader:
             for j, reason in failed:
                 result.failures[todo[j]] = reason

@@ -117,6 +117,7 @@ def format_info(info: dict[str, Any]) -> str:
                 "seed",
                 "views",
                 "tune_stages",
+                "world_size",
             )
             if t.get(k) is not None
         )

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from .._io import atomic_write_bytes, atomic_write_json
 from .._text import Log
 from ..backbones import get_spec
@@ -64,6 +65,16 @@ def evaluate_head(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch
     return loss / n, correct / n
 
 
+def silent(_: str) -> None:
+    """The log of a torchrun process other than the main one: only the main process reports."""
+
+
+def share_of(split: ImageFolder) -> ImageFolder:
+    """This process's share of a split under torchrun (every N-th photo, none twice); alone, the split."""
+    w = distributed.world()
+    return dataclasses.replace(split, samples=distributed.shard_list(split.samples, w)) if w.distributed else split
+
+
 def features_for(
     split: ImageFolder,
     backbone: Backbone,
@@ -72,8 +83,12 @@ def features_for(
     skipped: dict[str, str],
     counts: dict[str, int],
     view: int = 0,
+    known_failures: dict[str, str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split's (cached) feature rows and labels; unreadable photos go into `skipped`."""
+    """A split's (cached) feature rows and labels; unreadable photos go into `skipped`.
+
+    `known_failures`: photos other torchrun processes found unreadable, not read again.
+    """
     ex = extract_features(
         split.paths,
         backbone,
@@ -82,6 +97,7 @@ def features_for(
         desc=f"{name} features" + (f", view {view}/{cfg.views}" if view else ""),
         augment=Augment() if view else None,
         view=view,
+        known_failures=known_failures,
     )
     counts["computed"] = counts.get("computed", 0) + ex.computed
     for i, reason in ex.failures.items():
@@ -94,6 +110,8 @@ def features_for(
 
 def report_skipped(save_dir: Path, skipped: dict[str, str], log: Log) -> None:
     """Say how many images were skipped and list them (path, reason) in save_dir/skipped.tsv."""
+    if not distributed.world().is_main:
+        return  # under torchrun the main process writes
     path = write_skipped(save_dir, skipped)
     if path is not None:
         log(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}; paths and reasons in {path}")
@@ -172,6 +190,7 @@ def finish(
             **{k: int(v) for k, v in photos.items()},
             "device": run.device,
             "engine": backbone.engine.name,
+            "world_size": distributed.world().size,
         },
         metrics=metrics,
         unknown=unknown,

@@ -168,7 +168,7 @@ def cross_validate(
         if cfg.mode == "tuned":
             module, _ = build_backbone(spec, cfg.weights)  # every fold starts from the pretrained network
             _, tail = split_backbone(module, spec, cfg.tune_stages)
-            _, history, _, out = fit_tail(tail, head_cfg, (x[tr], y[tr]), (x[te], y[te]), cfg, device, quiet)
+            _, history, _, out, _ = fit_tail(tail, head_cfg, (x[tr], y[tr]), (x[te], y[te]), cfg, device, quiet)
         else:
             state, history, _ = fit_head(x[tr], y[tr], x[te], y[te], head_cfg, cfg, quiet)
             head = build_head(head_cfg)

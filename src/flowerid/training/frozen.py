@@ -13,9 +13,15 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from .._text import Log
-from ..backbones import get_spec
-from ..backbones.engines import load_backbone
+from ..backbones import BackboneSpec, get_spec
+from ..backbones.cache import cache_root
+from ..backbones.engines import Backbone, load_backbone
+from ..backbones.features import extract_features
+from ..data.augment import Augment
+from ..data.folders import DataSet
+from ..errors import DataError, UsageError
 from ..model.head import HeadConfig, build_head
 from .calibrate import calibrate
 from .common import Run, TrainResult, best_metrics, check_left, evaluate_head, features_for, finish
@@ -122,16 +128,68 @@ def _logits(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([head(x[i : i + 4096]) for i in range(0, len(x), 4096)])
 
 
-def train_frozen(run: Run) -> TrainResult:
-    """Features of every split (and augmented views) through the frozen backbone, then the head on them."""
+def _extract_share(data: DataSet, backbone: Backbone, cfg: TrainConfig, w: distributed.World) -> dict[str, str]:
+    """This process's share of every photo (and view) the run needs, into the cache; returns its failures.
+
+    Each photo belongs to exactly one process (strided shares, no padding), so each is
+    extracted once; the main process then finds them all in the cache.
+    """
+    failed: dict[str, str] = {}
+    readable: list[Path] = []
+    for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test)):
+        if split is None:
+            continue
+        paths = distributed.shard_list(split.paths, w)
+        ex = extract_features(paths, backbone, num_workers=cfg.num_workers, desc=f"{name} features, {w.label()}")
+        failed.update({str(paths[i]): reason for i, reason in ex.failures.items()})
+        if name == "train":
+            readable = [p for p in paths if str(p) not in failed]
+    for view in range(1, cfg.views + 1):
+        extract_features(
+            readable, backbone, num_workers=cfg.num_workers, desc=f"train view {view}", augment=Augment(), view=view
+        )
+    return failed
+
+
+def _shared_extraction(run: Run, spec: BackboneSpec) -> tuple[Backbone, dict[str, str] | None]:
+    """Under torchrun: every process extracts its share into the cache; the main process gets all failures.
+
+    The main process loads the backbone first (exporting its ONNX graph once), then the
+    others. Returns the backbone and, on the main process, the failures of the whole job
+    (None elsewhere: that process's work is done).
+    """
+    cfg, w = run.cfg, distributed.world()
+    if not cfg.use_cache:
+        raise UsageError("under torchrun the processes hand features over through the cache: drop --no-cache")
+    if w.is_main:
+        backbone = load_backbone(spec, run.device, cfg.weights, cfg.engine)
+    distributed.barrier()
+    if not w.is_main:
+        backbone = load_backbone(spec, run.device, cfg.weights, cfg.engine)
+    parts = distributed.gather(_extract_share(run.data, backbone, cfg, w))
+    return backbone, None if parts is None else {k: v for part in parts for k, v in part.items()}
+
+
+def train_frozen(run: Run) -> TrainResult | None:
+    """Features of every split (and augmented views) through the frozen backbone, then the head on them.
+
+    Under torchrun the processes share the extraction; the main process then trains.
+    """
     cfg, data, save_dir, log = run.cfg, run.data, run.save_dir, run.log
     spec = get_spec(cfg.arch)
-    backbone = load_backbone(spec, run.device, cfg.weights, cfg.engine)
     skipped: dict[str, str] = {}
     counts: dict[str, int] = {}
     t_feat = time.perf_counter()
-    x_tr, y_tr = features_for(data.train, backbone, cfg, "train", skipped, counts)
-    x_va, y_va = features_for(data.valid, backbone, cfg, "valid", skipped, counts)
+    known: dict[str, str] | None = None
+    w = distributed.world()
+    if w.distributed:
+        backbone, known = _shared_extraction(run, spec)
+        if known is None:
+            return None  # the main process trains and writes; this one's features are in the cache
+    else:
+        backbone = load_backbone(spec, run.device, cfg.weights, cfg.engine)
+    x_tr, y_tr = features_for(data.train, backbone, cfg, "train", skipped, counts, known_failures=known)
+    x_va, y_va = features_for(data.valid, backbone, cfg, "valid", skipped, counts, known_failures=known)
     n_view_rows = 0
     if cfg.views and len(x_tr):
         readable = dataclasses.replace(data.train, samples=[s for s in data.train.samples if str(s[0]) not in skipped])
@@ -140,8 +198,14 @@ def train_frozen(run: Run) -> TrainResult:
         x_tr = torch.cat([x_tr, *(x for x, _ in views)])
         y_tr = torch.cat([y_tr, *(y for _, y in views)])
     feat_seconds = time.perf_counter() - t_feat
+    if w.distributed and counts.get("computed", 0):
+        raise DataError(
+            f"{counts['computed']} photos that other processes extracted are not in this process's cache "
+            f"({cache_root()}): on several machines FLOWERID_CACHE must be one folder they all share, "
+            "and the data must have the same path on each (see docs/scaling.md)"
+        )
     check_left(data.categories, y_tr, y_va, save_dir, skipped, log)
-    log(f"features ready in {feat_seconds:.1f}s")
+    log(f"features ready in {feat_seconds:.1f}s" + (f" ({w.size} processes)" if w.distributed else ""))
 
     head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
     state_path = save_dir / STATE_FILE
@@ -160,7 +224,7 @@ def train_frozen(run: Run) -> TrainResult:
     unknown = fit_for_run(cfg, backbone, x_tr[:n_photos], y_tr[:n_photos], x_va, head_cfg, best_state, metrics, log)
     if data.test is not None:
         head.load_state_dict(best_state)
-        x_te, y_te = features_for(data.test, backbone, cfg, "test", skipped, counts)
+        x_te, y_te = features_for(data.test, backbone, cfg, "test", skipped, counts, known_failures=known)
         metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, x_te, y_te)
         log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
     metrics["feature_seconds"] = feat_seconds

@@ -8,6 +8,7 @@ prints the same progress line for every mode.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from .._text import Log
 from .config import TrainConfig
 from .schedule import warmup_cosine
@@ -52,6 +54,13 @@ class Best:
         self.logits = torch.empty(0)
         self.labels = torch.empty(0, dtype=torch.long)
 
+    def better(self, loss: float, acc: float) -> bool:
+        return (acc, -loss) > self.key
+
+    def keeps(self, loss: float, acc: float) -> bool:
+        """Whether `offer` will keep this epoch: under torchrun its valid logits must be gathered first."""
+        return self.keep_last or self.better(loss, acc)
+
     def offer(
         self,
         epoch: int,
@@ -63,8 +72,8 @@ class Best:
     ) -> bool:
         """Keep the epoch (its modules' states, and its valid logits and labels if given) when it is the one
         to keep; True for a new best on valid either way (the progress line's `*`)."""
-        improved = (acc, -loss) > self.key
-        if not improved and not self.keep_last:
+        improved = self.better(loss, acc)
+        if not self.keeps(loss, acc):
             return False
         self.key, self.epoch = max(self.key, (acc, -loss)), epoch
         if logits is not None and labels is not None:
@@ -76,8 +85,55 @@ class Best:
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of valid logits."""
-    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+    """Mean cross-entropy and accuracy of valid logits.
+
+    Under torchrun each process brings its share of valid and the sums are taken over
+    the job, so every photo counts once (no padding) and every process gets the same figures.
+    """
+    if not distributed.world().distributed:
+        return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+    loss_sum, correct, n = distributed.all_sum(
+        [
+            F.cross_entropy(logits, labels, reduction="sum").item(),
+            (logits.argmax(1) == labels).sum().item(),
+            len(labels),
+        ]
+    )
+    return loss_sum / max(1.0, n), correct / max(1.0, n)
+
+
+def gather_shares(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's valid logits and labels, on the main process (for calibration); alone, as they are."""
+    parts = distributed.gather((logits.cpu(), labels.cpu()))
+    if parts is None:
+        return logits, labels
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def share_batch(cfg: TrainConfig) -> TrainConfig:
+    """Settings for one process's share of a batch: under torchrun a batch is split across the processes,
+    so the job takes the same steps as one process would."""
+    size = distributed.world().size
+    return cfg if size == 1 else dataclasses.replace(cfg, batch_size=-(-cfg.batch_size // size))
+
+
+def padded_order(n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """A shuffle of 0..n-1, repeated up to `length`: under torchrun every process takes as many steps
+    (DistributedDataParallel needs it) even when the shares differ by a photo."""
+    order = torch.randperm(n, generator=gen)
+    return order.repeat(-(-length // n))[:length] if length > n else order
+
+
+def data_parallel(module: nn.Module, device: str) -> nn.Module:
+    """The module wrapped in DistributedDataParallel under torchrun (gradients averaged over the job); alone,
+    the module itself."""
+    if not distributed.world().distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        module, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
+    )
 
 
 class Stepper:
@@ -110,6 +166,16 @@ class Stepper:
         self.opt.step()
         self.step += 1
         return loss.item() * len(y), int((logits.argmax(1) == y).sum().item())
+
+    def idle(self, loss: torch.Tensor) -> None:
+        """The step of a torchrun process that has no photo for it: `loss` is zero, the gradients averaged
+        over the job are the other processes', and every process keeps the same weights."""
+        for group, rate in zip(self.opt.param_groups, self.rates, strict=True):
+            group["lr"] = rate * self.factor(self.step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
 
     @property
     def last_lr(self) -> float:

@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import distributed
 from .._text import Log
 from ..backbones import get_spec
 from ..backbones.engines import resolve_device
 from ..data.folders import CATEGORY_NAMES_FILE, exclude_photos, load_category_names, load_dataset, names_for
 from ..errors import UsageError
-from .common import Run, TrainResult
+from .common import Run, TrainResult, silent
 from .config import TrainConfig
 from .frozen import train_frozen
 from .full import train_full
@@ -25,10 +26,14 @@ from .tuned import train_tuned
 
 __all__ = ["MODES", "TrainConfig", "TrainResult", "mode_for", "train"]
 
-MODES: dict[str, Callable[[Run], TrainResult]] = {"frozen": train_frozen, "tuned": train_tuned, "full": train_full}
+MODES: dict[str, Callable[[Run], TrainResult | None]] = {
+    "frozen": train_frozen,
+    "tuned": train_tuned,
+    "full": train_full,
+}
 
 
-def mode_for(name: str) -> Callable[[Run], TrainResult]:
+def mode_for(name: str) -> Callable[[Run], TrainResult | None]:
     """The training mode called `name`; UsageError listing the modes for any other name."""
     try:
         return MODES[name]
@@ -38,13 +43,23 @@ def mode_for(name: str) -> Callable[[Run], TrainResult]:
 
 def train(
     data_dir: str | os.PathLike, save_dir: str | os.PathLike, cfg: TrainConfig | None = None, log: Log = print
-) -> TrainResult:
-    """Train a model and write checkpoint.pth and metrics.json into save_dir (the mode: `cfg.mode`)."""
+) -> TrainResult | None:
+    """Train a model and write checkpoint.pth and metrics.json into save_dir (the mode: `cfg.mode`).
+
+    Under torchrun every process calls it: they share the work (docs/scaling.md), then the
+    main process writes and reports; the others return None.
+    """
     cfg = cfg or TrainConfig.from_preset()
     cfg.check()
     t_start = time.perf_counter()
     spec = get_spec(cfg.arch)
     device = resolve_device(cfg.device)
+    w = distributed.init(device)
+    if w.distributed:
+        if device.startswith("cuda"):
+            device = f"cuda:{w.local_rank}"
+        if not w.is_main:
+            log = silent
     data = load_dataset(data_dir)
     if cfg.exclude:
         from ..data.deep_check import read_exclude_list

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from .._text import Log
 from ..backbones import BackboneSpec, get_spec
 from ..backbones.build import build_backbone
@@ -33,9 +34,9 @@ from ..data.folders import ImageFolder
 from ..data.images import LOADER_VERSION
 from ..errors import UsageError
 from ..model.head import HeadConfig, build_head
-from .common import Run, TrainResult, best_metrics, check_left, finish_trained_backbone
+from .common import Run, TrainResult, best_metrics, check_left, finish_trained_backbone, share_of
 from .config import TrainConfig
-from .loop import Best, Stepper, autocast, run_epochs, score
+from .loop import Best, Stepper, autocast, data_parallel, gather_shares, padded_order, run_epochs, score, share_batch
 
 TAIL_LR_FACTOR = 1.0 / 3.0  # the pretrained stages learn at a third of the head's rate
 FRONT_EXPORT_VERSION = 1  # bump when the cut or its export changes: it is part of the cache keys
@@ -146,59 +147,74 @@ def fit_tail(
     cfg: TrainConfig,
     device: str,
     log: Log = print,
-) -> tuple[dict[str, torch.Tensor], list[dict[str, float]], int, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]], int, torch.Tensor, torch.Tensor]:
     """Train tail + head with AdamW (warm-up epoch, cosine) for cfg.epochs; keep the last epoch
     (or, with cfg.keep_best_epoch, the one best on valid).
 
     The tail is left holding the kept epoch's weights. Returns the kept head state, the
-    history, the kept epoch (1-based) and its valid logits (for calibration). Cross-validation
-    (crossval.py) calls it with a held-out fold as `valid`.
+    history, the kept epoch (1-based) and its valid logits and labels (for calibration).
+    Cross-validation (crossval.py) calls it with a held-out fold as `valid`. Under torchrun
+    each process brings its share of the photos and trains on it with DistributedDataParallel,
+    a batch split across the processes; valid is scored over the job and its logits gathered
+    on the main process.
     """
     (x_train, y_train), (x_valid, y_valid) = train, valid
+    w = distributed.world()
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + w.rank)
     head = build_head(head_cfg).to(device)
     tail = tail.to(device)
     tail.requires_grad_(True)  # the registry hands out frozen backbones
     _freeze_batchnorm(tail)
+    net = data_parallel(nn.Sequential(tail, head), device)
     n = len(y_train)
+    length = distributed.all_max(n)  # the largest share: the others repeat a photo or so to match it
+    if n == 0:
+        raise UsageError(f"{w.label()} has no readable training photos: run with fewer processes")
+    local = share_batch(cfg)
     backbone_params = [p for p in tail.parameters() if p.requires_grad]
     rates = [cfg.learning_rate * TAIL_LR_FACTOR, cfg.learning_rate]
-    stepper = Stepper([backbone_params, list(head.parameters())], rates, cfg, n)
+    stepper = Stepper([backbone_params, list(head.parameters())], rates, local, length)
     amp = autocast(device)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
         with amp:
-            return head(tail(x.to(device).float().contiguous(memory_format=torch.channels_last))).float()
+            return module(x.to(device).float().contiguous(memory_format=torch.channels_last)).float()
 
     def train_epoch(epoch: int) -> tuple[float, int, int]:
         tail.train()
         head.train()
         _freeze_batchnorm(tail)
-        order = torch.randperm(n, generator=gen)
+        order = padded_order(n, length, gen)
         loss_sum, correct = 0.0, 0
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
+        for i in range(0, length, local.batch_size):
+            idx = order[i : i + local.batch_size]
             x = x_train[idx]
             mirror = torch.rand(len(idx), generator=gen) < 0.5
             x[mirror] = x[mirror].flip(-1)
-            batch_loss, batch_correct = stepper(forward(x), y_train[idx].to(device))
+            batch_loss, batch_correct = stepper(forward(x, net), y_train[idx].to(device))
             loss_sum += batch_loss
             correct += batch_correct
-        return loss_sum, correct, n
+        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, length])
+        return loss_sum, int(correct), int(seen)
 
     def validate(epoch: int) -> tuple[float, float, bool]:
         tail.eval()
         head.eval()
+        plain = nn.Sequential(tail, head)
         with torch.no_grad():
-            logits = torch.cat([forward(x_valid[i : i + 256]) for i in range(0, len(y_valid), 256)]).cpu()
+            parts = [forward(x_valid[i : i + 256], plain).cpu() for i in range(0, len(y_valid), 256)]
+        logits = torch.cat(parts) if parts else torch.zeros(0, head_cfg.num_classes)
         loss, acc = score(logits, y_valid)
-        return loss, acc, best.offer(epoch, loss, acc, logits, y_valid, tail=tail, head=head)
+        labels = y_valid
+        if best.keeps(loss, acc):
+            logits, labels = gather_shares(logits, y_valid)
+        return loss, acc, best.offer(epoch, loss, acc, logits, labels, tail=tail, head=head)
 
     best = Best(keep_last=not cfg.keep_best_epoch)
     history = run_epochs(cfg, stepper, [], train_epoch, validate, log)
     tail.load_state_dict(best.states["tail"])
-    return best.states["head"], [dataclasses.asdict(h) for h in history], best.epoch, best.logits
+    return best.states["head"], [dataclasses.asdict(h) for h in history], best.epoch, best.logits, best.labels
 
 
 @torch.no_grad()
@@ -216,8 +232,11 @@ def head_inputs(tail: nn.Module, x: torch.Tensor, device: str, batch: int = 256)
     return torch.cat(out).float().cpu() if out else torch.empty(0)
 
 
-def train_tuned(run: Run) -> TrainResult:
-    """tune_stages N: the last N stages train with the head on cached front activations."""
+def train_tuned(run: Run) -> TrainResult | None:
+    """tune_stages N: the last N stages train with the head on cached front activations.
+
+    Under torchrun each process runs the front over its share of the photos and trains on it.
+    """
     cfg, data = run.cfg, run.data
     if cfg.views:
         raise UsageError("--tune-stages and --views do not combine: tuning mirrors activations instead; use --views 0")
@@ -226,31 +245,43 @@ def train_tuned(run: Run) -> TrainResult:
     spec = get_spec(cfg.arch)
     module, digest = build_backbone(spec, cfg.weights)
     front, tail = split_backbone(module, spec, cfg.tune_stages)
+    w = distributed.world()
+    train_split, valid_split = share_of(data.train), share_of(data.valid)
     skipped: dict[str, str] = {}
     t_feat = time.perf_counter()
     x_tr, y_tr, failed_tr, computed_tr = front_activations(
-        data.train, front, spec, digest, cfg.tune_stages, cfg, run.device, "train"
+        train_split, front, spec, digest, cfg.tune_stages, cfg, run.device, "train"
     )
     x_va, y_va, failed_va, computed_va = front_activations(
-        data.valid, front, spec, digest, cfg.tune_stages, cfg, run.device, "valid"
+        valid_split, front, spec, digest, cfg.tune_stages, cfg, run.device, "valid"
     )
-    for split, failed in ((data.train, failed_tr), (data.valid, failed_va)):
+    for split, failed in ((train_split, failed_tr), (valid_split, failed_va)):
         skipped.update({str(split.paths[i]): reason for i, reason in failed.items()})
     feat_seconds = time.perf_counter() - t_feat
-    check_left(data.categories, y_tr, y_va, run.save_dir, skipped, run.log)
+    # What is left is checked over the whole job, by every process alike.
+    skipped = {k: v for part in distributed.all_gather(skipped) for k, v in part.items()}
+    all_tr, all_va = (torch.cat(distributed.all_gather(y)) for y in (y_tr, y_va))
+    check_left(data.categories, all_tr, all_va, run.save_dir, skipped, run.log)
+    computed = int(distributed.all_sum([computed_tr + computed_va])[0])
     run.log(
         f"activations before the last {cfg.tune_stages} stage(s) ready in {feat_seconds:.1f}s "
-        f"({computed_tr + computed_va} computed, the rest cached): {tuple(x_tr.shape[1:])}"
+        f"({computed} computed, the rest cached): {tuple(x_tr.shape[1:])}"
+        + (f" ({w.size} processes)" if w.distributed else "")
     )
 
     head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
-    head_state, history, kept_epoch, logits_va = fit_tail(
+    head_state, history, kept_epoch, logits_va, labels_va = fit_tail(
         tail, head_cfg, (x_tr, y_tr), (x_va, y_va), cfg, run.device, run.log
     )
+    # The head's inputs through the tuned tail, over the whole job in the order of all_tr / all_va:
+    # the unknown-photo detector is fitted on what predict will see.
+    f_tr, f_va = (torch.cat(distributed.all_gather(head_inputs(tail, x, run.device))) for x in (x_tr, x_va))
+    if not w.is_main:
+        return None  # the main process writes the checkpoint
     metrics = best_metrics(history, kept_epoch)
     metrics["feature_seconds"] = feat_seconds
-    metrics["features_computed"] = computed_tr + computed_va
-    photos = {"train_images": len(y_tr), "train_rows": len(y_tr), "valid_images": len(y_va)}
-    # The head's inputs through the tuned tail: the unknown-photo detector is fitted on what predict will see.
-    feats = (head_inputs(tail, x_tr, run.device), y_tr, head_inputs(tail, x_va, run.device))
-    return finish_trained_backbone(run, module, head_cfg, head_state, logits_va, y_va, metrics, skipped, photos, feats)
+    metrics["features_computed"] = computed
+    photos = {"train_images": len(all_tr), "train_rows": len(all_tr), "valid_images": len(all_va)}
+    return finish_trained_backbone(
+        run, module, head_cfg, head_state, logits_va, labels_va, metrics, skipped, photos, (f_tr, all_tr, f_va)
+    )

@@ -1,0 +1,258 @@
+"""Batch prediction that streams: folders of any size into a CSV, JSON Lines or Parquet file.
+
+Photos are walked in a stable order (data/walk.py), decoded by a pool of threads while
+the engine runs on the previous batch (Pillow and numpy let go of the GIL while
+they work, and no torch is imported), and each batch's rows are flushed to the
+result file at once (results.py). What the file already holds is skipped, so an
+interrupted run is finished by running the same command again. Memory stays flat:
+a bounded number of photos is in flight, and the done set takes 8 bytes a photo.
+
+Under torchrun each process takes every N-th photo of the walk and writes its own
+part file (FILE.rank-K.part); the main process folds the parts into FILE after
+the others finish. Parts left by an interrupted job are honoured and folded in by
+the next run, whatever its number of processes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import distributed
+from ..data.walk import Warn, iter_photos
+from ..errors import ImageError, UsageError
+from .predictor import photo_fields
+from .results import (
+    PHOTO_FIELDS,
+    DoneSet,
+    JsonlWriter,
+    Record,
+    open_results,
+    read_done,
+    read_jsonl,
+    require_pyarrow,
+    result_format,
+)
+
+if TYPE_CHECKING:
+    from .predictor import Classifier
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BatchSummary:
+    """What one run did: photos it named, photos that could not be read, photos the file already had."""
+
+    out: Path
+    predicted: int = 0
+    errors: int = 0
+    already: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        done = self.predicted + self.errors
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+def default_threads() -> int:
+    """Decode threads: one per core this process may use (its share under torchrun), at least two."""
+    w = distributed.world()
+    return max(2, (os.cpu_count() or 2) // max(1, w.local_size))
+
+
+def part_path(out: Path, rank: int) -> Path:
+    return Path(f"{os.fspath(out)}.rank-{rank}.part")
+
+
+def existing_parts(out: Path) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(glob.escape(os.fspath(out)) + ".rank-*.part"))
+
+
+class _Progress:
+    """A tqdm bar on a terminal, its total counted by a background walk so the time left shows early.
+
+    The total leaves out the photos `already` names: a resumed run's bar counts what is left.
+    """
+
+    def __init__(self, inputs: Sequence[str], share: tuple[int, int], enabled: bool | None, already: DoneSet) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(desc="predict", unit="img", disable=None if enabled is None else not enabled, smoothing=0.05)
+        self._stop = threading.Event()
+        self._counter: threading.Thread | None = None
+        if not self.bar.disable:
+            rank, size = share
+            self._counter = threading.Thread(target=self._count, args=(inputs, rank, size, already), daemon=True)
+            self._counter.start()
+
+    def _count(self, inputs: Sequence[str], rank: int, size: int, already: DoneSet) -> None:
+        n = 0
+        for i, image in enumerate(iter_photos(inputs)):
+            if self._stop.is_set():
+                return
+            n += i % size == rank and image not in already
+        self.bar.total = n
+        self.bar.refresh()
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self, finished: bool) -> None:
+        """A finished run's bar ends on its total; an interrupted one stops counting at once."""
+        if finished and self._counter is not None:
+            self._counter.join()
+        self._stop.set()
+        self.bar.close()
+
+
+def _records(clf: Classifier, group: list[tuple[str, np.ndarray | None, str | None]], top_k: int) -> list[Record]:
+    """The rows of a group of photos, in order: one engine call for the readable ones."""
+    ok = [a for _, a, _ in group if a is not None]
+    probs, scores = clf.forward(np.stack(ok)) if ok else (np.zeros((0, clf.num_classes)), None)
+    out: list[Record] = []
+    j = 0
+    for image, arr, reason in group:
+        if arr is None:
+            out.append({"image": image, "error": reason})
+        else:
+            preds = clf.top_k(probs[j], top_k, None if scores is None else scores[j])
+            out.append({"image": image, **photo_fields(preds), "predictions": [p.to_dict() for p in preds]})
+            j += 1
+    return out
+
+
+def predict_to_file(
+    clf: Classifier,
+    inputs: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    top_k: int = 1,
+    batch_size: int = 8,
+    threads: int | None = None,
+    progress: bool | None = None,
+    warn: Warn | None = None,
+    log: Log | None = None,
+) -> BatchSummary:
+    """Name every photo in `inputs` (files and folders) into `out`, skipping those it already names.
+
+    Under torchrun, call it in every process: each takes its share, and on return
+    the main process's `out` holds every photo exactly once. `progress` None shows a
+    bar on a terminal only.
+    """
+    if top_k < 1 or batch_size < 1:
+        raise UsageError("--top-k and --batch-size must be at least 1")
+    out = Path(out)
+    kind = result_format(out)
+    if kind == "parquet":
+        require_pyarrow()  # said before any work
+    w = distributed.init(getattr(clf, "device", "cpu"))
+    t0 = time.perf_counter()
+    done = DoneSet()
+    if w.distributed:
+        if w.is_main:
+            # Repair FILE (fold a Parquet journal) before the others read it.
+            open_results(out, top_k, PHOTO_FIELDS).close()
+        distributed.barrier()
+        read_done(out, done)
+        writer: Any = JsonlWriter(part_path(out, w.rank), done)
+    else:
+        writer = open_results(out, top_k, PHOTO_FIELDS, done)
+    for part in existing_parts(out):
+        if part != part_path(out, w.rank):
+            for record in read_jsonl(part):
+                done.add(record["image"])
+    distributed.barrier()  # every process knows what is done before any writes more
+    summary = BatchSummary(out)
+    pool = ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="decode")
+    bar = _Progress(inputs, (w.rank, w.size), progress if w.is_main else False, done.frozen())
+    inflight: deque[tuple[str, Future[np.ndarray]]] = deque()
+    depth = 4 * batch_size
+    prep = clf.preprocess
+    photos = (p for i, p in enumerate(iter_photos(inputs, warn)) if i % w.size == w.rank)
+    finished = False
+    try:
+        group: list[tuple[str, np.ndarray | None, str | None]] = []
+
+        def refill() -> None:
+            while len(inflight) < depth:
+                image = next(photos, None)
+                if image is None:
+                    return
+                if image in done:
+                    summary.already += 1
+                    continue
+                inflight.append((image, pool.submit(prep, image)))
+
+        def flush() -> None:
+            records = _records(clf, group, top_k)
+            writer.write(records)
+            summary.errors += sum("error" in r for r in records)
+            summary.predicted += sum("error" not in r for r in records)
+            bar.update(len(group))
+            group.clear()
+
+        refill()
+        while inflight:
+            image, fut = inflight.popleft()
+            refill()
+            try:
+                group.append((image, fut.result(), None))
+            except ImageError as exc:
+                group.append((image, None, exc.reason))
+            if len(group) >= batch_size:
+                flush()
+        if group:
+            flush()
+        finished = True
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close(finished)
+        writer.close()
+    # The job's totals on every process (this also waits for all to finish), then the parts fold into FILE.
+    summary.predicted, summary.errors, summary.already = (
+        int(v) for v in distributed.all_sum([summary.predicted, summary.errors, summary.already])
+    )
+    if w.is_main:
+        _fold_parts(out, top_k, log)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _fold_parts(out: Path, top_k: int, log: Log | None) -> None:
+    """Append every part file's rows that FILE lacks into FILE, then remove the parts.
+
+    A row already in FILE (a fold cut short by a crash) is not appended twice.
+    """
+    parts = existing_parts(out)
+    if not parts:
+        return
+    writer = open_results(out, top_k, PHOTO_FIELDS)
+    try:
+        for part in parts:
+            batch: list[Record] = []
+            for record in read_jsonl(part, repair=True):
+                if record["image"] not in writer.done:
+                    batch.append(record)
+                    writer.done.add(record["image"])
+                if len(batch) >= 1024:
+                    writer.write(batch)
+                    batch = []
+            writer.write(batch)
+    finally:
+        writer.close()
+    for part in parts:
+        part.unlink(missing_ok=True)
+    if log:
+        log(f"merged {len(parts)} part file{'s' if len(parts) != 1 else ''} into {out}")
