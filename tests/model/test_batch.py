@@ -315,3 +315,20 @@ def test_ctrl_c_keeps_every_finished_row_and_the_same_command_finishes(trained, 
     with open(out, newline="") as f:
         images = [r["image"] for r in csv.DictReader(f)]
     assert sorted(images) == sorted(iter_photos([str(data)])) and len(images) == total
+
+
+def test_rows_say_whether_each_photo_is_known_as_predict_does(tree, tmp_path):
+    clf, root, photos = tree
+    assert clf.unknown is not None  # a model trained now carries the unknown-photo detector
+    out = tmp_path / "out.csv"
+    predict_to_file(clf, [str(root)], out, progress=False)
+    with open(out, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames[:7] == ["image", "category", "name", "probability", "error", "known", "unknown_score"]
+        rows = {r["image"]: r for r in reader}
+    named = [p for p in photos if not rows[p]["error"]]
+    assert named
+    for p in named:
+        expected = clf.predict(p, top_k=1)[0]
+        assert rows[p]["known"] == str(expected.known)
+        assert float(rows[p]["unknown_score"]) == pytest.approx(expected.unknown_score, abs=1e-5)
