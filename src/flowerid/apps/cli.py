@@ -35,6 +35,10 @@ def _device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
 
 
+def _json(p: argparse.ArgumentParser, what: str = "JSON instead of text") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what}")
+
+
 def _engine(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine",
@@ -76,11 +80,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--epochs", type=int, default=None, help="training epochs, the last one kept (default: the preset's)"
     )
-    p.add_argument(
-        "--keep-best-epoch",
-        action="store_true",
-        help="keep the epoch best on valid instead of the last (valid then both chooses and reports)",
-    )
+    p.add_argument("--keep-best-epoch", action="store_true", help="keep the epoch best on valid, not the last one")
     p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
     p.add_argument(
         "--tune-stages",
@@ -105,12 +105,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         metavar="FRACTION",
         help='the share of valid photos the "not one of my categories" threshold accepts (default: %(default)s)',
     )
-    p.add_argument(
-        "--negatives",
-        default=None,
-        metavar="DIR",
-        help="photos of things that are none of the categories (any layout): sharpen the unknown-photo score",
-    )
+    p.add_argument("--negatives", metavar="DIR", help="photos of none of the categories: sharpen the unknown score")
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)")
     p.add_argument(
         "--hidden-units",
@@ -146,28 +141,16 @@ def run_train(args: argparse.Namespace) -> int:
     from ..training.config import TrainConfig
     from ..training.run import train
 
+    # Flags whose value is the setting of the same name (None: the preset's).
+    same = ("arch", "epochs", "views", "tune_stages", "accept_rate", "negatives", "learning_rate", "hidden_units")
+    same += ("batch_size", "seed", "device", "weights", "category_names", "engine", "resume", "exclude")
     cfg = TrainConfig.from_preset(
         args.preset,
-        arch=args.arch,
-        epochs=args.epochs,
-        views=args.views,
-        tune_stages=args.tune_stages,
+        **{name: getattr(args, name) for name in same},
         full_finetune=args.full_finetune or None,
-        calibrate=not args.no_calibrate,
         keep_best_epoch=args.keep_best_epoch or None,
-        accept_rate=args.accept_rate,
-        negatives=args.negatives,
-        learning_rate=args.learning_rate,
-        hidden_units=args.hidden_units,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        weights=args.weights,
-        category_names=args.category_names,
+        calibrate=not args.no_calibrate,
         use_cache=not args.no_cache,
-        engine=args.engine,
-        resume=args.resume,
-        exclude=args.exclude,
     )
     train(args.data_dir, args.save_dir, cfg, log=lambda s: print(s, flush=True))  # None on other torchrun ranks
     return 0
@@ -177,16 +160,14 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="photos to name; with --out, folders too (walked, links followed)")
     p.add_argument(
         "--out",
-        default=None,
         metavar="FILE",
-        help="write one row per photo into FILE (.csv, .jsonl or .parquet) as they are made; running the same "
-        "command again skips the photos FILE already names (docs/scaling.md)",
+        help="write a row per photo into FILE (.csv, .jsonl, .parquet); a re-run skips the photos FILE names",
     )
     _checkpoint_option(p)
     p.add_argument("--top-k", type=int, default=None, help="how many categories to show (default: 5; with --out, 1)")
     _category_names(p, "the names stored in the checkpoint")
     _device(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _json(p, "JSON instead of a table")
     _engine(p)
     p.add_argument(
         "--plot",
@@ -346,7 +327,7 @@ def add_check_args(p: argparse.ArgumentParser) -> None:
         "--max-imbalance", type=float, default=10.0, help="warn when train categories differ more than this factor"
     )
     p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _json(p, "the report as JSON")
     p.add_argument(
         "--deep",
         action="store_true",
@@ -378,8 +359,9 @@ def run_check(args: argparse.Namespace) -> int:
         print(report.format(), flush=True)
     found = 0
     if args.deep:
-        from ..data.deep_check import KINDS, run_deep_check
+        from ..data.deep_check import KINDS
         from ..data.folders import CATEGORY_NAMES_FILE, load_category_names
+        from ..evaluation.data_check import run_deep_check
 
         root = Path(args.data_dir)
         out = Path(args.out) if args.out else Path(f"check-{root.resolve().name}")
@@ -432,18 +414,15 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="labelled photos in ImageFolder layout (FOLDER/<category>/<images>), e.g. DATA/valid")
     p.add_argument(
         "--out",
-        default=None,
         metavar="DIR",
         help="where metrics.json, the figures and report.html go (default: eval-<FOLDER name> beside the checkpoint)",
     )
-    p.add_argument("--json", action="store_true", help="print the summary of metrics.json instead of text")
+    _json(p, "the summary of metrics.json instead of text")
     p.add_argument("--no-figures", action="store_true", help="write metrics.json only (faster)")
     p.add_argument(
         "--unknown",
-        default=None,
         metavar="DIR",
-        help="photos of things that are none of the categories (any layout): measure how well the model "
-        "tells them apart (AUROC, rates at its threshold, a figure in report.html)",
+        help="photos of none of the categories: how well the model tells them apart (AUROC, rates, a figure)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default: %(default)s)")
     _category_names(p, "the checkpoint's")
@@ -520,7 +499,7 @@ def run_backbones(args: argparse.Namespace) -> int:
 
 def add_info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint (default: the built-in model)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _json(p)
 
 
 def run_info(args: argparse.Namespace) -> int:

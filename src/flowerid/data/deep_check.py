@@ -13,7 +13,7 @@ Three findings, each from what the feature cache already holds:
 - outliers: photos far from every other photo in feature space.
 
 The algorithms below take arrays and return arrays, so tests run them on tiny
-synthetic features; `run_deep_check` gathers features and thumbnails for a data
+synthetic features; `evaluation.data_check.run_deep_check` gathers features and thumbnails for a data
 folder and writes issues.csv and review.html.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write_bytes
-from ..errors import DataError, ImageError, UsageError
+from ..errors import ImageError, UsageError
+from .folds import stratified_folds as fold_numbers
 from .images import load_image
 
 LABEL, DUPLICATE, OUTLIER = "label", "duplicate", "outlier"
@@ -77,14 +77,7 @@ class Issue:
 
 def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
     """k folds of row indices, every class spread over them as evenly as its size allows (seeded)."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(y), dtype=np.int64)
-    offset = 0
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        fold[idx] = (np.arange(len(idx)) + offset) % k  # small classes start where the last one stopped
-        offset += len(idx)
+    fold = fold_numbers(y, k, seed)
     return [np.flatnonzero(fold == f) for f in range(k)]
 
 
@@ -428,81 +421,3 @@ def thumbnails(paths: Sequence[Path], workers: int | None = None) -> tuple[np.nd
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 1)) as pool:
         list(pool.map(one, range(len(paths))))  # JPEG decoding releases the GIL
     return out, failed
-
-
-def gather(
-    data_dir: str | os.PathLike, arch: str, *, device: str = "auto", engine: str = "auto", use_cache: bool = True
-) -> Photos:
-    """Features (from the cache where present) and thumbnails of the train and valid photos.
-
-    Unreadable photos are left out here; the plain check lists them.
-    """
-    from ..backbones import get_spec
-    from ..backbones.engines import load_backbone, resolve_device
-    from ..backbones.features import extract_features
-    from .folders import load_dataset
-
-    data = load_dataset(data_dir)
-    splits = [("train", data.train), ("valid", data.valid)]
-    paths = [p for _, s in splits for p in s.paths]
-    names = [name for name, s in splits for _ in s.paths]
-    labels = np.array([t for _, s in splits for t in s.targets], dtype=np.int64)
-    backbone = load_backbone(get_spec(arch), resolve_device(device), None, engine)
-    ex = extract_features(paths, backbone, use_cache=use_cache, desc="features")
-    thumbs, failed = thumbnails(paths)
-    keep = np.flatnonzero(ex.ok & ~np.isin(np.arange(len(paths)), list(failed)))
-    if len(keep) < 3:
-        raise DataError(f"{data.root}: fewer than 3 readable photos in train/ and valid/; nothing to compare")
-    rel = [str(p.relative_to(data.root)) if p.is_relative_to(data.root) else str(p) for p in paths]
-    return Photos(
-        [rel[i] for i in keep],
-        [names[i] for i in keep],
-        labels[keep],
-        ex.features[keep],
-        thumbs[keep],
-        list(data.categories),
-    )
-
-
-def run_deep_check(
-    data_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    arch: str,
-    *,
-    device: str = "auto",
-    engine: str = "auto",
-    use_cache: bool = True,
-    folds: int = 5,
-    seed: int = 0,
-    names: dict[str, str] | None = None,
-) -> tuple[Findings, Path, Path]:
-    """Gather, find, and write OUT_DIR/issues.csv and OUT_DIR/review.html; returns them with the findings."""
-    from tqdm.auto import tqdm
-
-    from .review import render_review
-
-    stages = ["features and thumbnails", "near-duplicates", "outliers", "wrong labels", "review page"]
-    seconds: dict[str, float] = {}
-    clock = [stages[0], time.perf_counter()]
-    with tqdm(total=len(stages), desc="deep check", unit="step", disable=None, leave=False) as bar:
-
-        def step(name: str) -> None:
-            now = time.perf_counter()
-            seconds[str(clock[0])] = now - float(clock[1])
-            clock[:] = [name, now]
-            bar.set_postfix_str(name)
-            bar.update(1)
-
-        bar.set_postfix_str(stages[0])
-        photos = gather(data_dir, arch, device=device, engine=engine, use_cache=use_cache)
-        findings = find_issues(photos, folds=folds, seed=seed, step=step)
-        step(stages[-1])
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        csv_path = write_issues_csv(out / ISSUES_FILE, findings.issues)
-        html = render_review(Path(data_dir), photos, findings, names or {})
-        html_path = atomic_write_bytes(out / REVIEW_FILE, html.encode("utf-8", "replace"))  # names are only shown
-        seconds[stages[-1]] = time.perf_counter() - float(clock[1])
-        bar.update(bar.total - bar.n)
-    findings.seconds = seconds
-    return findings, csv_path, html_path

@@ -59,11 +59,7 @@ class BatchSummary:
     errors: int = 0
     already: int = 0
     seconds: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        done = self.predicted + self.errors
-        return done / self.seconds if self.seconds > 0 else 0.0
+    rate: float = 0.0  # photos per second, named or unreadable
 
 
 def default_threads() -> int:
@@ -227,6 +223,7 @@ def predict_to_file(
     if w.is_main:
         _fold_parts(out, top_k, log)
     summary.seconds = time.perf_counter() - t0
+    summary.rate = (summary.predicted + summary.errors) / summary.seconds if summary.seconds > 0 else 0.0
     return summary
 
 

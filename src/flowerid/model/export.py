@@ -214,12 +214,8 @@ def build_export_model(
         head.load_state_dict(head_info["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"the head weights do not fit the recorded head: {first_line(exc)}") from None
-    state = checkpoint.get("unknown")
-    unknown = (
-        UnknownScore(UnknownDetector.from_state(state, head_cfg.num_classes, head_cfg.in_features))
-        if state is not None
-        else None
-    )
+    detector = UnknownDetector.of_checkpoint(checkpoint)
+    unknown = UnknownScore(detector) if detector is not None else None
     return ExportModel(backbone, head.eval(), output=output, hflip=hflip, unknown=unknown).eval(), prep
 
 
@@ -256,11 +252,9 @@ def build_manifest(
 
 def _unknown_manifest(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     """How an app reads the second output, or None for a model that cannot tell (one output only)."""
-    state = checkpoint.get("unknown")
-    if state is None:
+    det = UnknownDetector.of_checkpoint(checkpoint)
+    if det is None:
         return None
-    cfg = HeadConfig.from_dict(checkpoint["head"]["config"])
-    det = UnknownDetector.from_state(state, cfg.num_classes, cfg.in_features)
     return {
         "output": UNKNOWN_OUTPUT,
         "threshold": det.threshold,

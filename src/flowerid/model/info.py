@@ -51,11 +51,9 @@ def _unknown_info(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     """How the checkpoint tells photos of other things, or None when it cannot (trained before it could)."""
     from .unknown import UnknownDetector
 
-    state = ckpt.get("unknown")
-    if state is None:
+    det = UnknownDetector.of_checkpoint(ckpt)
+    if det is None:
         return None
-    cfg = HeadConfig.from_dict(ckpt["head"]["config"])
-    det = UnknownDetector.from_state(state, cfg.num_classes, cfg.in_features)
     return {
         "method": det.method,
         "threshold": det.threshold,

@@ -124,11 +124,8 @@ class Classifier:
         head = checkpoint["head"]
         head_cfg = HeadConfig.from_dict(head["config"])
         self.head = NumpyHead(head_cfg, head["state_dict"])
-        state = checkpoint.get("unknown")
         # None: a checkpoint from before flowerid could tell photos of other things; it names every photo.
-        self.unknown = (
-            UnknownDetector.from_state(state, head_cfg.num_classes, head_cfg.in_features) if state is not None else None
-        )
+        self.unknown = UnknownDetector.of_checkpoint(checkpoint)
 
     @classmethod
     def load(

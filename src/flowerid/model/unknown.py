@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
+from .head import HeadConfig
 
 METHOD = "gen+cosine"
 GEN_GAMMA = 0.1  # Liu et al.'s gamma and top-M; a sweep over 0.02-0.5 and 3-92 changed AUROC by < 0.002
@@ -109,6 +110,15 @@ class UnknownDetector:
             "negatives": np.ascontiguousarray(self.negatives, dtype=np.float32),
             **{k: float(getattr(self, k)) for k in _SCALARS},
         }
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: dict[str, Any]) -> UnknownDetector | None:
+        """The checkpoint's detector, or None for one trained before flowerid could tell photos of other things."""
+        state = checkpoint.get("unknown")
+        if state is None:
+            return None
+        cfg = HeadConfig.from_dict(checkpoint["head"]["config"])
+        return cls.from_state(state, cfg.num_classes, cfg.in_features)
 
     @classmethod
     def from_state(cls, state: Any, num_classes: int, num_features: int, where: str = "checkpoint") -> UnknownDetector:

@@ -22,34 +22,13 @@ from ..backbones import get_spec
 from ..backbones.build import build_backbone
 from ..backbones.engines import load_backbone, resolve_device
 from ..data.folders import ImageFolder, load_dataset
+from ..data.folds import FOLDS, SEED, stratified_folds
 from ..errors import DataError
 from ..evaluation.metrics import calibration
 from ..model.head import HeadConfig, build_head
 from .calibrate import fit_temperature, softmax
 from .common import features_for
 from .config import TrainConfig
-
-FOLDS = 5
-SEED = 0
-
-
-def stratified_folds(labels: np.ndarray, k: int = FOLDS, seed: int = SEED) -> np.ndarray:
-    """A fold number 0..k-1 for every photo; each category is dealt round the folds in a seeded order.
-
-    Each category continues the deal where the last one stopped, so folds differ in size by at most one.
-    """
-    labels = np.asarray(labels)
-    if k < 2:
-        raise ValueError("cross-validation needs at least 2 folds")
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(labels), dtype=np.int64)
-    dealt = 0
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        fold[idx] = (dealt + np.arange(len(idx))) % k
-        dealt += len(idx)
-    return fold
 
 
 @dataclass

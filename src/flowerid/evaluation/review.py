@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..data.images import load_image
 from ..errors import ImageError
-from .images import load_image
 
 if TYPE_CHECKING:
-    from .deep_check import Findings, Photos
+    from ..data.deep_check import Findings, Photos
 
 SHOWN = 150  # rows per kind on the page; issues.csv has them all
 EXAMPLES = 3  # typical photos shown per category
@@ -62,7 +62,7 @@ def _label(cat: str, names: dict[str, str]) -> str:
 
 def render_review(root: Path, photos: Photos, findings: Findings, names: dict[str, str]) -> str:
     """The page for one deep check; `names` maps category folders to names (may be empty)."""
-    from .deep_check import DUPLICATE, LABEL, OUTLIER
+    from ..data.deep_check import DUPLICATE, LABEL, OUTLIER
 
     shown = {kind: findings.of_kind(kind)[:SHOWN] for kind in (LABEL, DUPLICATE, OUTLIER)}
     suspects = {i.path for rows in shown.values() for i in rows}
