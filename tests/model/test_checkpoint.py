@@ -82,3 +82,21 @@ def test_missing_file_and_folder(tmp_path):
         load_checkpoint(tmp_path / "none.pth")
     with pytest.raises(CheckpointError, match="folder"):
         load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_read_without_torch_saves_back_loadable(tmp_path):
+    """The torch-free reader gives numpy arrays; saving them back must not need full pickle to load."""
+    import subprocess
+    import sys
+
+    from flowerid.model.builtin import shipped_model_path
+
+    out = tmp_path / "copy.pth"
+    code = (
+        "import sys; from flowerid.model.checkpoint import load_checkpoint, save_checkpoint; "
+        f"c = load_checkpoint({str(shipped_model_path())!r}); assert 'torch' not in sys.modules; "
+        f"save_checkpoint(c, {str(out)!r})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    again = load_checkpoint(out)
+    assert again["categories"] == load_checkpoint(shipped_model_path())["categories"]

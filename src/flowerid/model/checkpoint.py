@@ -67,10 +67,24 @@ def build_checkpoint(
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    """Write atomically: a crash leaves the old file or the new one, never half of one.
+
+    Arrays become tensors, so a checkpoint read by the torch-free reader (numpy arrays) saves
+    back into a file that `weights_only` loading accepts.
+    """
+    import numpy as np
     import torch
 
-    ckpt = {**ckpt, "format": FORMAT, "format_version": FORMAT_VERSION}
+    def tensors(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(np.array(value))  # a writable copy
+        if isinstance(value, dict):
+            return {k: tensors(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(tensors(v) for v in value)
+        return value
+
+    ckpt = tensors({**ckpt, "format": FORMAT, "format_version": FORMAT_VERSION})
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     return atomic_write(path, lambda f: f.write(buf.getbuffer()))
