@@ -6,6 +6,7 @@ Skipped, with the reason, where /usr/bin/chromium or the playwright package is a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -110,19 +111,26 @@ def test_the_page_refuses_a_too_large_photo_before_sending_it(phone, tmp_path):
     assert len([u for u in phone.requests if u.endswith("predict?top_k=5")]) == before
 
 
-def test_the_page_says_when_the_model_is_unsure(browser, trained, tmp_path):
-    photo = tmp_path / "thistle.png"
-    make_photo(CLASS_COLOURS["10"], 5).save(photo)  # a flower it knows (thistles sit far inside the threshold)
+@contextlib.contextmanager
+def _phone_page(browser, trained, config: ServeConfig):
+    """A phone-sized page on a server of the trained model, closed afterwards."""
     clf = flowerid.load(trained[1].checkpoint_path)
-    with background_server(create_app(clf, ServeConfig(unsure_below=1.0))) as url:
+    with background_server(create_app(clf, config)) as url:
         page = browser.new_page(viewport={"width": 390, "height": 844})
         try:
             page.goto(url)
-            page.set_input_files("#camera", str(photo))
-            assert _answer(page).startswith("maybe ")
-            assert page.is_visible("#unsure") and "Not sure" in page.inner_text("#unsure")
+            yield page
         finally:
             page.close()
+
+
+def test_the_page_says_when_the_model_is_unsure(browser, trained, tmp_path):
+    photo = tmp_path / "thistle.png"
+    make_photo(CLASS_COLOURS["10"], 5).save(photo)  # a flower it knows (thistles sit far inside the threshold)
+    with _phone_page(browser, trained, ServeConfig(unsure_below=1.0)) as page:
+        page.set_input_files("#camera", str(photo))
+        assert _answer(page).startswith("maybe ")
+        assert page.is_visible("#unsure") and "Not sure" in page.inner_text("#unsure")
 
 
 def test_the_page_says_when_a_photo_is_not_a_flower_it_knows(browser, trained, tmp_path):
@@ -131,18 +139,12 @@ def test_the_page_says_when_a_photo_is_not_a_flower_it_knows(browser, trained, t
     Image.new("RGB", (300, 240), (250, 250, 250)).save(blank)
     thistle = tmp_path / "thistle.png"
     make_photo(CLASS_COLOURS["10"], 4242, size=(300, 240)).save(thistle)
-    clf = flowerid.load(trained[1].checkpoint_path)
-    with background_server(create_app(clf, ServeConfig(unsure_below=1.0))) as url:
-        page = browser.new_page(viewport={"width": 390, "height": 844})
-        try:
-            page.goto(url)
-            page.set_input_files("#camera", str(blank))
-            assert _answer(page) == "not a flower i know"
-            assert page.is_visible("#unknown") and not page.is_visible("#unsure")
-            assert "does not look like a flower I know" in page.inner_text("#unknown")
-            assert page.locator("#top li").count() == 3  # the closest ones are still listed
-            page.set_input_files("#picker", str(thistle))  # then a flower it knows: unsure, not unknown
-            page.wait_for_function("document.querySelector('#answer').textContent.startsWith('Maybe ')")
-            assert page.is_visible("#unsure") and not page.is_visible("#unknown")
-        finally:
-            page.close()
+    with _phone_page(browser, trained, ServeConfig(unsure_below=1.0)) as page:
+        page.set_input_files("#camera", str(blank))
+        assert _answer(page) == "not a flower i know"
+        assert page.is_visible("#unknown") and not page.is_visible("#unsure")
+        assert "does not look like a flower I know" in page.inner_text("#unknown")
+        assert page.locator("#top li").count() == 3  # the closest ones are still listed
+        page.set_input_files("#picker", str(thistle))  # then a flower it knows: unsure, not unknown
+        page.wait_for_function("document.querySelector('#answer').textContent.startsWith('Maybe ')")
+        assert page.is_visible("#unsure") and not page.is_visible("#unknown")
