@@ -128,7 +128,6 @@ def _overlay(ckpt: dict[str, Any]) -> bytes | None:
 def fit_unknown_only(data: Path, out: Path, accept_rate: float, log=print) -> dict[str, Any]:
     """Fit the unknown-photo detector onto the checkpoint at `out` from its own features; the head is kept."""
     import numpy as np
-    import torch
 
     from flowerid.backbones.features import extract_features
     from flowerid.data.folders import load_dataset
@@ -148,7 +147,7 @@ def fit_unknown_only(data: Path, out: Path, accept_rate: float, log=print) -> di
         rows.append((ex.features[ex.ok], np.asarray(split.targets)[ex.ok]))
     (x_tr, y_tr), (x_va, _) = rows
     det = fit_unknown(x_tr, y_tr, x_va, clf.head(x_va), clf.num_classes, accept_rate)
-    ckpt["unknown"] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in det.to_state().items()}
+    ckpt["unknown"] = det.to_state()  # save_checkpoint stores its arrays as tensors
     ckpt["metrics"]["unknown"] = {"method": det.method, "threshold": det.threshold, "accept_rate": det.accept_rate}
     ckpt["training"]["accept_rate"] = accept_rate
     save_checkpoint(ckpt, out)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write_bytes
+from .._numeric import unit_rows
 from ..errors import ImageError, UsageError
 from .folds import stratified_folds as fold_numbers
 from .images import load_image
@@ -198,11 +199,6 @@ def label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
 # ------------------------------------------------------------------ near-duplicates
 
 
-def normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def thumbnail(path: str | os.PathLike) -> np.ndarray:
     """(2, THUMB, THUMB) uint8: the photo in grey, squashed to a square, whole and with 5% off each side."""
     img = load_image(path, min_size=2 * THUMB).convert("L")
@@ -224,7 +220,7 @@ def _views(thumbs: np.ndarray) -> np.ndarray:
 
 def candidate_pairs(feats: np.ndarray, k: int = DUPLICATE_NEIGHBOURS, block: int = 1024) -> np.ndarray:
     """(M, 2) pairs i < j where j is among i's k nearest feature neighbours or i among j's."""
-    z = normalise(feats)
+    z = unit_rows(feats, np.float32)
     n = len(z)
     k = min(k, n - 1)
     if k < 1:
@@ -294,7 +290,7 @@ def outlier_scores(
     one stray photo must not vouch for each other.
     A small function on purpose: an open-set "unknown" score can replace it.
     """
-    z = normalise(feats)
+    z = unit_rows(feats, np.float32)
     n = len(z)
     if n < 3:
         return np.zeros(n, dtype=np.float32)

@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 
+from .._numeric import softmax
 from ..data.folders import load_category_names
 from ..data.images import ImageSource, load_image
 from ..data.preprocess import Preprocessing
 from ..errors import CheckpointError, ImageError, UsageError
 from .checkpoint import load_checkpoint
 from .head import HeadConfig
-from .unknown import UnknownDetector, softmax
+from .unknown import UnknownDetector
 
 
 @dataclass(frozen=True)

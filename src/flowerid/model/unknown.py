@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .._numeric import softmax, unit_rows
 from ..errors import CheckpointError
 from .head import HeadConfig
 
@@ -37,25 +38,12 @@ KNEE_QUANTILE = 0.99  # far counts only beyond this quantile of its valid values
 DEFAULT_ACCEPT_RATE = 0.95
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
 def gen_score(logits: np.ndarray, gamma: float = GEN_GAMMA, top: int = GEN_TOP) -> np.ndarray:
     """Generalized entropy of the top probabilities: sum p^g (1-p)^g; high when no class stands out."""
     p = softmax(logits)
     m = min(top, p.shape[1])
     q = -np.partition(-p, m - 1, axis=1)[:, :m] if m < p.shape[1] else p
     return (q**gamma * (1.0 - q) ** gamma).sum(axis=1)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def nearest_cosine(features: np.ndarray, prototypes: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._numeric import softmax as _softmax
 from .._text import Log
 
 # A label-smoothed head (smoothing 0.1) puts its top category about 7 nats ahead; below
@@ -43,7 +44,8 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray, t: float = 1.0) -> np.ndarray:
-    return np.exp(_log_softmax(np.asarray(logits, dtype=np.float64) / t))
+    """Probabilities at temperature t."""
+    return _softmax(np.asarray(logits, dtype=np.float64) / t)
 
 
 def nll(logits: np.ndarray, y: np.ndarray, t: float = 1.0) -> float:

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._numeric import unit_rows
 from .._text import Log
 from ..backbones.engines import Backbone
 from ..backbones.features import extract_features
 from ..data.folders import list_images
 from ..errors import DataError, UsageError
 from ..model.head import HeadConfig, build_head
-from ..model.unknown import DEFAULT_ACCEPT_RATE, KNEE_QUANTILE, UnknownDetector, gen_score, unit_rows
+from ..model.unknown import DEFAULT_ACCEPT_RATE, KNEE_QUANTILE, UnknownDetector, gen_score
 from .config import TrainConfig
 
 MAX_NEGATIVE_PROTOTYPES = 64  # k-means centres that stand for a --negatives folder, however large
