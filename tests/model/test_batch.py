@@ -233,11 +233,11 @@ def test_an_interrupted_batch_resumes_with_each_photo_once(tree, tmp_path, monke
     calls = {"n": 0}
     real = clf.forward
 
-    def stop_on_third(batch):
+    def stop_on_third(batch, engine=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(batch)
+        return real(batch, engine)
 
     monkeypatch.setattr(clf, "forward", stop_on_third)
     with pytest.raises(KeyboardInterrupt):

@@ -303,6 +303,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from .._numeric import one_blas_thread
     from ..model.predictor import Classifier
     from .serve_config import ServeConfig, default_threads
     from .server import create_app, run_server
@@ -313,7 +314,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     checkpoint = resolve_checkpoint(args.checkpoint)
     clf = Classifier.load(checkpoint, device=args.device, category_names=args.category_names)
-    return run_server(create_app(clf, cfg, str(checkpoint)), args.host, args.port)
+    with one_blas_thread():  # the server owns its process: numpy's BLAS keeps off the engine's cores for good
+        return run_server(create_app(clf, cfg, str(checkpoint)), args.host, args.port)
 
 
 # check --deep compares frozen features of this pair (its figures in docs/data-check.md were measured with it).

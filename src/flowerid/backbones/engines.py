@@ -41,6 +41,10 @@ class Engine(Protocol):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def for_streams(self, streams: int) -> Engine:
+        """An engine that `streams` threads may call at once, each keeping its share of the cores busy."""
+        ...
+
 
 def _cuda_driver_present() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
@@ -110,6 +114,10 @@ class TorchEngine:
                 x = x.contiguous(memory_format=torch.channels_last)
             return self.module(x).float().cpu().numpy()
 
+    def for_streams(self, streams: int) -> TorchEngine:
+        """The same module: torch's threads are shared by the process, and a GPU serves its callers in turn."""
+        return self
+
 
 def default_threads() -> int:
     """Engine threads: every core, or under torchrun this process's share of its machine's cores."""
@@ -124,9 +132,11 @@ class OnnxEngine:
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        self.path = Path(path)
+        self.threads = threads or default_threads()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or default_threads()
+        opts.intra_op_num_threads = self.threads
         # Idle ONNX Runtime threads sleep instead of spinning: the decode workers need those
         # cores. On 2 cores this made end-to-end extraction about 15% faster.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -137,6 +147,16 @@ class OnnxEngine:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
+
+    def for_streams(self, streams: int) -> OnnxEngine:
+        """A session whose runs each keep to one stream's share of the threads.
+
+        Several streams that each decode a batch and then run it on one thread keep every
+        core busy with no thread waiting on another: on 2 cores, two one-thread runs named
+        200 photos/s against 150 for one two-thread run (Lite0, batch 8).
+        """
+        share = max(1, self.threads // max(1, streams))
+        return self if share == self.threads else OnnxEngine(self.path, share)
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """Batch prediction that streams: folders of any size into a CSV, JSON Lines or Parquet file.
 
-Photos are walked in a stable order (data/walk.py), decoded by a pool of threads while
-the engine runs on the previous batch (Pillow and numpy let go of the GIL while
-they work, and no torch is imported), and each batch's rows are flushed to the
-result file at once (results.py). What the file already holds is skipped, so an
+Photos are walked in a stable order (data/walk.py) and cut into groups; one stream
+per core decodes a group and then names it on its own share of the engine's
+threads (Pillow, numpy and ONNX Runtime let go of the GIL while they work, and no
+torch is imported), so every core is busy and none waits on another. Groups are
+written in walk order, each group's rows flushed to the result file at once
+(results.py). What the file already holds is skipped, so an
 interrupted run is finished by running the same command again. Memory stays flat:
 a bounded number of photos is in flight, and the done set takes 8 bytes a photo.
 
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import distributed
+from .._numeric import one_blas_thread
 from ..data.walk import Warn, iter_photos
 from ..errors import ImageError, UsageError
 from .predictor import photo_fields
@@ -45,6 +48,7 @@ from .results import (
 )
 
 if TYPE_CHECKING:
+    from ..backbones.engines import Engine
     from .predictor import Classifier
 
 Log = Callable[[str], None]
@@ -63,9 +67,9 @@ class BatchSummary:
 
 
 def default_threads() -> int:
-    """Decode threads: one per core this process may use (its share under torchrun), at least two."""
+    """Streams: one per core this process may use (its share under torchrun)."""
     w = distributed.world()
-    return max(2, (os.cpu_count() or 2) // max(1, w.local_size))
+    return max(1, (os.cpu_count() or 1) // max(1, w.local_size))
 
 
 def part_path(out: Path, rank: int) -> Path:
@@ -113,15 +117,21 @@ class _Progress:
         self.bar.close()
 
 
-def _records(clf: Classifier, group: list[tuple[str, np.ndarray | None, str | None]], top_k: int) -> list[Record]:
-    """The rows of a group of photos, in order: one engine call for the readable ones."""
-    ok = [a for _, a, _ in group if a is not None]
-    probs, scores = clf.forward(np.stack(ok)) if ok else (np.zeros((0, clf.num_classes)), None)
+def _name_group(clf: Classifier, engine: Engine, images: list[str], top_k: int) -> list[Record]:
+    """One stream's work: decode a group of photos, then name the readable ones in one engine call."""
+    arrays: list[np.ndarray | str] = []
+    for image in images:
+        try:
+            arrays.append(clf.preprocess(image))
+        except ImageError as exc:
+            arrays.append(exc.reason)
+    ok = [a for a in arrays if not isinstance(a, str)]
+    probs, scores = clf.forward(np.stack(ok), engine) if ok else (np.zeros((0, clf.num_classes)), None)
     out: list[Record] = []
     j = 0
-    for image, arr, reason in group:
-        if arr is None:
-            out.append({"image": image, "error": reason})
+    for image, arr in zip(images, arrays, strict=True):
+        if isinstance(arr, str):
+            out.append({"image": image, "error": arr})
         else:
             preds = clf.top_k(probs[j], top_k, None if scores is None else scores[j])
             out.append({"image": image, **photo_fields(preds), "predictions": [p.to_dict() for p in preds]})
@@ -171,46 +181,41 @@ def predict_to_file(
                 done.add(record["image"])
     distributed.barrier()  # every process knows what is done before any writes more
     summary = BatchSummary(out)
-    pool = ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="decode")
+    streams = max(1, threads or default_threads())
+    engine = clf.backbone.engine.for_streams(streams)
+    pool = ThreadPoolExecutor(streams, thread_name_prefix="predict")
     bar = _Progress(inputs, (w.rank, w.size), progress if w.is_main else False, done.frozen())
-    inflight: deque[tuple[str, Future[np.ndarray]]] = deque()
-    depth = 4 * batch_size
-    prep = clf.preprocess
     photos = (p for i, p in enumerate(iter_photos(inputs, warn)) if i % w.size == w.rank)
+    inflight: deque[Future[list[Record]]] = deque()
     finished = False
     try:
-        group: list[tuple[str, np.ndarray | None, str | None]] = []
 
-        def refill() -> None:
-            while len(inflight) < depth:
-                image = next(photos, None)
-                if image is None:
-                    return
+        def submit() -> bool:
+            """Queue the next group of photos FILE lacks; False when the walk is over."""
+            group: list[str] = []
+            for image in photos:
                 if image in done:
                     summary.already += 1
                     continue
-                inflight.append((image, pool.submit(prep, image)))
+                group.append(image)
+                if len(group) >= batch_size:
+                    break
+            if group:
+                inflight.append(pool.submit(_name_group, clf, engine, group, top_k))
+            return bool(group)
 
-        def flush() -> None:
-            records = _records(clf, group, top_k)
-            writer.write(records)
-            summary.errors += sum("error" in r for r in records)
-            summary.predicted += sum("error" not in r for r in records)
-            bar.update(len(group))
-            group.clear()
-
-        refill()
-        while inflight:
-            image, fut = inflight.popleft()
-            refill()
-            try:
-                group.append((image, fut.result(), None))
-            except ImageError as exc:
-                group.append((image, None, exc.reason))
-            if len(group) >= batch_size:
-                flush()
-        if group:
-            flush()
+        with one_blas_thread():
+            more = True
+            while more and len(inflight) < 2 * streams:
+                more = submit()
+            while inflight:
+                records = inflight.popleft().result()  # in walk order, whichever stream finished first
+                if more:
+                    more = submit()
+                writer.write(records)
+                summary.errors += sum("error" in r for r in records)
+                summary.predicted += sum("error" not in r for r in records)
+                bar.update(len(records))
         finished = True
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -6,11 +6,11 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._numeric import softmax
+from .._numeric import one_blas_thread, softmax
 from ..data.folders import load_category_names
 from ..data.images import ImageSource, load_image
 from ..data.preprocess import Preprocessing
@@ -18,6 +18,9 @@ from ..errors import CheckpointError, ImageError, UsageError
 from .checkpoint import load_checkpoint
 from .head import HeadConfig
 from .unknown import UnknownDetector
+
+if TYPE_CHECKING:
+    from ..backbones.engines import Engine
 
 
 @dataclass(frozen=True)
@@ -146,9 +149,12 @@ class Classifier:
     def preprocess(self, image: ImageSource) -> np.ndarray:
         return self.preprocessing(load_image(image, min_size=self.preprocessing.resize_size))
 
-    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Class probabilities (N, C) and unknown scores (N,) (None when the model cannot tell) for a batch."""
-        feats = self.backbone.engine(np.ascontiguousarray(batch, dtype=np.float32))
+    def forward(self, batch: np.ndarray, engine: Engine | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities (N, C) and unknown scores (N,) (None when the model cannot tell) for a batch.
+
+        `engine` replaces the backbone's own (one of its `for_streams` engines, for batch work).
+        """
+        feats = (engine or self.backbone.engine)(np.ascontiguousarray(batch, dtype=np.float32))
         logits = self.head(feats)
         scores = self.unknown.score(feats, logits) if self.unknown is not None else None
         return softmax(logits), scores
@@ -189,14 +195,15 @@ class Classifier:
                     out[i] = self.top_k(p, top_k, None if scores is None else scores[j])
                 pending.clear()
 
-        for i, img in enumerate(images):
-            try:
-                pending.append((i, self.preprocess(img)))
-            except ImageError as exc:
-                out[i] = exc
-            if len(pending) >= batch_size:
-                flush()
-        flush()
+        with one_blas_thread():
+            for i, img in enumerate(images):
+                try:
+                    pending.append((i, self.preprocess(img)))
+                except ImageError as exc:
+                    out[i] = exc
+                if len(pending) >= batch_size:
+                    flush()
+            flush()
         return out
 
     def predict_proba_many(
@@ -227,16 +234,17 @@ class Classifier:
                     progress(len(pending))
                 pending.clear()
 
-        for i, img in enumerate(images):
-            try:
-                pending.append((i, self.preprocess(img)))
-            except ImageError as exc:
-                result.errors[i] = exc
-                if progress:
-                    progress(1)
-            if len(pending) >= batch_size:
-                flush()
-        flush()
+        with one_blas_thread():
+            for i, img in enumerate(images):
+                try:
+                    pending.append((i, self.preprocess(img)))
+                except ImageError as exc:
+                    result.errors[i] = exc
+                    if progress:
+                        progress(1)
+                if len(pending) >= batch_size:
+                    flush()
+            flush()
         return result
 
 

@@ -82,6 +82,9 @@ class _FlatEngine:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.inner(batch).reshape(len(batch), -1)
 
+    def for_streams(self, streams: int) -> _FlatEngine:
+        return _FlatEngine(self.inner.for_streams(streams))
+
 
 def front_engine(front: nn.Module, spec: BackboneSpec, namespace: str, device: str, engine: str) -> Engine:
     """The front as an engine giving flat rows: its ONNX graph (exported once, then cached) on a CPU."""
