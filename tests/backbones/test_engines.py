@@ -39,6 +39,32 @@ def test_onnx_matches_torch_on_the_real_backbone():
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
 
 
+def test_stream_engines_share_the_threads_and_give_the_same_numbers():
+    import threading
+
+    spec = get_spec("efficientnet_lite0")
+    whole = engines.OnnxEngine(load_backbone(spec, "cpu", engine="onnx").engine.path, threads=2)
+    assert whole.for_streams(1) is whole
+    part = whole.for_streams(2)
+    assert part is not whole and part.threads == 1
+    x = _photos(spec)
+    expected = whole(x)
+    got: list[np.ndarray] = [np.empty(0)] * 2
+
+    def run(i: int) -> None:
+        got[i] = part(x)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(2)]  # one session, two callers at once
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    for g in got:
+        np.testing.assert_allclose(g, expected, atol=1e-5, rtol=0)
+    torch_engine = load_backbone(spec, "cpu", engine="torch").engine
+    assert torch_engine.for_streams(2) is torch_engine  # torch's threads belong to the process
+
+
 def test_cached_graph_is_reused_and_damage_rebuilt(monkeypatch):
     spec = get_spec("efficientnet_lite0")
     first = load_backbone(spec, "cpu", engine="onnx")
