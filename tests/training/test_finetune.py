@@ -153,3 +153,37 @@ def test_the_last_epoch_is_kept_unless_asked_for_the_best_on_valid(effnet, image
     best = train(image_folder, tmp_path / "b", _cfg(epochs=3, keep_best_epoch=True), log=lambda s: None).metrics
     accs = [h["valid_acc"] for h in best["history"]]
     assert best["valid_acc"] == max(accs) and accs[best["best_epoch"] - 1] == max(accs)
+
+
+def test_convolutions_and_their_frozen_batchnorms_train_fused_with_the_same_function_and_gradients():
+    from flowerid.training.tuned import _ConvFrozenBN, _freeze_batchnorm, _fused_conv_bn, split_backbone
+
+    def tail_and_input():
+        _, tail = split_backbone(_tiny_effnet(), effnet_spec(), 1)
+        g = torch.Generator().manual_seed(0)
+        for m in tail.modules():  # statistics other than the defaults, so the folded scale and shift matter
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+        tail.requires_grad_(True)
+        _freeze_batchnorm(tail)
+        first = next(m for m in tail.modules() if isinstance(m, torch.nn.Conv2d))
+        return tail, torch.randn(3, first.in_channels, 7, 7, generator=g)
+
+    plain, x = tail_and_input()
+    expected = plain(x)
+    expected.square().sum().backward()
+    fused, _ = tail_and_input()
+    keys = list(fused.state_dict())
+    with _fused_conv_bn(fused):
+        assert sum(isinstance(m, _ConvFrozenBN) for m in fused.modules()) >= 4  # the block's three + conv_head
+        got = fused(x)
+        got.square().sum().backward()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    for (name, a), (_, b) in zip(plain.named_parameters(), fused.named_parameters(), strict=True):
+        if a.grad is not None or b.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert list(fused.state_dict()) == keys  # put back: checkpoints and the overlay see the network they know
+    assert not any(isinstance(m, _ConvFrozenBN) for m in fused.modules())

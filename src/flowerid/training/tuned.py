@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 
 from .. import distributed
 from .._text import Log
@@ -142,6 +147,76 @@ def _freeze_batchnorm(tail: nn.Module) -> None:
             m.requires_grad_(False)
 
 
+class _ConvFrozenBN(nn.Module):
+    """A convolution and the frozen BatchNorm after it as one convolution, its weight still the one trained.
+
+    The BatchNorm's scale goes into the kernel and its shift into the bias at each call, so the
+    function and the gradient of the convolution's own weight are the same (to 1e-6) while no
+    pass over the activations is spent on normalising them: a tuned step of Lite0's last stage
+    on 2 cores took 82 ms instead of 103 (batch 64).
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: BatchNormAct2d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn = self.conv, self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        x = F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return bn.act(bn.drop(x))
+
+
+# timm's EfficientNet blocks: which convolution each BatchNorm follows.
+_CONV_BN_PAIRS = {
+    InvertedResidual: (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+    DepthwiseSeparableConv: (("conv_dw", "bn1"), ("conv_pw", "bn2")),
+}
+
+
+def _fusable(conv: object, bn: object) -> bool:
+    """A plain convolution (not timm's dynamically padded one) and a frozen BatchNorm with affine statistics."""
+    return (
+        type(conv) is nn.Conv2d
+        and type(bn) is BatchNormAct2d
+        and bn.weight is not None
+        and bn.bias is not None
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and not bn.training
+    )
+
+
+@contextmanager
+def _fused_conv_bn(tail: nn.Module) -> Iterator[None]:
+    """While the tail trains, each convolution + frozen BatchNorm pair runs as one convolution; put back after."""
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+
+    def swap(parent: nn.Module, conv_name: str, bn_name: str) -> None:
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        if _fusable(conv, bn):
+            swaps.extend([(parent, conv_name, conv), (parent, bn_name, bn)])
+            setattr(parent, conv_name, _ConvFrozenBN(conv, bn))
+            setattr(parent, bn_name, nn.Identity())
+
+    for module in list(tail.modules()):
+        for conv_name, bn_name in _CONV_BN_PAIRS.get(type(module), ()):
+            swap(module, conv_name, bn_name)
+    names = list(tail._modules)  # the tail's own conv_head, bn2
+    for conv_name, bn_name in zip(names, names[1:], strict=False):
+        swap(tail, conv_name, bn_name)
+    try:
+        yield
+    finally:
+        for parent, name, original in reversed(swaps):
+            setattr(parent, name, original)
+
+
 def fit_tail(
     tail: nn.Module,
     head_cfg: HeadConfig,
@@ -161,14 +236,28 @@ def fit_tail(
     a batch split across the processes; valid is scored over the job and its logits gathered
     on the main process.
     """
-    (x_train, y_train), (x_valid, y_valid) = train, valid
-    w = distributed.world()
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed + w.rank)
     head = build_head(head_cfg).to(device)
     tail = tail.to(device)
     tail.requires_grad_(True)  # the registry hands out frozen backbones
     _freeze_batchnorm(tail)
+    with _fused_conv_bn(tail):
+        return _fit_tail(tail, head, head_cfg, train, valid, cfg, device, log)
+
+
+def _fit_tail(
+    tail: nn.Module,
+    head: nn.Module,
+    head_cfg: HeadConfig,
+    train: tuple[torch.Tensor, torch.Tensor],
+    valid: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    device: str,
+    log: Log,
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]], int, torch.Tensor, torch.Tensor]:
+    (x_train, y_train), (x_valid, y_valid) = train, valid
+    w = distributed.world()
+    gen = torch.Generator().manual_seed(cfg.seed + w.rank)
     net = data_parallel(nn.Sequential(tail, head), device)
     n = len(y_train)
     length = distributed.all_max(n)  # the largest share: the others repeat a photo or so to match it
