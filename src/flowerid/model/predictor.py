@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,6 +179,29 @@ class Classifier:
         probs, scores = self.forward(self.preprocess(image)[None])
         return self.top_k(probs[0], top_k, None if scores is None else scores[0])
 
+    def _forward_many(
+        self, images: Sequence[ImageSource], batch_size: int, failed: Callable[[int, ImageError], None]
+    ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray | None]]:
+        """(indices, probabilities, unknown scores) a batch at a time; an unreadable photo goes to `failed`."""
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def run() -> tuple[list[int], np.ndarray, np.ndarray | None]:
+            rows = [i for i, _ in pending]
+            probs, scores = self.forward(np.stack([a for _, a in pending]))
+            pending.clear()
+            return rows, probs, scores
+
+        with one_blas_thread():
+            for i, img in enumerate(images):
+                try:
+                    pending.append((i, self.preprocess(img)))
+                except ImageError as exc:
+                    failed(i, exc)
+                if len(pending) >= batch_size:
+                    yield run()
+            if pending:
+                yield run()
+
     def predict_many(
         self, images: Sequence[ImageSource], top_k: int = 5, batch_size: int = 32
     ) -> list[list[Prediction] | ImageError]:
@@ -186,24 +209,13 @@ class Classifier:
         if top_k < 1:
             raise UsageError("top_k must be at least 1")
         out: list[list[Prediction] | ImageError] = [ImageError("", "")] * len(images)
-        pending: list[tuple[int, np.ndarray]] = []
 
-        def flush() -> None:
-            if pending:
-                probs, scores = self.forward(np.stack([a for _, a in pending]))
-                for j, ((i, _), p) in enumerate(zip(pending, probs, strict=True)):
-                    out[i] = self.top_k(p, top_k, None if scores is None else scores[j])
-                pending.clear()
+        def failed(i: int, exc: ImageError) -> None:
+            out[i] = exc
 
-        with one_blas_thread():
-            for i, img in enumerate(images):
-                try:
-                    pending.append((i, self.preprocess(img)))
-                except ImageError as exc:
-                    out[i] = exc
-                if len(pending) >= batch_size:
-                    flush()
-            flush()
+        for rows, probs, scores in self._forward_many(images, batch_size, failed):
+            for j, i in enumerate(rows):
+                out[i] = self.top_k(probs[j], top_k, None if scores is None else scores[j])
         return out
 
     def predict_proba_many(
@@ -222,29 +234,18 @@ class Classifier:
         result = BatchProbabilities(np.full((len(images), self.num_classes), np.nan))
         if self.unknown is not None:
             result.unknown_scores = np.full(len(images), np.nan)
-        pending: list[tuple[int, np.ndarray]] = []
 
-        def flush() -> None:
-            if pending:
-                rows = [i for i, _ in pending]
-                result.probs[rows], scores = self.forward(np.stack([a for _, a in pending]))
-                if result.unknown_scores is not None and scores is not None:
-                    result.unknown_scores[rows] = scores
-                if progress:
-                    progress(len(pending))
-                pending.clear()
+        def failed(i: int, exc: ImageError) -> None:
+            result.errors[i] = exc
+            if progress:
+                progress(1)
 
-        with one_blas_thread():
-            for i, img in enumerate(images):
-                try:
-                    pending.append((i, self.preprocess(img)))
-                except ImageError as exc:
-                    result.errors[i] = exc
-                    if progress:
-                        progress(1)
-                if len(pending) >= batch_size:
-                    flush()
-            flush()
+        for rows, probs, scores in self._forward_many(images, batch_size, failed):
+            result.probs[rows] = probs
+            if result.unknown_scores is not None and scores is not None:
+                result.unknown_scores[rows] = scores
+            if progress:
+                progress(len(rows))
         return result
 
 

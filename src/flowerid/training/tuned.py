@@ -241,72 +241,59 @@ def fit_tail(
     tail = tail.to(device)
     tail.requires_grad_(True)  # the registry hands out frozen backbones
     _freeze_batchnorm(tail)
-    with _fused_conv_bn(tail):
-        return _fit_tail(tail, head, head_cfg, train, valid, cfg, device, log)
+    with _fused_conv_bn(tail):  # put back before the caller sees the tail
+        (x_train, y_train), (x_valid, y_valid) = train, valid
+        w = distributed.world()
+        gen = torch.Generator().manual_seed(cfg.seed + w.rank)
+        net = data_parallel(nn.Sequential(tail, head), device)
+        n = len(y_train)
+        length = distributed.all_max(n)  # the largest share: the others repeat a photo or so to match it
+        if n == 0:
+            raise UsageError(f"{w.label()} has no readable training photos: run with fewer processes")
+        local = share_batch(cfg)
+        backbone_params = [p for p in tail.parameters() if p.requires_grad]
+        rates = [cfg.learning_rate * TAIL_LR_FACTOR, cfg.learning_rate]
+        stepper = Stepper([backbone_params, list(head.parameters())], rates, local, length)
+        amp = autocast(device)
 
+        def forward(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+            with amp:
+                return module(x.to(device).float().contiguous(memory_format=torch.channels_last)).float()
 
-def _fit_tail(
-    tail: nn.Module,
-    head: nn.Module,
-    head_cfg: HeadConfig,
-    train: tuple[torch.Tensor, torch.Tensor],
-    valid: tuple[torch.Tensor, torch.Tensor],
-    cfg: TrainConfig,
-    device: str,
-    log: Log,
-) -> tuple[dict[str, torch.Tensor], list[dict[str, float]], int, torch.Tensor, torch.Tensor]:
-    (x_train, y_train), (x_valid, y_valid) = train, valid
-    w = distributed.world()
-    gen = torch.Generator().manual_seed(cfg.seed + w.rank)
-    net = data_parallel(nn.Sequential(tail, head), device)
-    n = len(y_train)
-    length = distributed.all_max(n)  # the largest share: the others repeat a photo or so to match it
-    if n == 0:
-        raise UsageError(f"{w.label()} has no readable training photos: run with fewer processes")
-    local = share_batch(cfg)
-    backbone_params = [p for p in tail.parameters() if p.requires_grad]
-    rates = [cfg.learning_rate * TAIL_LR_FACTOR, cfg.learning_rate]
-    stepper = Stepper([backbone_params, list(head.parameters())], rates, local, length)
-    amp = autocast(device)
+        def train_epoch(epoch: int) -> tuple[float, int, int]:
+            tail.train()
+            head.train()
+            _freeze_batchnorm(tail)
+            order = padded_order(n, length, gen)
+            loss_sum, correct = 0.0, 0
+            for i in range(0, length, local.batch_size):
+                idx = order[i : i + local.batch_size]
+                x = x_train[idx]
+                mirror = torch.rand(len(idx), generator=gen) < 0.5
+                x[mirror] = x[mirror].flip(-1)
+                batch_loss, batch_correct = stepper(forward(x, net), y_train[idx].to(device))
+                loss_sum += batch_loss
+                correct += batch_correct
+            loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, length])
+            return loss_sum, int(correct), int(seen)
 
-    def forward(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-        with amp:
-            return module(x.to(device).float().contiguous(memory_format=torch.channels_last)).float()
+        def validate(epoch: int) -> tuple[float, float, bool]:
+            tail.eval()
+            head.eval()
+            plain = nn.Sequential(tail, head)
+            with torch.no_grad():
+                parts = [forward(x_valid[i : i + 256], plain).cpu() for i in range(0, len(y_valid), 256)]
+            logits = torch.cat(parts) if parts else torch.zeros(0, head_cfg.num_classes)
+            loss, acc = score(logits, y_valid)
+            labels = y_valid
+            if best.keeps(loss, acc):
+                logits, labels = gather_shares(logits, y_valid)
+            return loss, acc, best.offer(epoch, loss, acc, logits, labels, tail=tail, head=head)
 
-    def train_epoch(epoch: int) -> tuple[float, int, int]:
-        tail.train()
-        head.train()
-        _freeze_batchnorm(tail)
-        order = padded_order(n, length, gen)
-        loss_sum, correct = 0.0, 0
-        for i in range(0, length, local.batch_size):
-            idx = order[i : i + local.batch_size]
-            x = x_train[idx]
-            mirror = torch.rand(len(idx), generator=gen) < 0.5
-            x[mirror] = x[mirror].flip(-1)
-            batch_loss, batch_correct = stepper(forward(x, net), y_train[idx].to(device))
-            loss_sum += batch_loss
-            correct += batch_correct
-        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, length])
-        return loss_sum, int(correct), int(seen)
-
-    def validate(epoch: int) -> tuple[float, float, bool]:
-        tail.eval()
-        head.eval()
-        plain = nn.Sequential(tail, head)
-        with torch.no_grad():
-            parts = [forward(x_valid[i : i + 256], plain).cpu() for i in range(0, len(y_valid), 256)]
-        logits = torch.cat(parts) if parts else torch.zeros(0, head_cfg.num_classes)
-        loss, acc = score(logits, y_valid)
-        labels = y_valid
-        if best.keeps(loss, acc):
-            logits, labels = gather_shares(logits, y_valid)
-        return loss, acc, best.offer(epoch, loss, acc, logits, labels, tail=tail, head=head)
-
-    best = Best(keep_last=not cfg.keep_best_epoch)
-    history = run_epochs(cfg, stepper, [], train_epoch, validate, log)
-    tail.load_state_dict(best.states["tail"])
-    return best.states["head"], [dataclasses.asdict(h) for h in history], best.epoch, best.logits, best.labels
+        best = Best(keep_last=not cfg.keep_best_epoch)
+        history = run_epochs(cfg, stepper, [], train_epoch, validate, log)
+        tail.load_state_dict(best.states["tail"])
+        return best.states["head"], [dataclasses.asdict(h) for h in history], best.epoch, best.logits, best.labels
 
 
 @torch.no_grad()
