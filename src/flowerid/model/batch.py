@@ -28,12 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .. import distributed
 from .._numeric import one_blas_thread
 from ..data.walk import Warn, iter_photos
-from ..errors import ImageError, UsageError
+from ..errors import UsageError
 from .predictor import photo_fields
 from .results import (
     PHOTO_FIELDS,
@@ -119,23 +117,16 @@ class _Progress:
 
 def _name_group(clf: Classifier, engine: Engine, images: list[str], top_k: int) -> list[Record]:
     """One stream's work: decode a group of photos, then name the readable ones in one engine call."""
-    arrays: list[np.ndarray | str] = []
-    for image in images:
-        try:
-            arrays.append(clf.preprocess(image))
-        except ImageError as exc:
-            arrays.append(exc.reason)
-    ok = [a for a in arrays if not isinstance(a, str)]
-    probs, scores = clf.forward(np.stack(ok), engine) if ok else (np.zeros((0, clf.num_classes)), None)
+    rows, probs, scores, errors = clf.forward_photos(images, engine)
+    named = {i: j for j, i in enumerate(rows)}
     out: list[Record] = []
-    j = 0
-    for image, arr in zip(images, arrays, strict=True):
-        if isinstance(arr, str):
-            out.append({"image": image, "error": arr})
+    for i, image in enumerate(images):
+        if i in errors:
+            out.append({"image": image, "error": errors[i].reason})
         else:
+            j = named[i]
             preds = clf.top_k(probs[j], top_k, None if scores is None else scores[j])
             out.append({"image": image, **photo_fields(preds), "predictions": [p.to_dict() for p in preds]})
-            j += 1
     return out
 
 

@@ -179,28 +179,40 @@ class Classifier:
         probs, scores = self.forward(self.preprocess(image)[None])
         return self.top_k(probs[0], top_k, None if scores is None else scores[0])
 
+    def forward_photos(
+        self, images: Sequence[ImageSource], engine: Engine | None = None
+    ) -> tuple[list[int], np.ndarray, np.ndarray | None, dict[int, ImageError]]:
+        """Decode `images` and name the readable ones in one engine call.
+
+        Returns their indices, their probabilities and unknown scores (as `forward`), and
+        the ImageError of each photo that could not be read, by index.
+        """
+        rows: list[int] = []
+        arrays: list[np.ndarray] = []
+        errors: dict[int, ImageError] = {}
+        for i, image in enumerate(images):
+            try:
+                arrays.append(self.preprocess(image))
+                rows.append(i)
+            except ImageError as exc:
+                errors[i] = exc
+        if not arrays:
+            return rows, np.zeros((0, self.num_classes)), None, errors
+        probs, scores = self.forward(np.stack(arrays), engine)
+        return rows, probs, scores, errors
+
     def _forward_many(
         self, images: Sequence[ImageSource], batch_size: int, failed: Callable[[int, ImageError], None]
     ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray | None]]:
         """(indices, probabilities, unknown scores) a batch at a time; an unreadable photo goes to `failed`."""
-        pending: list[tuple[int, np.ndarray]] = []
-
-        def run() -> tuple[list[int], np.ndarray, np.ndarray | None]:
-            rows = [i for i, _ in pending]
-            probs, scores = self.forward(np.stack([a for _, a in pending]))
-            pending.clear()
-            return rows, probs, scores
-
+        step = max(1, batch_size)
         with one_blas_thread():
-            for i, img in enumerate(images):
-                try:
-                    pending.append((i, self.preprocess(img)))
-                except ImageError as exc:
-                    failed(i, exc)
-                if len(pending) >= batch_size:
-                    yield run()
-            if pending:
-                yield run()
+            for start in range(0, len(images), step):
+                rows, probs, scores, errors = self.forward_photos(images[start : start + step])
+                for i, exc in errors.items():
+                    failed(start + i, exc)
+                if rows:
+                    yield [start + i for i in rows], probs, scores
 
     def predict_many(
         self, images: Sequence[ImageSource], top_k: int = 5, batch_size: int = 32
