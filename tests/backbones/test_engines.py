@@ -11,7 +11,7 @@ import flowerid
 from flowerid.backbones import engines, ensemble_spec, get_spec, register_backbone, unregister_backbone
 from flowerid.backbones.build import build_backbone
 from flowerid.backbones.engines import load_backbone, onnx_cache_path
-from flowerid.errors import CheckpointError, UsageError
+from flowerid.errors import CheckpointError, UsageError, WeightsUnavailableError
 from flowerid.model import _torchfile
 from flowerid.model.checkpoint import load_checkpoint
 from flowerid.training.run import TrainConfig, train
@@ -171,7 +171,7 @@ def tiny_ensemble():
     unregister_backbone("tiny_small")
 
 
-def test_ensemble_is_its_members_side_by_side_averaged_with_the_mirror(tiny_ensemble):
+def test_ensemble_is_its_members_side_by_side_averaged_with_the_mirror(tiny_ensemble, tmp_path):
     spec = tiny_ensemble
     assert spec.input_size == 32 and spec.num_features == 32 and spec.offline
     module, digest = build_backbone(spec)
@@ -191,8 +191,16 @@ def test_ensemble_is_its_members_side_by_side_averaged_with_the_mirror(tiny_ense
     np.testing.assert_allclose(
         load_backbone(spec, "cpu", engine="onnx").engine(x.numpy()), module(x).detach().numpy(), atol=1e-5
     )
-    with pytest.raises(UsageError, match="ensemble"):
-        build_backbone(spec, "some.pth")
+    # A tuned ensemble's weights: the whole network's state dict; anything else says what it must be.
+    state = {k: v + 1.0 if v.is_floating_point() else v for k, v in module.state_dict().items()}
+    torch.save(state, tmp_path / "ensemble.pth")
+    again, digest2 = build_backbone(spec, tmp_path / "ensemble.pth")
+    assert digest2 != digest and all(torch.equal(v, again.state_dict()[k]) for k, v in state.items())
+    torch.save(first.state_dict(), tmp_path / "member.pth")
+    with pytest.raises(WeightsUnavailableError, match="whole ensemble"):
+        build_backbone(spec, tmp_path / "member.pth")
+    with pytest.raises(WeightsUnavailableError, match="not found"):
+        build_backbone(spec, tmp_path / "none.pth")
 
 
 def test_real_ensembles_are_offline_and_sized_for_their_largest_member():

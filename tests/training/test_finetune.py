@@ -187,3 +187,107 @@ def test_convolutions_and_their_frozen_batchnorms_train_fused_with_the_same_func
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
     assert list(fused.state_dict()) == keys  # put back: checkpoints and the overlay see the network they know
     assert not any(isinstance(m, _ConvFrozenBN) for m in fused.modules())
+
+
+TINY_ENSEMBLE = "tiny_effnet_pair_test"
+
+
+@pytest.fixture
+def effnet_pair(effnet):
+    """Two tiny EfficientNets as one raw-feature ensemble, the second fed a larger crop (as Lite0 + Lite2)."""
+    from flowerid.backbones.spec import ensemble_spec, unregister_backbone
+
+    big = dataclasses.replace(effnet, name=TINY_EFFNET + "_big", input_size=effnet.input_size + 8)
+    register_backbone(big, replace=True)
+    spec = register_backbone(ensemble_spec(TINY_ENSEMBLE, (TINY_EFFNET, big.name), member_norm=None), replace=True)
+    yield spec
+    unregister_backbone(TINY_ENSEMBLE)
+    unregister_backbone(big.name)
+
+
+def test_an_ensemble_tunes_each_member_and_averages_their_heads_into_one(effnet_pair, image_folder, tmp_path):
+    from flowerid.training.tuned import tuned_parts
+
+    lines: list[str] = []
+    result = train(image_folder, tmp_path / "run", _cfg(arch=TINY_ENSEMBLE, epochs=2), log=lines.append)
+    m = result.metrics
+    assert [x["backbone"] for x in m["members"]] == list(effnet_pair.members)
+    assert len(m["history"]) == 2 and m["best_epoch"] == 2 and "temperature" in m and "test_acc" in m
+    assert any(line.startswith("member 2/2") for line in lines)
+
+    # Both members' last stages trained, each beside its own pristine weights; nothing else changed.
+    tuned = torch.load(tmp_path / "run" / "backbone.pth", weights_only=True)
+    pristine = _tiny_effnet().state_dict()
+    last = len(_tiny_effnet().blocks) - 1
+    for i in range(2):
+        changed = {k for k in pristine if not torch.equal(pristine[k], tuned[f"members.{i}.{k}"])}
+        assert changed and all(k.startswith((f"blocks.{last}.", "conv_head.")) for k in changed), changed
+
+    # The ensemble's features are its tuned members' (each fed the crop resized to its size), side by side.
+    ck = torch.load(result.checkpoint_path, weights_only=True)
+    assert ck["head"]["config"]["in_features"] == 2 * 1280
+    clf = flowerid.load(result.checkpoint_path, device="cpu", engine="torch")
+    photos = sorted((image_folder / "valid" / "2").iterdir())
+    batch = np.stack([clf.preprocess(p) for p in photos])
+    module, parts = tuned_parts(effnet_pair, None, 1)
+    module.load_state_dict(tuned)
+    with torch.no_grad():
+        feats = [torch.nn.Sequential(p.front, p.tail)(torch.from_numpy(batch)) for p in parts]
+    np.testing.assert_allclose(torch.cat(feats, 1).numpy(), clf.backbone.engine(batch), atol=1e-4)
+
+    # ONNX and torch agree on the ensemble as on any tuned backbone.
+    by_torch = clf.predict_many(photos, top_k=3)
+    by_onnx = flowerid.load(result.checkpoint_path, device="cpu", engine="onnx").predict_many(photos, top_k=3)
+    for a, c in zip(by_torch, by_onnx, strict=True):
+        np.testing.assert_allclose([p.probability for p in a], [p.probability for p in c], atol=1e-4)
+
+
+def test_averaged_heads_give_the_members_averaged_logits():
+    from flowerid.model.head import HeadConfig, build_head
+    from flowerid.training.tuned import average_heads
+
+    torch.manual_seed(0)
+    heads = [build_head(HeadConfig(n, 5)) for n in (4, 6)]
+    one = build_head(HeadConfig(10, 5))
+    one.load_state_dict(average_heads([h.state_dict() for h in heads]))
+    x = torch.randn(7, 10)
+    with torch.no_grad():
+        mean = (heads[0](x[:, :4]) + heads[1](x[:, 4:])) / 2
+        torch.testing.assert_close(one(x), mean)
+        logp = (heads[0](x[:, :4]).log_softmax(1) + heads[1](x[:, 4:]).log_softmax(1)) / 2
+        torch.testing.assert_close(one(x).softmax(1), logp.softmax(1))  # as cross-validation combined them
+
+
+def test_an_ensemble_refuses_what_it_cannot_average(effnet_pair, image_folder, tmp_path):
+    with pytest.raises(UsageError, match="linear head"):
+        train(image_folder, tmp_path / "a", _cfg(arch=TINY_ENSEMBLE, hidden_units=8), log=lambda s: None)
+    with pytest.raises(UsageError, match="raw features"):
+        train(image_folder, tmp_path / "b", _cfg(arch="efficientnet_lite012_flip"), log=lambda s: None)
+
+
+def test_cross_validation_of_an_ensemble_averages_its_members(effnet_pair, image_folder):
+    from flowerid.training.crossval import cross_validate
+
+    lines: list[str] = []
+    r = cross_validate(image_folder, _cfg(arch=TINY_ENSEMBLE, epochs=1), k=2, log=lines.append)
+    assert r.logits.shape == (3 * (8 + 4), 3) and all("members alone" in line for line in lines)
+
+
+def test_an_ensembles_members_train_on_the_photos_every_member_read(monkeypatch):
+    """A photo one member's front could not read is left out of every member's rows, in the same order."""
+    from types import SimpleNamespace
+
+    from flowerid.training import tuned
+
+    failures = {"a": {1: "bad"}, "b": {3: "bad", 1: "bad"}, "c": {}}
+
+    def fake(split, front, spec, digest, stages, cfg, device, name):
+        read = [i for i in range(5) if i not in failures[front]]
+        return torch.tensor(read, dtype=torch.float32)[:, None], None, failures[front], len(read)
+
+    monkeypatch.setattr(tuned, "front_activations", fake)
+    parts = [SimpleNamespace(name=n, front=n, spec=None, digest="") for n in "abc"]
+    split = SimpleNamespace(targets=[10, 11, 12, 13, 14])
+    xs, y, failed, computed = tuned.part_activations(split, parts, 1, None, "cpu", "train")
+    assert sorted(failed) == [1, 3] and y.tolist() == [10, 12, 14] and computed == 4 + 3 + 5
+    assert all(x[:, 0].tolist() == [0, 2, 4] for x in xs)

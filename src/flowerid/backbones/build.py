@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._io import file_sha256
-from ..errors import BackboneError, UsageError
+from ..errors import BackboneError, WeightsUnavailableError
 from .spec import BackboneSpec, get_spec
 from .weights import ensemble_digest, load_local, load_online, load_package, state_dict_digest
 
@@ -60,9 +60,11 @@ def build_backbone(
     """
     spec = get_spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
     if spec.family == "ensemble":
+        module, digest = assemble_ensemble(spec, [build_backbone(m) for m in spec.members])
         if weights_path is not None:
-            raise UsageError(f"{spec.name} is an ensemble of {', '.join(spec.members)}; --weights takes one network")
-        return _build_ensemble(spec)
+            load_ensemble_state(spec, module, Path(weights_path))
+            digest = file_sha256(weights_path)
+        return module, digest
     if spec.factory is not None:
         import torch
 
@@ -88,10 +90,31 @@ def build_backbone(
     return module.eval(), digest
 
 
-def _build_ensemble(spec: BackboneSpec) -> tuple[nn.Module, str]:
+def assemble_ensemble(spec: BackboneSpec, built: list[tuple[nn.Module, str]]) -> tuple[nn.Module, str]:
+    """The ensemble network over its members' built networks and their digests; its digest digests theirs."""
     from .ensemble import Ensemble
 
-    built = [build_backbone(m) for m in spec.members]
     sizes = [get_spec(m).input_size for m in spec.members]
-    module = Ensemble([module for module, _ in built], sizes, spec.flip_tta)
+    module = Ensemble([module for module, _ in built], sizes, spec.flip_tta, spec.member_norm)
     return module.eval(), ensemble_digest([digest for _, digest in built])
+
+
+def load_ensemble_state(spec: BackboneSpec, module: nn.Module, path: Path) -> None:
+    """A tuned ensemble's weights: the state dict of the whole network, as training saves it (backbone.pth)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsUnavailableError(f"weights file {path} not found") from None
+    except Exception as exc:
+        raise WeightsUnavailableError(f"cannot read weights file {path}: {exc}") from None
+    try:
+        if not isinstance(state, dict):
+            raise RuntimeError("not a state dict")
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsUnavailableError(
+            f"{path} does not fit {spec.name}: it must hold the whole ensemble ({' + '.join(spec.members)}) "
+            f"as `flowerid train` saves it ({str(exc).splitlines()[0]})"
+        ) from None

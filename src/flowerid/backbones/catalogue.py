@@ -85,5 +85,10 @@ for _spec in (
     ensemble_spec(
         "efficientnet_lite012_flip", ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"), flip_tta=True
     ),
+    # The `best` preset's: each member's last stage tuned with a head of its own (training/tuned.py),
+    # so the features stay as each member gives them and the heads average into one.
+    ensemble_spec(
+        "efficientnet_lite012", ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"), member_norm=None
+    ),
 ):
     register_backbone(_spec)

@@ -6,30 +6,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Each member's features are scaled to this length so that none dominates the head by size alone
-# (flowers valid split, linear head, best epoch: 97.80% top-1 for lite0+lite2 against 97.56% unscaled);
-# 10 is about their usual length (12 to 15), so the head's learning rate carries over.
-ENSEMBLE_MEMBER_NORM = 10.0
+
+class Resize(nn.Module):
+    """A batch of square crops resized to `size` px (bilinear): how a smaller member sees the ensemble's crop."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.shape[-1] == self.size else F.interpolate(x, size=(self.size, self.size), mode="bilinear")
 
 
 class Ensemble(nn.Module):
-    """Each member fed the photo at its own input size, its features scaled to ENSEMBLE_MEMBER_NORM, concatenated.
+    """Each member fed the photo at its own input size, its features scaled to `member_norm` (None: as they
+    come), concatenated.
 
     With `flip_tta` the features are averaged with those of the mirrored photo, inside
     the network, so caches, exports and `predict` all see the same features.
     """
 
-    def __init__(self, members: list[nn.Module], sizes: list[int], flip_tta: bool = False) -> None:
+    def __init__(
+        self, members: list[nn.Module], sizes: list[int], flip_tta: bool = False, member_norm: float | None = None
+    ) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.resizes = [Resize(size) for size in sizes]  # no weights: kept out of the state dict
         self.sizes = sizes
         self.flip_tta = flip_tta
+        self.member_norm = member_norm
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         outs = []
-        for member, size in zip(self.members, self.sizes, strict=True):
-            xi = x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear")
-            outs.append(F.normalize(member(xi), dim=1) * ENSEMBLE_MEMBER_NORM)
+        for member, resize in zip(self.members, self.resizes, strict=True):
+            out = member(resize(x))
+            outs.append(out if self.member_norm is None else F.normalize(out, dim=1) * self.member_norm)
         return torch.cat(outs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

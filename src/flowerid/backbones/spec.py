@@ -21,6 +21,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
+# An ensemble's members' features are scaled to this length so that none dominates a frozen head by
+# size alone (flowers valid split, linear head, best epoch: 97.80% top-1 for lite0+lite2 against 97.56%
+# unscaled); 10 is about their usual length (12 to 15), so the head's learning rate carries over.
+ENSEMBLE_MEMBER_NORM = 10.0
+
 
 @dataclass(frozen=True)
 class WeightsSource:
@@ -72,9 +77,11 @@ class BackboneSpec:
     imagenet_top1: float | None = None
     factory: Callable[[], nn.Module] | None = field(default=None, compare=False, repr=False)
     # family "ensemble": these backbones' features side by side, each fed this spec's
-    # crop resized to its own input size; flip_tta averages each photo with its mirror.
+    # crop resized to its own input size; flip_tta averages each photo with its mirror;
+    # member_norm scales each member's features to that length (None: as the member gives them).
     members: tuple[str, ...] = ()
     flip_tta: bool = False
+    member_norm: float | None = None
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -119,13 +126,20 @@ def get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
-def ensemble_spec(name: str, members: tuple[str, ...], *, flip_tta: bool = False) -> BackboneSpec:
+def ensemble_spec(
+    name: str,
+    members: tuple[str, ...],
+    *,
+    flip_tta: bool = False,
+    member_norm: float | None = ENSEMBLE_MEMBER_NORM,
+) -> BackboneSpec:
     """Several backbones as one: a photo is preprocessed once, for the member with the largest input.
 
     The features are the members' side by side, each scaled to the same length
-    (ENSEMBLE_MEMBER_NORM); averaging with the mirrored
-    photo (flip_tta) happens inside the network, so caches, exports and
-    `predict` all see the same features.
+    (`member_norm`, for a frozen head over them) or as the members give them (None: for
+    tuned members, each trained with its own head; averaging those heads is one linear
+    head over these features). Averaging with the mirrored photo (flip_tta) happens
+    inside the network, so caches, exports and `predict` all see the same features.
     """
     specs = [get_spec(m) for m in members]
     big = max(specs, key=lambda s: s.input_size)
@@ -145,4 +159,5 @@ def ensemble_spec(name: str, members: tuple[str, ...], *, flip_tta: bool = False
         license=", ".join(sorted({s.license for s in specs})),
         members=tuple(members),
         flip_tta=flip_tta,
+        member_norm=member_norm,
     )

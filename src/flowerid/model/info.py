@@ -145,6 +145,14 @@ def format_info(info: dict[str, Any]) -> str:
                 ),
             )
         )
+        if m.get("members"):
+            rows.append(
+                (
+                    "members",
+                    "each tuned with a head of its own, heads averaged; valid top-1 alone: "
+                    + ", ".join(f"{x.get('backbone', '?')} {pct(x.get('valid_acc'))}" for x in m["members"]),
+                )
+            )
         if "test_acc" in m:
             rows.append(("test", f"top-1 {pct(m['test_acc'])}, loss {m.get('test_loss', float('nan')):.4f}"))
     u = info.get("unknown")

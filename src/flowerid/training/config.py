@@ -38,10 +38,10 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "best",
-            "efficientnet_lite2",
+            "efficientnet_lite012",
             0,
             12,
-            "one larger backbone whose last stage fine-tunes with the head on cached activations",
+            "three backbones (Lite0, Lite1, Lite2), each one's last stage fine-tuned with a head, heads averaged",
             tune_stages=1,
         ),
     )

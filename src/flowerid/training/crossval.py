@@ -19,7 +19,6 @@ import torch
 
 from .._text import Log
 from ..backbones import get_spec
-from ..backbones.build import build_backbone
 from ..backbones.engines import load_backbone, resolve_device
 from ..data.folders import ImageFolder, load_dataset
 from ..data.folds import FOLDS, SEED, stratified_folds
@@ -117,7 +116,7 @@ def cross_validate(
     Frozen and tuned modes; features and activations come from the same cache `train()` uses.
     """
     from .frozen import _logits, fit_head
-    from .tuned import fit_tail, front_activations, split_backbone
+    from .tuned import fit_tail, part_activations, tuned_parts
 
     if cfg.mode == "full" or cfg.views:
         raise DataError("cross-validation covers the frozen and tuned modes without views")
@@ -126,9 +125,8 @@ def cross_validate(
     photos = pooled(data_dir)
     skipped: dict[str, str] = {}
     if cfg.mode == "tuned":
-        module, digest = build_backbone(spec, cfg.weights)
-        front, _ = split_backbone(module, spec, cfg.tune_stages)
-        x, y, failed, _ = front_activations(photos, front, spec, digest, cfg.tune_stages, cfg, device, "all")
+        _, parts = tuned_parts(spec, cfg.weights, cfg.tune_stages)
+        xs, y, failed, _ = part_activations(photos, parts, cfg.tune_stages, cfg, device, "all")
     else:
         backbone = load_backbone(spec, device, cfg.weights, cfg.engine)
         x, y = features_for(photos, backbone, cfg, "all", skipped, {})
@@ -145,9 +143,11 @@ def cross_validate(
         tr = torch.from_numpy(np.flatnonzero(folds != f))
         te = torch.from_numpy(np.flatnonzero(folds == f))
         if cfg.mode == "tuned":
-            module, _ = build_backbone(spec, cfg.weights)  # every fold starts from the pretrained network
-            _, tail = split_backbone(module, spec, cfg.tune_stages)
-            _, history, _, out, _ = fit_tail(tail, head_cfg, (x[tr], y[tr]), (x[te], y[te]), cfg, device, quiet)
+            outs = []  # an ensemble's members each tuned, their logits averaged as their averaged heads give them
+            for part, x in zip(tuned_parts(spec, cfg.weights, cfg.tune_stages)[1], xs, strict=True):
+                part_cfg = HeadConfig(part.num_features, num_classes, cfg.hidden_units, cfg.dropout)
+                outs.append(fit_tail(part.tail, part_cfg, (x[tr], y[tr]), (x[te], y[te]), cfg, device, quiet)[3])
+            out = torch.stack(outs).mean(0)  # every fold starts from the pretrained networks
         else:
             state, history, _ = fit_head(x[tr], y[tr], x[te], y[te], head_cfg, cfg, quiet)
             head = build_head(head_cfg)
@@ -155,7 +155,14 @@ def cross_validate(
             out = _logits(head, x[te])
         logits[te.numpy()] = out.float().numpy()
         acc = float((out.argmax(1) == y[te]).float().mean())
-        log(f"fold {f + 1}/{k}: held-out top-1 {acc:.2%} on {len(te)} photos")
+        alone = ""
+        if cfg.mode == "tuned" and len(outs) > 1:
+            alone = (
+                " (members alone: "
+                + ", ".join(f"{float((o.argmax(1) == y[te]).float().mean()):.2%}" for o in outs)
+                + ")"
+            )
+        log(f"fold {f + 1}/{k}: held-out top-1 {acc:.2%} on {len(te)} photos{alone}")
     if only is not None:
         keep = np.isin(folds, only)
         return CVResult(logits[keep], labels[keep], folds[keep])

@@ -12,6 +12,12 @@ small to re-estimate them), the pretrained stages learn at a lower rate than the
 head, and a random mirror of the activation maps stands in for photo flips. The
 tuned network is saved beside the checkpoint as a plain state dict, so prediction,
 exports and the ONNX engine treat it like any backbone with local weights.
+
+An ensemble of EfficientNets whose features stay raw (efficientnet_lite012, the `best`
+preset) tunes each member in turn, with a linear head of its own, on the activations of
+its front fed the ensemble's crop (resized to the member's size as the ensemble does).
+The members' heads averaged are one linear head over the ensemble's features, so the
+result is a checkpoint like any other: one backbone, one head.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +38,7 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from .. import distributed
 from .._text import Log
 from ..backbones import BackboneSpec, get_spec
-from ..backbones.build import build_backbone
+from ..backbones.build import assemble_ensemble, build_backbone
 from ..backbones.cache import cache_root, namespace_for
 from ..backbones.engines import Backbone, Engine, OnnxEngine, TorchEngine, choose_engine
 from ..backbones.features import extract_features
@@ -52,8 +59,8 @@ def split_backbone(module: nn.Module, spec: BackboneSpec, stages: int) -> tuple[
     blocks = getattr(module, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or not all(hasattr(module, a) for a in ("conv_stem", "conv_head")):
         raise UsageError(
-            f"--tune-stages needs a single EfficientNet backbone (efficientnet_lite0/1/2, efficientnet_b0); "
-            f"{spec.name} is not one"
+            f"--tune-stages needs an EfficientNet backbone (efficientnet_lite0/1/2, efficientnet_b0) or an "
+            f"ensemble of them with raw features (efficientnet_lite012); {spec.name} is not one"
         )
     if not 1 <= stages <= len(blocks):
         raise UsageError(f"--tune-stages must be 0 (frozen) to {len(blocks)} for {spec.name}")
@@ -61,6 +68,81 @@ def split_backbone(module: nn.Module, spec: BackboneSpec, stages: int) -> tuple[
     front = nn.Sequential(module.conv_stem, module.bn1, *blocks[:cut])
     tail = nn.Sequential(*blocks[cut:], module.conv_head, module.bn2, module.global_pool)
     return front, tail
+
+
+@dataclass
+class TunedPart:
+    """One network to tune: its frozen front (fed the run's preprocessed photos), its tail, and what keys the
+    front's cached activations (`spec`: name and preprocessing; `digest`: its pretrained weights)."""
+
+    name: str
+    front: nn.Module
+    tail: nn.Module
+    spec: BackboneSpec
+    digest: str
+    num_features: int
+
+
+def tuned_parts(spec: BackboneSpec, weights: str | None, stages: int) -> tuple[nn.Module, list[TunedPart]]:
+    """The whole pretrained network and the parts to tune in it: itself, or each member of an ensemble.
+
+    A member whose input is smaller than the ensemble's gets the ensemble's crop resized, as the
+    ensemble feeds it at prediction; its activations are keyed by the ensemble's preprocessing. A
+    member fed exactly its own preprocessing shares the cache entries of a run that tunes it alone.
+    """
+    if spec.family != "ensemble":
+        module, digest = build_backbone(spec, weights)
+        front, tail = split_backbone(module, spec, stages)
+        return module, [TunedPart(spec.name, front, tail, spec, digest, spec.num_features)]
+    if spec.flip_tta or spec.member_norm is not None:
+        raise UsageError(
+            f"--tune-stages on an ensemble needs its members' raw features (efficientnet_lite012); "
+            f"{spec.name} {'mirrors each photo' if spec.flip_tta else 'rescales its members features'}"
+        )
+    if weights is not None:
+        raise UsageError(f"--weights starts one network; {spec.name} tunes its members from their own weights")
+    built = [build_backbone(m) for m in spec.members]
+    module, _ = assemble_ensemble(spec, built)
+    parts = []
+    for name, (member, digest), resize in zip(spec.members, built, module.resizes, strict=True):
+        mspec = get_spec(name)
+        front, tail = split_backbone(member, mspec, stages)
+        fspec = mspec
+        if mspec.preprocessing != spec.preprocessing:
+            front = nn.Sequential(resize, front) if resize.size != spec.input_size else front
+            fspec = dataclasses.replace(
+                spec, name=f"{spec.name}.{name}", family=mspec.family, arch=mspec.arch, members=()
+            )
+        parts.append(TunedPart(name, front, tail, fspec, digest, mspec.num_features))
+    return module, parts
+
+
+def part_activations(
+    split: ImageFolder, parts: list[TunedPart], stages: int, cfg: TrainConfig, device: str, name: str
+) -> tuple[list[torch.Tensor], torch.Tensor, dict[int, str], int]:
+    """Each part's front activations of the same photos (those every part could read), their labels,
+    the failures by index and how many activations were computed."""
+    got = []
+    for part in parts:
+        label = name if len(parts) == 1 else f"{name}, {part.name}"
+        got.append(front_activations(split, part.front, part.spec, part.digest, stages, cfg, device, label))
+    failed = {i: reason for _, _, f, _ in got for i, reason in f.items()}
+    xs, y = [], torch.as_tensor(np.asarray(split.targets, dtype=np.int64))
+    keep = torch.as_tensor(np.setdiff1d(np.arange(len(y)), np.fromiter(failed, dtype=np.int64, count=len(failed))))
+    for x, _, f, _ in got:  # rows of the photos this part read, narrowed to those every part read
+        read = np.setdiff1d(np.arange(len(y)), np.fromiter(f, dtype=np.int64, count=len(f)))
+        xs.append(x[torch.as_tensor(np.searchsorted(read, keep.numpy()))] if len(f) != len(failed) else x)
+    return xs, y[keep], failed, sum(c for *_, c in got)
+
+
+def average_heads(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Linear heads over the members' features averaged into one over their concatenation: its logits are the
+    mean of theirs, so its softmax is that of their averaged log-probabilities."""
+    out = {}
+    for key in states[0]:
+        parts = [s[key] for s in states]
+        out[key] = torch.cat(parts, 1) / len(parts) if key.endswith(".weight") else torch.stack(parts).mean(0)
+    return out
 
 
 def front_namespace(spec: BackboneSpec, digest: str, stages: int) -> str:
@@ -225,9 +307,11 @@ def fit_tail(
     cfg: TrainConfig,
     device: str,
     log: Log = print,
+    epoch_logits: list[torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]], int, torch.Tensor, torch.Tensor]:
     """Train tail + head with AdamW (warm-up epoch, cosine) for cfg.epochs; keep the last epoch
-    (or, with cfg.keep_best_epoch, the one best on valid).
+    (or, with cfg.keep_best_epoch, the one best on valid). `epoch_logits` collects every
+    epoch's valid logits (an ensemble's history is its members' logits averaged, epoch by epoch).
 
     The tail is left holding the kept epoch's weights. Returns the kept head state, the
     history, the kept epoch (1-based) and its valid logits and labels (for calibration).
@@ -286,8 +370,10 @@ def fit_tail(
             logits = torch.cat(parts) if parts else torch.zeros(0, head_cfg.num_classes)
             loss, acc = score(logits, y_valid)
             labels = y_valid
-            if best.keeps(loss, acc):
+            if best.keeps(loss, acc) or epoch_logits is not None:
                 logits, labels = gather_shares(logits, y_valid)
+            if epoch_logits is not None:
+                epoch_logits.append(logits)
             return loss, acc, best.offer(epoch, loss, acc, logits, labels, tail=tail, head=head)
 
         best = Best(keep_last=not cfg.keep_best_epoch)
@@ -311,10 +397,31 @@ def head_inputs(tail: nn.Module, x: torch.Tensor, device: str, batch: int = 256)
     return torch.cat(out).float().cpu() if out else torch.empty(0)
 
 
-def train_tuned(run: Run) -> TrainResult | None:
-    """tune_stages N: the last N stages train with the head on cached front activations.
+def ensemble_history(
+    member_histories: list[list[dict[str, float]]], logits: list[list[torch.Tensor]], labels: torch.Tensor
+) -> list[dict[str, float]]:
+    """Epoch e of an ensemble: its members after e epochs each, valid scored on their averaged logits
+    (what the averaged head gives); train figures are the members' mean, seconds their sum."""
+    history = []
+    for e, rows in enumerate(zip(*member_histories, strict=True)):
+        valid_loss, valid_acc = score(torch.stack([m[e] for m in logits]).mean(0), labels)
+        history.append({
+            "epoch": e + 1,
+            "train_loss": float(np.mean([r["train_loss"] for r in rows])),
+            "train_acc": float(np.mean([r["train_acc"] for r in rows])),
+            "valid_loss": valid_loss,
+            "valid_acc": valid_acc,
+            "lr": rows[-1]["lr"],
+            "seconds": float(sum(r["seconds"] for r in rows)),
+        })  # fmt: skip
+    return history
 
-    Under torchrun each process runs the front over its share of the photos and trains on it.
+
+def train_tuned(run: Run) -> TrainResult | None:
+    """tune_stages N: the last N stages train with the head on cached front activations; an ensemble's
+    members each in turn, their heads then averaged into one.
+
+    Under torchrun each process runs the fronts over its share of the photos and trains on it.
     """
     cfg, data = run.cfg, run.data
     if cfg.views:
@@ -322,18 +429,23 @@ def train_tuned(run: Run) -> TrainResult | None:
     if cfg.resume:
         raise UsageError("--resume continues head training on frozen features; a --tune-stages run starts over")
     spec = get_spec(cfg.arch)
-    module, digest = build_backbone(spec, cfg.weights)
-    front, tail = split_backbone(module, spec, cfg.tune_stages)
+    ensemble = spec.family == "ensemble"
+    if ensemble and (cfg.hidden_units or cfg.keep_best_epoch):
+        raise UsageError(
+            f"{spec.name} tunes each member with a linear head and averages them after a fixed number of "
+            "epochs: leave out --hidden_units and --keep-best-epoch"
+        )
+    module, parts = tuned_parts(spec, cfg.weights, cfg.tune_stages)
     w = distributed.world()
     train_split, valid_split = share_of(data.train), share_of(data.valid)
-    skipped: dict[str, str] = {}
     t_feat = time.perf_counter()
-    x_tr, y_tr, failed_tr, computed_tr = front_activations(
-        train_split, front, spec, digest, cfg.tune_stages, cfg, run.device, "train"
+    xs_tr, y_tr, failed_tr, computed_tr = part_activations(
+        train_split, parts, cfg.tune_stages, cfg, run.device, "train"
     )
-    x_va, y_va, failed_va, computed_va = front_activations(
-        valid_split, front, spec, digest, cfg.tune_stages, cfg, run.device, "valid"
+    xs_va, y_va, failed_va, computed_va = part_activations(
+        valid_split, parts, cfg.tune_stages, cfg, run.device, "valid"
     )
+    skipped: dict[str, str] = {}
     for split, failed in ((train_split, failed_tr), (valid_split, failed_va)):
         skipped.update({str(split.paths[i]): reason for i, reason in failed.items()})
     feat_seconds = time.perf_counter() - t_feat
@@ -344,23 +456,52 @@ def train_tuned(run: Run) -> TrainResult | None:
     computed = int(distributed.all_sum([computed_tr + computed_va])[0])
     run.log(
         f"activations before the last {cfg.tune_stages} stage(s) ready in {feat_seconds:.1f}s "
-        f"({computed} computed, the rest cached): {tuple(x_tr.shape[1:])}"
+        f"({computed} computed, the rest cached): "
+        + ", ".join(str(tuple(x.shape[1:])) for x in xs_tr)
         + (f" ({w.size} processes)" if w.distributed else "")
     )
 
-    head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
-    head_state, history, kept_epoch, logits_va, labels_va = fit_tail(
-        tail, head_cfg, (x_tr, y_tr), (x_va, y_va), cfg, run.device, run.log
-    )
-    # The head's inputs through the tuned tail, over the whole job in the order of all_tr / all_va:
-    # the unknown-photo detector is fitted on what predict will see.
-    f_tr, f_va = (torch.cat(distributed.all_gather(head_inputs(tail, x, run.device))) for x in (x_tr, x_va))
+    num_classes = len(data.categories)
+    states, histories, epoch_logits, f_tr, f_va = [], [], [], [], []
+    for i, (part, x_tr, x_va) in enumerate(zip(parts, xs_tr, xs_va, strict=True)):
+        if ensemble:
+            run.log(f"member {i + 1}/{len(parts)}: {part.name}")
+        part_cfg = HeadConfig(part.num_features, num_classes, cfg.hidden_units, cfg.dropout)
+        epoch_logits.append([])
+        state, history, kept_epoch, logits_va, labels_va = fit_tail(
+            part.tail, part_cfg, (x_tr, y_tr), (x_va, y_va), cfg, run.device, run.log, epoch_logits[-1]
+        )
+        states.append(state)
+        histories.append(history)
+        # The head's inputs through the tuned tail, over the whole job in the order of all_tr / all_va:
+        # the unknown-photo detector is fitted on what predict will see.
+        f_tr.append(torch.cat(distributed.all_gather(head_inputs(part.tail, x_tr, run.device))))
+        f_va.append(torch.cat(distributed.all_gather(head_inputs(part.tail, x_va, run.device))))
     if not w.is_main:
         return None  # the main process writes the checkpoint
+    head_cfg = HeadConfig(spec.num_features, num_classes, cfg.hidden_units, cfg.dropout)
+    if ensemble:
+        head_state = average_heads(states)
+        logits_va = torch.stack([e[-1] for e in epoch_logits]).mean(0)
+        history = ensemble_history(histories, epoch_logits, labels_va)
+        kept_epoch = len(history)
+    else:
+        head_state, history = states[0], histories[0]
     metrics = best_metrics(history, kept_epoch)
+    if ensemble:
+        metrics["members"] = [
+            {"backbone": p.name, "valid_acc": h[-1]["valid_acc"], "valid_loss": h[-1]["valid_loss"]}
+            for p, h in zip(parts, histories, strict=True)
+        ]
+        run.log(
+            "members alone: "
+            + ", ".join(f"{m['backbone']} {m['valid_acc']:.2%}" for m in metrics["members"])
+            + f"; averaged: {metrics['valid_acc']:.2%}"
+        )
     metrics["feature_seconds"] = feat_seconds
     metrics["features_computed"] = computed
     photos = {"train_images": len(all_tr), "train_rows": len(all_tr), "valid_images": len(all_va)}
+    feats = (torch.cat(f_tr, 1), all_tr, torch.cat(f_va, 1))
     return finish_trained_backbone(
-        run, module, head_cfg, head_state, logits_va, labels_va, metrics, skipped, photos, (f_tr, all_tr, f_va)
+        run, module, head_cfg, head_state, logits_va, labels_va, metrics, skipped, photos, feats
     )
