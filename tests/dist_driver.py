@@ -26,9 +26,9 @@ def main() -> int:
     from tests.conftest import tiny_spec
 
     register_backbone(tiny_spec(), replace=True)
-    from tests.training.test_finetune import effnet_spec
+    from tests.training.test_finetune import register_effnet_pair
 
-    register_backbone(effnet_spec(), replace=True)  # for --tune-stages and --full-finetune
+    register_effnet_pair()  # a tiny EfficientNet and a pair of them, for --tune-stages and --full-finetune
     folder = os.environ.get("FLOWERID_TEST_LOADS")
     if folder:
         load = preprocess.Preprocessing.load

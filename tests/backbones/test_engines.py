@@ -203,6 +203,32 @@ def test_ensemble_is_its_members_side_by_side_averaged_with_the_mirror(tiny_ense
         build_backbone(spec, tmp_path / "none.pth")
 
 
+def test_a_members_own_view_is_pillows_resampling_of_its_own_crop():
+    """OwnView's matrices resample exactly as Pillow does (a float image, both axes), and on a photo the
+    member's view of the ensemble's crop is close to the member's own preprocessing of it."""
+    from PIL import Image
+
+    from flowerid.backbones.ensemble import OwnView, Resize, resampling_matrix
+    from flowerid.data.preprocess import _RESAMPLE
+
+    rng = np.random.default_rng(0)
+    img = rng.random((60, 60), dtype=np.float32)
+    a = resampling_matrix(60, 45, 3.25, 57.5, "bicubic")
+    want = np.asarray(Image.fromarray(img).resize((45, 45), _RESAMPLE["bicubic"], box=(3.25, 3.25, 57.5, 57.5)))
+    np.testing.assert_allclose(a @ img @ a.T, want, atol=1e-5)
+    assert np.allclose(a.sum(1), 1.0, atol=1e-5)  # a weighted mean of pixels: normalisation commutes with it
+
+    ensemble, member = get_spec("efficientnet_lite012"), get_spec("efficientnet_lite0")
+    photo = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).resize((400, 300))  # smooth blobs
+    x = torch.from_numpy(ensemble.preprocessing(photo))[None]
+    own = member.preprocessing(photo)
+    view = OwnView(ensemble.preprocessing, member.preprocessing)
+    assert view(x).shape == (1, 3, 224, 224) and not view.state_dict()
+    by_view = np.abs(view(x)[0].numpy() - own).mean()
+    by_resize = np.abs(Resize(224)(x)[0].numpy() - own).mean()
+    assert by_view < 0.5 * by_resize, (by_view, by_resize)
+
+
 def test_real_ensembles_are_offline_and_sized_for_their_largest_member():
     spec = get_spec("efficientnet_lite0_lite2_flip")
     assert spec.offline and spec.input_size == 260 and spec.num_features == 2560 and spec.flip_tta

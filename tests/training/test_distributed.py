@@ -124,6 +124,23 @@ def test_tuned_and_full_train_with_ddp_and_count_each_valid_photo_once(tmp_path,
     assert (tmp_path / "run" / "skipped.tsv").read_text().count("broken.jpg") == 1
 
 
+@pytest.mark.slow  # a torchrun launch of two small EfficientNets
+def test_an_ensemble_tunes_its_members_with_ddp_and_scores_their_average_once_per_photo(tmp_path):
+    from .test_finetune import TINY_ENSEMBLE
+
+    data = build_folder(tmp_path / "data", {"train": 6, "valid": 3})
+    (data / "valid" / "2" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    args = ["--arch", TINY_ENSEMBLE, "--tune-stages", "1", "--epochs", "2", "--learning-rate", "0.01"]
+    res = _launch(["train", str(data), "--save-dir", str(tmp_path / "run"), *args, "--preset", "fast"], tmp_path / "c")
+    assert res.returncode == 0, res.stderr
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pth")
+    m = ckpt["metrics"]
+    assert ckpt["training"]["world_size"] == 2 and ckpt["training"]["valid_images"] == 9
+    assert len(m["members"]) == 2 and len(m["history"]) == 2
+    assert all(abs(h["valid_acc"] * 9 - round(h["valid_acc"] * 9)) < 1e-5 for h in m["history"])
+    assert sum(line.startswith("epoch ") for line in res.stdout.splitlines()) == 2 * 2  # each member's epochs
+
+
 @pytest.mark.slow  # two torchrun launches
 def test_a_failed_process_stops_the_job_clearly_and_a_rerun_resumes(tmp_path):
     data = build_folder(tmp_path / "data", {"train": 12, "valid": 4})

@@ -192,17 +192,25 @@ def test_convolutions_and_their_frozen_batchnorms_train_fused_with_the_same_func
 TINY_ENSEMBLE = "tiny_effnet_pair_test"
 
 
+def register_effnet_pair():
+    """Two tiny EfficientNets as one raw-feature ensemble, the second fed a larger crop (as Lite0 + Lite2)."""
+    from flowerid.backbones.spec import ensemble_spec
+
+    small = register_backbone(effnet_spec(), replace=True)
+    big = dataclasses.replace(small, name=TINY_EFFNET + "_big", input_size=small.input_size + 8)
+    register_backbone(big, replace=True)
+    pair = ensemble_spec(TINY_ENSEMBLE, (TINY_EFFNET, big.name), member_norm=None, member_view="own")
+    return register_backbone(pair, replace=True)
+
+
 @pytest.fixture
 def effnet_pair(effnet):
-    """Two tiny EfficientNets as one raw-feature ensemble, the second fed a larger crop (as Lite0 + Lite2)."""
-    from flowerid.backbones.spec import ensemble_spec, unregister_backbone
+    from flowerid.backbones.spec import unregister_backbone
 
-    big = dataclasses.replace(effnet, name=TINY_EFFNET + "_big", input_size=effnet.input_size + 8)
-    register_backbone(big, replace=True)
-    spec = register_backbone(ensemble_spec(TINY_ENSEMBLE, (TINY_EFFNET, big.name), member_norm=None), replace=True)
+    spec = register_effnet_pair()
     yield spec
-    unregister_backbone(TINY_ENSEMBLE)
-    unregister_backbone(big.name)
+    for name in (TINY_ENSEMBLE, *spec.members[1:]):
+        unregister_backbone(name)
 
 
 def test_an_ensemble_tunes_each_member_and_averages_their_heads_into_one(effnet_pair, image_folder, tmp_path):
@@ -214,6 +222,10 @@ def test_an_ensemble_tunes_each_member_and_averages_their_heads_into_one(effnet_
     assert [x["backbone"] for x in m["members"]] == list(effnet_pair.members)
     assert len(m["history"]) == 2 and m["best_epoch"] == 2 and "temperature" in m and "test_acc" in m
     assert any(line.startswith("member 2/2") for line in lines)
+    from flowerid.model.info import checkpoint_info, format_info
+
+    shown = format_info(checkpoint_info(result.checkpoint_path))
+    assert f"valid top-1 alone: {TINY_EFFNET} " in shown and "heads averaged" in shown
 
     # Both members' last stages trained, each beside its own pristine weights; nothing else changed.
     tuned = torch.load(tmp_path / "run" / "backbone.pth", weights_only=True)

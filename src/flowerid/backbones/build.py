@@ -92,10 +92,20 @@ def build_backbone(
 
 def assemble_ensemble(spec: BackboneSpec, built: list[tuple[nn.Module, str]]) -> tuple[nn.Module, str]:
     """The ensemble network over its members' built networks and their digests; its digest digests theirs."""
-    from .ensemble import Ensemble
+    import torch.nn as nn
 
-    sizes = [get_spec(m).input_size for m in spec.members]
-    module = Ensemble([module for module, _ in built], sizes, spec.flip_tta, spec.member_norm)
+    from .ensemble import Ensemble, OwnView, Resize
+
+    views: list[nn.Module] = []
+    for name in spec.members:
+        member = get_spec(name)
+        if member.preprocessing == spec.preprocessing:
+            views.append(nn.Identity())
+        elif spec.member_view == "own":
+            views.append(OwnView(spec.preprocessing, member.preprocessing))
+        else:
+            views.append(Resize(member.input_size))
+    module = Ensemble([module for module, _ in built], views, spec.flip_tta, spec.member_norm)
     return module.eval(), ensemble_digest([digest for _, digest in built])
 
 

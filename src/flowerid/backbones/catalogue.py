@@ -86,9 +86,13 @@ for _spec in (
         "efficientnet_lite012_flip", ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"), flip_tta=True
     ),
     # The `best` preset's: each member's last stage tuned with a head of its own (training/tuned.py),
-    # so the features stay as each member gives them and the heads average into one.
+    # so the features stay as each member gives them and the heads average into one; each member
+    # sees the photo as its own preprocessing would show it (ensemble.OwnView).
     ensemble_spec(
-        "efficientnet_lite012", ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"), member_norm=None
+        "efficientnet_lite012",
+        ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
+        member_norm=None,
+        member_view="own",
     ),
 ):
     register_backbone(_spec)

@@ -79,9 +79,12 @@ class BackboneSpec:
     # family "ensemble": these backbones' features side by side, each fed this spec's
     # crop resized to its own input size; flip_tta averages each photo with its mirror;
     # member_norm scales each member's features to that length (None: as the member gives them).
+    # member_view: "resize" (the ensemble's crop resized to the member's input, bilinear) or "own" (the
+    # part of it the member's own crop would cover, resampled with its own filter: ensemble.OwnView).
     members: tuple[str, ...] = ()
     flip_tta: bool = False
     member_norm: float | None = None
+    member_view: str = "resize"
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -132,6 +135,7 @@ def ensemble_spec(
     *,
     flip_tta: bool = False,
     member_norm: float | None = ENSEMBLE_MEMBER_NORM,
+    member_view: str = "resize",
 ) -> BackboneSpec:
     """Several backbones as one: a photo is preprocessed once, for the member with the largest input.
 
@@ -142,6 +146,8 @@ def ensemble_spec(
     inside the network, so caches, exports and `predict` all see the same features.
     """
     specs = [get_spec(m) for m in members]
+    if member_view not in ("resize", "own"):
+        raise BackboneError(f"ensemble {name}: member_view is 'resize' or 'own', not {member_view!r}")
     big = max(specs, key=lambda s: s.input_size)
     if any((s.mean, s.std) != (big.mean, big.std) for s in specs):
         raise BackboneError(f"ensemble {name}: members must share mean and std")
@@ -160,4 +166,5 @@ def ensemble_spec(
         members=tuple(members),
         flip_tta=flip_tta,
         member_norm=member_norm,
+        member_view=member_view,
     )

@@ -15,7 +15,7 @@ exports and the ONNX engine treat it like any backbone with local weights.
 
 An ensemble of EfficientNets whose features stay raw (efficientnet_lite012, the `best`
 preset) tunes each member in turn, with a linear head of its own, on the activations of
-its front fed the ensemble's crop (resized to the member's size as the ensemble does).
+its front fed its view of the ensemble's crop (ensemble.OwnView), as it is fed at prediction.
 The members' heads averaged are one linear head over the ensemble's features, so the
 result is a checkpoint like any other: one backbone, one head.
 """
@@ -86,9 +86,10 @@ class TunedPart:
 def tuned_parts(spec: BackboneSpec, weights: str | None, stages: int) -> tuple[nn.Module, list[TunedPart]]:
     """The whole pretrained network and the parts to tune in it: itself, or each member of an ensemble.
 
-    A member whose input is smaller than the ensemble's gets the ensemble's crop resized, as the
-    ensemble feeds it at prediction; its activations are keyed by the ensemble's preprocessing. A
-    member fed exactly its own preprocessing shares the cache entries of a run that tunes it alone.
+    A member whose preprocessing differs from the ensemble's gets its view of the ensemble's crop, as
+    the ensemble feeds it at prediction; its activations are keyed by the ensemble's name and
+    preprocessing. A member fed exactly its own preprocessing shares the cache entries of a run
+    that tunes it alone.
     """
     if spec.family != "ensemble":
         module, digest = build_backbone(spec, weights)
@@ -97,19 +98,19 @@ def tuned_parts(spec: BackboneSpec, weights: str | None, stages: int) -> tuple[n
     if spec.flip_tta or spec.member_norm is not None:
         raise UsageError(
             f"--tune-stages on an ensemble needs its members' raw features (efficientnet_lite012); "
-            f"{spec.name} {'mirrors each photo' if spec.flip_tta else 'rescales its members features'}"
+            f"{spec.name} " + ("mirrors each photo" if spec.flip_tta else "rescales its members' features")
         )
     if weights is not None:
         raise UsageError(f"--weights starts one network; {spec.name} tunes its members from their own weights")
     built = [build_backbone(m) for m in spec.members]
     module, _ = assemble_ensemble(spec, built)
     parts = []
-    for name, (member, digest), resize in zip(spec.members, built, module.resizes, strict=True):
+    for name, (member, digest), view in zip(spec.members, built, module.views, strict=True):
         mspec = get_spec(name)
         front, tail = split_backbone(member, mspec, stages)
         fspec = mspec
-        if mspec.preprocessing != spec.preprocessing:
-            front = nn.Sequential(resize, front) if resize.size != spec.input_size else front
+        if not isinstance(view, nn.Identity):
+            front = nn.Sequential(view, front)
             fspec = dataclasses.replace(
                 spec, name=f"{spec.name}.{name}", family=mspec.family, arch=mspec.arch, members=()
             )
@@ -404,7 +405,9 @@ def ensemble_history(
     (what the averaged head gives); train figures are the members' mean, seconds their sum."""
     history = []
     for e, rows in enumerate(zip(*member_histories, strict=True)):
-        valid_loss, valid_acc = score(torch.stack([m[e] for m in logits]).mean(0), labels)
+        mean = torch.stack([m[e] for m in logits]).mean(0)  # gathered: the main process scores them alone
+        valid_loss = F.cross_entropy(mean, labels).item()
+        valid_acc = (mean.argmax(1) == labels).float().mean().item()
         history.append({
             "epoch": e + 1,
             "train_loss": float(np.mean([r["train_loss"] for r in rows])),
