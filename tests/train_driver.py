@@ -9,6 +9,7 @@ the slow stage has started.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     stage, marker, *argv = sys.argv[1:]
+    # A terminal's Ctrl-C, even when the tests run from a background job (whose children start with
+    # SIGINT ignored, so Python would never raise KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from flowerid.apps.cli import main as cli_main
     from flowerid.backbones import engines, register_backbone
     from flowerid.data import preprocess
