@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._io import file_sha256
-from ..errors import BackboneError, WeightsUnavailableError
+from ..errors import BackboneError
 from .spec import BackboneSpec, get_spec
-from .weights import ensemble_digest, load_local, load_online, load_package, state_dict_digest
+from .weights import ensemble_digest, load_ensemble_state, load_local, load_online, load_package, state_dict_digest
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -107,24 +107,3 @@ def assemble_ensemble(spec: BackboneSpec, built: list[tuple[nn.Module, str]]) ->
             views.append(Resize(member.input_size))
     module = Ensemble([module for module, _ in built], views, spec.flip_tta, spec.member_norm)
     return module.eval(), ensemble_digest([digest for _, digest in built])
-
-
-def load_ensemble_state(spec: BackboneSpec, module: nn.Module, path: Path) -> None:
-    """A tuned ensemble's weights: the state dict of the whole network, as training saves it (backbone.pth)."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsUnavailableError(f"weights file {path} not found") from None
-    except Exception as exc:
-        raise WeightsUnavailableError(f"cannot read weights file {path}: {exc}") from None
-    try:
-        if not isinstance(state, dict):
-            raise RuntimeError("not a state dict")
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise WeightsUnavailableError(
-            f"{path} does not fit {spec.name}: it must hold the whole ensemble ({' + '.join(spec.members)}) "
-            f"as `flowerid train` saves it ({str(exc).splitlines()[0]})"
-        ) from None

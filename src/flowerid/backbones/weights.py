@@ -94,15 +94,34 @@ def ensemble_digest(member_digests: list[str]) -> str:
     return hashlib.sha256(":".join(member_digests).encode()).hexdigest()
 
 
-def load_local(spec: BackboneSpec, full: nn.Module, path: Path) -> None:
+def read_weights_file(path: Path) -> Any:
+    """A local weights file's contents (plain data only); WeightsUnavailableError saying why it cannot be read."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise WeightsUnavailableError(f"weights file {path} not found") from None
     except Exception as exc:
         raise WeightsUnavailableError(f"cannot read weights file {path}: {exc}") from None
+
+
+def load_ensemble_state(spec: BackboneSpec, module: nn.Module, path: Path) -> None:
+    """A tuned ensemble's weights: the state dict of the whole network, as training saves it (backbone.pth)."""
+    state = read_weights_file(path)
+    try:
+        if not isinstance(state, dict):
+            raise RuntimeError("not a state dict")
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsUnavailableError(
+            f"{path} does not fit {spec.name}: it must hold the whole ensemble ({' + '.join(spec.members)}) "
+            f"as `flowerid train` saves it ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def load_local(spec: BackboneSpec, full: nn.Module, path: Path) -> None:
+    state = read_weights_file(path)
     if isinstance(state, dict) and isinstance(state.get(OVERLAY), str):
         _load_overlay(spec, full, path, state)
         return
