@@ -116,7 +116,7 @@ def cross_validate(
     Frozen and tuned modes; features and activations come from the same cache `train()` uses.
     """
     from .frozen import _logits, fit_head
-    from .tuned import fit_tail, part_activations, tuned_parts
+    from .tuned import check_ensemble_recipe, fit_tail, part_activations, tuned_parts
 
     if cfg.mode == "full" or cfg.views:
         raise DataError("cross-validation covers the frozen and tuned modes without views")
@@ -125,6 +125,7 @@ def cross_validate(
     photos = pooled(data_dir)
     skipped: dict[str, str] = {}
     if cfg.mode == "tuned":
+        check_ensemble_recipe(spec, cfg)  # the recipe `train()` would refuse is not cross-validated either
         _, parts = tuned_parts(spec, cfg.weights, cfg.tune_stages)
         xs, y, failed, _ = part_activations(photos, parts, cfg.tune_stages, cfg, device, "all")
     else:

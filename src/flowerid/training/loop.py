@@ -84,13 +84,14 @@ class Best:
         return improved
 
 
-def score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+def score(logits: torch.Tensor, labels: torch.Tensor, over_job: bool = True) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of valid logits.
 
     Under torchrun each process brings its share of valid and the sums are taken over
     the job, so every photo counts once (no padding) and every process gets the same figures.
+    `over_job=False`: these logits are already the whole job's (gathered), scored here alone.
     """
-    if not distributed.world().distributed:
+    if not (over_job and distributed.world().distributed):
         return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
     loss_sum, correct, n = distributed.all_sum(
         [

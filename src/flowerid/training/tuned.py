@@ -118,6 +118,15 @@ def tuned_parts(spec: BackboneSpec, weights: str | None, stages: int) -> tuple[n
     return module, parts
 
 
+def check_ensemble_recipe(spec: BackboneSpec, cfg: TrainConfig) -> None:
+    """An ensemble's tuned heads average into one only when each is linear and trained a fixed number of epochs."""
+    if spec.family == "ensemble" and (cfg.hidden_units or cfg.keep_best_epoch):
+        raise UsageError(
+            f"{spec.name} tunes each member with a linear head and averages them after a fixed number of "
+            "epochs: leave out --hidden_units and --keep-best-epoch"
+        )
+
+
 def part_activations(
     split: ImageFolder, parts: list[TunedPart], stages: int, cfg: TrainConfig, device: str, name: str
 ) -> tuple[list[torch.Tensor], torch.Tensor, dict[int, str], int]:
@@ -405,9 +414,8 @@ def ensemble_history(
     (what the averaged head gives); train figures are the members' mean, seconds their sum."""
     history = []
     for e, rows in enumerate(zip(*member_histories, strict=True)):
-        mean = torch.stack([m[e] for m in logits]).mean(0)  # gathered: the main process scores them alone
-        valid_loss = F.cross_entropy(mean, labels).item()
-        valid_acc = (mean.argmax(1) == labels).float().mean().item()
+        mean = torch.stack([m[e] for m in logits]).mean(0)
+        valid_loss, valid_acc = score(mean, labels, over_job=False)  # gathered: the main process scores alone
         history.append({
             "epoch": e + 1,
             "train_loss": float(np.mean([r["train_loss"] for r in rows])),
@@ -433,11 +441,7 @@ def train_tuned(run: Run) -> TrainResult | None:
         raise UsageError("--resume continues head training on frozen features; a --tune-stages run starts over")
     spec = get_spec(cfg.arch)
     ensemble = spec.family == "ensemble"
-    if ensemble and (cfg.hidden_units or cfg.keep_best_epoch):
-        raise UsageError(
-            f"{spec.name} tunes each member with a linear head and averages them after a fixed number of "
-            "epochs: leave out --hidden_units and --keep-best-epoch"
-        )
+    check_ensemble_recipe(spec, cfg)
     module, parts = tuned_parts(spec, cfg.weights, cfg.tune_stages)
     w = distributed.world()
     train_split, valid_split = share_of(data.train), share_of(data.valid)
@@ -472,7 +476,14 @@ def train_tuned(run: Run) -> TrainResult | None:
         part_cfg = HeadConfig(part.num_features, num_classes, cfg.hidden_units, cfg.dropout)
         epoch_logits.append([])
         state, history, kept_epoch, logits_va, labels_va = fit_tail(
-            part.tail, part_cfg, (x_tr, y_tr), (x_va, y_va), cfg, run.device, run.log, epoch_logits[-1]
+            part.tail,
+            part_cfg,
+            (x_tr, y_tr),
+            (x_va, y_va),
+            cfg,
+            run.device,
+            run.log,
+            epoch_logits[-1] if ensemble else None,  # only an ensemble's history needs every epoch's logits
         )
         states.append(state)
         histories.append(history)
