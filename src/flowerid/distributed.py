@@ -42,6 +42,11 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
+    def device_for(self, device: str) -> str:
+        """The device this process computes on: under torchrun a CUDA device is the process's own GPU
+        (cuda:LOCAL_RANK); otherwise `device` as it is."""
+        return f"cuda:{self.local_rank}" if self.distributed and device.startswith("cuda") else device
+
     def label(self) -> str:
         return f"rank {self.rank} of {self.size}"
 

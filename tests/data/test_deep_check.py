@@ -12,8 +12,10 @@ from PIL import Image, ImageDraw, ImageOps
 from flowerid.apps.cli import main
 from flowerid.backbones import BackboneSpec, WeightsSource, register_backbone
 from flowerid.data import deep_check as dc
-from flowerid.data.folders import exclude_photos, load_dataset
+from flowerid.data.folders import exclude_photos, load_dataset, read_exclude_list
+from flowerid.data.folds import fold_indices
 from flowerid.errors import DataError
+from flowerid.evaluation.data_check import thumbnails, write_issues_csv
 
 from ..conftest import CLASS_COLOURS, NAMES, TINY
 
@@ -84,12 +86,12 @@ def copy_of(img: Image.Image, *, mirror: bool = False, crop: bool = False) -> Im
 
 def test_folds_cover_every_row_once_and_spread_each_class():
     y = np.array([0] * 10 + [1] * 7 + [2] * 2)
-    folds = dc.stratified_folds(y, 5, seed=3)
+    folds = fold_indices(y, 5, seed=3)
     assert sorted(np.concatenate(folds).tolist()) == list(range(len(y)))
     for f in folds:
         assert (y[f] == 0).sum() == 2  # 10 photos over 5 folds
         assert 1 <= (y[f] == 1).sum() <= 2
-    assert dc.stratified_folds(y, 5, seed=3)[0].tolist() == folds[0].tolist()  # seeded
+    assert fold_indices(y, 5, seed=3)[0].tolist() == folds[0].tolist()  # seeded
 
 
 def test_out_of_fold_probabilities_come_from_heads_that_never_saw_the_row():
@@ -97,7 +99,7 @@ def test_out_of_fold_probabilities_come_from_heads_that_never_saw_the_row():
     p = dc.out_of_fold_probabilities(x, y, 4, folds=5, seed=1)
     assert p.shape == (len(y), 4) and np.allclose(p.sum(1), 1, atol=1e-5)
     assert (p.argmax(1) == y).mean() > 0.97
-    held = dc.stratified_folds(y, 5, seed=1)[2]
+    held = fold_indices(y, 5, seed=1)[2]
     rest = np.setdiff1d(np.arange(len(y)), held)
     assert np.allclose(p[held], dc.fit_linear(x[rest], y[rest], 4)(x[held]), atol=1e-6)
     noisy = y.copy()
@@ -136,7 +138,7 @@ def test_copies_match_on_pixels_and_distinct_scenes_do_not(tmp_path):
     for name, img in files.items():
         img.save(tmp_path / f"{name}.jpg", quality=70)
     names = list(files)
-    thumbs, failed = dc.thumbnails([tmp_path / f"{n}.jpg" for n in names])
+    thumbs, failed = thumbnails([tmp_path / f"{n}.jpg" for n in names])
     assert not failed and thumbs.shape == (len(names), 2, dc.THUMB, dc.THUMB)
     pairs = np.array([[0, names.index(n)] for n in names[1:]])
     sim = dict(zip(names[1:], dc.pixel_similarity(thumbs, pairs), strict=True))
@@ -174,14 +176,14 @@ def test_issues_csv_round_trips_into_an_exclude_list(tmp_path):
         dc.Issue("train/1/a.jpg", dc.LABEL, "1", "2", 0.98765),
         dc.Issue("train/2/b, c.jpg", dc.DUPLICATE, "2", "", 2.9, "valid/2/d.jpg"),
     ]
-    path = dc.write_issues_csv(tmp_path / "issues.csv", issues)
+    path = write_issues_csv(tmp_path / "issues.csv", issues)
     rows = list(csv.reader(path.open(encoding="utf-8")))
     assert rows[0] == ["path", "kind", "given", "suggested", "score", "other"]
     assert rows[1] == ["train/1/a.jpg", "label", "1", "2", "0.9877", ""]
-    assert dc.read_exclude_list(path) == ["train/1/a.jpg", "train/2/b, c.jpg"]
+    assert read_exclude_list(path) == ["train/1/a.jpg", "train/2/b, c.jpg"]
     plain = tmp_path / "list.txt"
     plain.write_text("train/1/a.jpg\n\n# kept: train/2/x.jpg\n  valid/2/d.jpg  \n")
-    assert dc.read_exclude_list(plain) == ["train/1/a.jpg", "valid/2/d.jpg"]
+    assert read_exclude_list(plain) == ["train/1/a.jpg", "valid/2/d.jpg"]
 
 
 def test_exclude_photos_drops_listed_ones_and_names_unknown_ones(image_folder):
@@ -257,7 +259,7 @@ def test_check_deep_json_reports_counts_and_files(planted, tmp_path, capsys):
 
 def test_train_exclude_leaves_out_the_rows_of_issues_csv(planted, tmp_path, capsys):
     issues = tmp_path / "issues.csv"
-    dc.write_issues_csv(
+    write_issues_csv(
         issues,
         [dc.Issue("train/2/moved.jpg", dc.LABEL, "2", "1", 0.99), dc.Issue("train/10/stray.png", dc.OUTLIER, "10")],
     )
@@ -281,6 +283,6 @@ def test_check_deep_survives_hostile_files(hostile_folder, tmp_path, capsys):
     data = load_dataset(root)
     readable = {str(p.relative_to(root)) for p in data.train.paths + data.valid.paths}
     assert {r["path"] for r in rows} <= readable
-    kept, left_out, unknown = exclude_photos(data, dc.read_exclude_list(issues))  # every row matches a photo
+    kept, left_out, unknown = exclude_photos(data, read_exclude_list(issues))  # every row matches a photo
     assert left_out == len({r["path"] for r in rows}) and unknown == []
     (tmp_path / "out" / "review.html").read_text(encoding="utf-8")  # the page is valid UTF-8

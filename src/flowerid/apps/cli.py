@@ -207,8 +207,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if w.distributed and device != "cpu":
         from ..backbones.engines import resolve_device
 
-        if resolve_device(device).startswith("cuda"):
-            device = f"cuda:{w.local_rank}"  # one GPU per process
+        device = w.device_for(resolve_device(device))
     checkpoint = resolve_checkpoint(args.checkpoint)
     clf = Classifier.load(checkpoint, device=device, category_names=args.category_names, engine=args.engine)
     if args.out is not None:
@@ -362,13 +361,12 @@ def run_check(args: argparse.Namespace) -> int:
     found = 0
     if args.deep:
         from ..data.deep_check import KINDS
-        from ..data.folders import CATEGORY_NAMES_FILE, load_category_names
+        from ..data.folders import default_category_names
         from ..evaluation.data_check import run_deep_check
 
         root = Path(args.data_dir)
         out = Path(args.out) if args.out else Path(f"check-{root.resolve().name}")
-        names_path = root / CATEGORY_NAMES_FILE
-        names = load_category_names(names_path) if names_path.is_file() else {}
+        names = default_category_names(root) or {}
         findings, csv_path, html_path = run_deep_check(
             root, out, args.arch, device=args.device, engine=args.engine, names=names
         )

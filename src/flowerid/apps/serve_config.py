@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
@@ -17,7 +16,9 @@ DEFAULT_UNSURE_BELOW = 0.4
 def default_threads() -> int:
     """Photos named at once: one per core, 1-4. On 2 shared cores, 2 threads served 36-42 photos/s
     against 22 for one (decoding one photo overlaps the model on another)."""
-    return max(1, min(4, os.cpu_count() or 1))
+    from ..backbones.engines import default_threads as cores
+
+    return min(4, cores())
 
 
 @dataclass(frozen=True)

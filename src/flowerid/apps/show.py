@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE, get_spec
-from ..data.folders import CATEGORY_NAMES_FILE, load_category_names
+from ..data.folders import default_category_names, load_category_names
 from ..data.preprocess import Preprocessing
 from ..errors import DataError
 from ..evaluation.figures import batch_figure, sample_batch, save_figure
@@ -44,10 +44,7 @@ def show_folder(
     if category_names is not None:
         names = load_category_names(category_names)
     elif names is None:
-        for candidate in (folder / CATEGORY_NAMES_FILE, folder.parent / CATEGORY_NAMES_FILE):
-            if candidate.is_file():
-                names = load_category_names(candidate)
-                break
+        names = default_category_names(folder, folder.parent)
     images, labels, skipped = sample_batch(folder, n, seed, prep, names)
     if not images:
         raise DataError(f"none of the images in {folder} could be read")

@@ -118,7 +118,10 @@ class TorchEngine:
 
 
 def default_threads() -> int:
-    """Engine threads: every core, or under torchrun this process's share of its machine's cores."""
+    """Every core this process may use: all of them, or under torchrun its share of its machine's cores.
+
+    The one rule for engine threads, batch-prediction streams, decode workers and the server's threads.
+    """
     return max(1, (os.cpu_count() or 1) // max(1, world().local_size))
 
 

@@ -9,7 +9,6 @@ disk (under the source's `CacheKey`) so an unchanged re-run computes nothing.
 from __future__ import annotations
 
 import gc
-import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from ..data.preprocess import Preprocessing
 from ..distributed import world
 from ..errors import ImageError
 from .cache import FeatureCache
-from .engines import Backbone, Front
+from .engines import Backbone, Front, default_threads
 
 if TYPE_CHECKING:
     from ..data.folders import ImageFolder
@@ -74,8 +73,7 @@ def default_workers() -> int:
 
     Under torchrun the cores are this machine's processes' to share.
     """
-    cores = (os.cpu_count() or 2) // max(1, world().local_size)
-    return max(1, min(4, cores - 1))
+    return max(1, min(4, default_threads() - 1))
 
 
 def photo_loader(

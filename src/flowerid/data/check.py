@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import DataError, FlowerIdError, ImageError
-from .folders import CATEGORY_NAMES_FILE, SPLITS, find_categories, list_images, load_category_names
+from .folders import CATEGORY_NAMES_FILE, SPLITS, category_names_path, find_categories, list_images, load_category_names
 from .images import load_image
 
 ERROR, WARNING = "error", "warning"
@@ -197,8 +197,8 @@ def check_data(
                     [f"train/{c}: {train_counts[c]}" for c in small],
                 )
             )
-    names_path = root / CATEGORY_NAMES_FILE
-    if names_path.exists():
+    names_path = category_names_path(root)
+    if names_path is not None:
         try:
             names = load_category_names(names_path)
             missing = [c for c in categories if c not in names]

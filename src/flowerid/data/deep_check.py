@@ -14,27 +14,20 @@ Three findings, each from what the feature cache already holds:
 
 The algorithms below take arrays and return arrays, so tests run them on tiny
 synthetic features; `evaluation.data_check.run_deep_check` gathers features and thumbnails for a data
-folder and writes issues.csv and review.html.
+folder and writes issues.csv and review.html. Importing this module imports no torch; the linear heads
+and the principal components import it when they are called.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write_bytes
 from .._numeric import unit_rows
-from ..errors import ImageError, UsageError
-from .folds import stratified_folds as fold_numbers
-from .images import load_image
+from .folds import fold_indices
 
 LABEL, DUPLICATE, OUTLIER = "label", "duplicate", "outlier"
 KINDS = (LABEL, DUPLICATE, OUTLIER)
@@ -74,12 +67,6 @@ class Issue:
 
 
 # ------------------------------------------------------------------ wrong labels
-
-
-def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
-    """k folds of row indices, every class spread over them as evenly as its size allows (seeded)."""
-    fold = fold_numbers(y, k, seed)
-    return [np.flatnonzero(fold == f) for f in range(k)]
 
 
 def principal_components(x: np.ndarray, q: int, seed: int = 0, sample: int = 3000) -> np.ndarray:
@@ -159,7 +146,7 @@ def out_of_fold_probabilities(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: on 2 busy cores one thread was 3.6x faster than two
     try:
-        for held in stratified_folds(y, max(2, min(folds, len(y))), seed):
+        for held in fold_indices(y, max(2, min(folds, len(y))), seed):
             train = np.ones(len(y), dtype=bool)
             train[held] = False
             if len(held) and train.any():
@@ -197,16 +184,6 @@ def label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
 
 
 # ------------------------------------------------------------------ near-duplicates
-
-
-def thumbnail(path: str | os.PathLike) -> np.ndarray:
-    """(2, THUMB, THUMB) uint8: the photo in grey, squashed to a square, whole and with 5% off each side."""
-    img = load_image(path, min_size=2 * THUMB).convert("L")
-    w, h = img.size
-    dx, dy = 0.05 * w, 0.05 * h
-    whole = img.resize((THUMB, THUMB), 2)  # bilinear
-    inner = img.resize((THUMB, THUMB), 2, box=(dx, dy, w - dx, h - dy))
-    return np.stack([np.asarray(whole), np.asarray(inner)])
 
 
 def _views(thumbs: np.ndarray) -> np.ndarray:
@@ -372,48 +349,3 @@ def find_issues(photos: Photos, *, folds: int = 5, seed: int = 0, step: Step | N
     issues += [Issue(photos.paths[i], OUTLIER, cats[y[i]], "", float(out_scores[i])) for i in outliers]
     issues.sort(key=lambda d: (KINDS.index(d.kind), -d.score))
     return Findings(issues, probs, out_scores)
-
-
-def write_issues_csv(path: str | os.PathLike, issues: Sequence[Issue]) -> Path:
-    """issues.csv: one row per finding, columns CSV_COLUMNS, written atomically."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for i in issues:
-        w.writerow([i.path, i.kind, i.given, i.suggested, f"{i.score:.4f}", i.other])
-    return atomic_write_bytes(path, buf.getvalue().encode("utf-8", "surrogateescape"))
-
-
-def read_exclude_list(path: str | os.PathLike) -> list[str]:
-    """Paths to leave out of training: an issues.csv (its `path` column) or a file with one path a line.
-
-    Blank lines and lines starting with # are skipped, so rows can be kept by
-    deleting or commenting them out.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        raise UsageError(f"cannot read the exclude list {path}: {exc.strerror or exc}") from None
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if lines and next(csv.reader([lines[0]]))[:2] == ["path", "kind"]:
-        return [row[0] for row in csv.reader(lines[1:]) if row and row[0].strip()]
-    return [line.strip() for line in lines]
-
-
-# ------------------------------------------------------------------ a data folder
-
-
-def thumbnails(paths: Sequence[Path], workers: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
-    """Thumbnails of every photo (zeros for unreadable ones) and the unreadable ones' reasons."""
-    out = np.zeros((len(paths), 2, THUMB, THUMB), dtype=np.uint8)
-    failed: dict[int, str] = {}
-
-    def one(i: int) -> None:
-        try:
-            out[i] = thumbnail(paths[i])
-        except ImageError as exc:
-            failed[i] = exc.reason
-
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 1)) as pool:
-        list(pool.map(one, range(len(paths))))  # JPEG decoding releases the GIL
-    return out, failed

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._io import atomic_write_bytes
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from .images import looks_like_image
 
 SPLITS = ("train", "valid", "test")
@@ -191,7 +192,38 @@ def load_category_names(path: str | os.PathLike) -> dict[str, str]:
     return {str(k): v for k, v in data.items()}
 
 
+def category_names_path(*folders: str | os.PathLike) -> Path | None:
+    """The names file (cat_to_name.json) a data folder holds: the first found in `folders`, or None."""
+    for folder in folders:
+        path = Path(folder) / CATEGORY_NAMES_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def default_category_names(*folders: str | os.PathLike) -> dict[str, str] | None:
+    """The category names of a data folder when it holds a names file (see `category_names_path`), else None."""
+    path = category_names_path(*folders)
+    return load_category_names(path) if path is not None else None
+
+
 def names_for(categories: list[str], mapping: dict[str, str] | None) -> list[str | None]:
     if not mapping:
         return [None] * len(categories)
     return [mapping.get(c) for c in categories]
+
+
+def read_exclude_list(path: str | os.PathLike) -> list[str]:
+    """Paths to leave out of training: an issues.csv (its `path` column) or a file with one path a line.
+
+    Blank lines and lines starting with # are skipped, so rows can be kept by
+    deleting or commenting them out.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise UsageError(f"cannot read the exclude list {path}: {exc.strerror or exc}") from None
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if lines and next(csv.reader([lines[0]]))[:2] == ["path", "kind"]:
+        return [row[0] for row in csv.reader(lines[1:]) if row and row[0].strip()]
+    return [line.strip() for line in lines]

@@ -25,3 +25,9 @@ def stratified_folds(labels: np.ndarray, k: int = FOLDS, seed: int = SEED) -> np
         fold[idx] = (dealt + np.arange(len(idx))) % k
         dealt += len(idx)
     return fold
+
+
+def fold_indices(labels: np.ndarray, k: int = FOLDS, seed: int = SEED) -> list[np.ndarray]:
+    """The rows each fold holds out (`stratified_folds`' numbers as k index arrays)."""
+    fold = stratified_folds(labels, k, seed)
+    return [np.flatnonzero(fold == f) for f in range(k)]

@@ -6,23 +6,65 @@ for the features (through the cache) and writes the files, so `data/` stays belo
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from .._io import atomic_write_bytes
 from ..data.deep_check import (
+    CSV_COLUMNS,
     ISSUES_FILE,
     REVIEW_FILE,
+    THUMB,
     Findings,
+    Issue,
     Photos,
     find_issues,
-    thumbnails,
-    write_issues_csv,
 )
-from ..errors import DataError
+from ..data.images import load_image
+from ..errors import DataError, ImageError
+
+
+def thumbnail(path: str | os.PathLike) -> np.ndarray:
+    """(2, THUMB, THUMB) uint8: the photo in grey, squashed to a square, whole and with 5% off each side."""
+    img = load_image(path, min_size=2 * THUMB).convert("L")
+    w, h = img.size
+    dx, dy = 0.05 * w, 0.05 * h
+    whole = img.resize((THUMB, THUMB), 2)  # bilinear
+    inner = img.resize((THUMB, THUMB), 2, box=(dx, dy, w - dx, h - dy))
+    return np.stack([np.asarray(whole), np.asarray(inner)])
+
+
+def thumbnails(paths: Sequence[Path], workers: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    """Thumbnails of every photo (zeros for unreadable ones) and the unreadable ones' reasons."""
+    out = np.zeros((len(paths), 2, THUMB, THUMB), dtype=np.uint8)
+    failed: dict[int, str] = {}
+
+    def one(i: int) -> None:
+        try:
+            out[i] = thumbnail(paths[i])
+        except ImageError as exc:
+            failed[i] = exc.reason
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 1)) as pool:
+        list(pool.map(one, range(len(paths))))  # JPEG decoding releases the GIL
+    return out, failed
+
+
+def write_issues_csv(path: str | os.PathLike, issues: Sequence[Issue]) -> Path:
+    """issues.csv: one row per finding, columns CSV_COLUMNS, written atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for i in issues:
+        w.writerow([i.path, i.kind, i.given, i.suggested, f"{i.score:.4f}", i.other])
+    return atomic_write_bytes(path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def gather(

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import distributed
 from .._numeric import one_blas_thread
+from ..backbones.engines import default_threads
 from ..data.walk import Warn, iter_photos
 from ..errors import UsageError
 from .predictor import photo_fields
@@ -62,12 +63,6 @@ class BatchSummary:
     already: int = 0
     seconds: float = 0.0
     rate: float = 0.0  # photos per second, named or unreadable
-
-
-def default_threads() -> int:
-    """Streams: one per core this process may use (its share under torchrun)."""
-    w = distributed.world()
-    return max(1, (os.cpu_count() or 1) // max(1, w.local_size))
 
 
 def part_path(out: Path, rank: int) -> Path:

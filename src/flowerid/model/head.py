@@ -50,6 +50,12 @@ class HeadConfig:
         )
 
 
+def linear_layers(state: dict[str, Any]) -> list[str]:
+    """The names of a head state's Linear layers in order ("0", or "1" and "4"): their weights are
+    f"{name}.weight" and f"{name}.bias". Prediction (numpy) and calibration (the last one) read them so."""
+    return sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".weight")}, key=int)
+
+
 def build_head(cfg: HeadConfig) -> nn.Sequential:
     """Linear, or Linear-ReLU-Linear when hidden_units > 0 (dropout before each Linear)."""
     import torch.nn as nn

@@ -16,7 +16,7 @@ from ..data.images import ImageSource, load_image
 from ..data.preprocess import Preprocessing
 from ..errors import CheckpointError, ImageError, UsageError
 from .checkpoint import backbone_spec, check_weights, load_checkpoint
-from .head import HeadConfig
+from .head import HeadConfig, linear_layers
 from .unknown import UnknownDetector
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class NumpyHead:
     """The trained head applied with numpy: a head is a matrix or two, torch is not needed."""
 
     def __init__(self, cfg: HeadConfig, state: dict[str, Any]) -> None:
-        linears = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".weight")}, key=lambda s: int(s))
+        linears = linear_layers(state)
         try:
             self.layers = [
                 (

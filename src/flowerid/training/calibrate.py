@@ -21,6 +21,7 @@ import torch
 
 from .._numeric import softmax as _softmax
 from .._text import Log
+from ..model.head import linear_layers
 
 # A label-smoothed head (smoothing 0.1) puts its top category about 7 nats ahead; below
 # T = 0.25 that margin passes 28 nats, a certainty of 1 - 1e-12 that no held-out set of
@@ -83,7 +84,7 @@ def scale_logits(state: dict[str, torch.Tensor], factor: float) -> dict[str, tor
     Folding the temperature into the weights keeps every consumer (predict,
     ONNX, exports) unchanged.
     """
-    last = max((k.rsplit(".", 1)[0] for k in state if k.endswith(".weight")), key=int)
+    last = linear_layers(state)[-1]
     out = dict(state)
     out[f"{last}.weight"] = state[f"{last}.weight"] * factor
     out[f"{last}.bias"] = state[f"{last}.bias"] * factor

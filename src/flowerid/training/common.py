@@ -7,6 +7,7 @@ import dataclasses
 import io
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,17 @@ class TrainResult:
     checkpoint_path: Path
     metrics: dict[str, Any]
     skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Folds:
+    """What cross-validating a mode needs (modes.Mode.folds): the pooled photos' labels, the unreadable ones,
+    and `held_out(train_rows, held_rows)`: one fold's fit from the pretrained network, giving the held-out
+    rows' logits, one tensor per network trained (an ensemble's members; their mean is the ensemble's)."""
+
+    labels: torch.Tensor
+    failures: dict[str, str]
+    held_out: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]
 
 
 @dataclass
@@ -234,7 +246,9 @@ def finish_trained_backbone(
     if feats is None:
         tr = features_of(run.data.train, backbone, no_cache, "train")
         feats = (tr.x, tr.y, features_of(run.data.valid, backbone, no_cache, "valid").x)
-    unknown = fit_for_run(cfg, backbone, *feats, head_cfg, head_state, metrics, run.log)
+    unknown = fit_for_run(
+        cfg.unknown_settings, cfg.extraction, backbone, *feats, head_cfg, head_state, metrics, run.log
+    )
     if run.data.test is not None:
         head = build_head(head_cfg)
         head.load_state_dict(head_state)

@@ -75,6 +75,14 @@ class Extraction:
     use_cache: bool = True
 
 
+@dataclass(frozen=True)
+class UnknownSettings:
+    """What fitting the unknown-photo detector reads: the share of valid photos to accept, photos of other things."""
+
+    accept_rate: float = 0.95
+    negatives: str | None = None
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides a training run; stored in the checkpoint."""
@@ -157,6 +165,11 @@ class TrainConfig:
     def extraction(self) -> Extraction:
         """The settings feature and activation extraction read."""
         return Extraction(self.engine, self.num_workers, self.use_cache)
+
+    @property
+    def unknown_settings(self) -> UnknownSettings:
+        """The settings the unknown-photo detector's fit reads."""
+        return UnknownSettings(self.accept_rate, self.negatives)
 
     @property
     def mode(self) -> str:

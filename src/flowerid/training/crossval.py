@@ -18,15 +18,12 @@ import numpy as np
 import torch
 
 from .._text import Log
-from ..backbones import get_spec
-from ..backbones.engines import load_backbone, resolve_device
+from ..backbones.engines import resolve_device
 from ..data.folders import ImageFolder, load_dataset
 from ..data.folds import FOLDS, SEED, stratified_folds
 from ..errors import DataError
 from ..evaluation.metrics import calibration
-from ..model.head import HeadConfig, build_head
 from .calibrate import fit_temperature, softmax
-from .common import features_of
 from .config import TrainConfig
 
 
@@ -113,53 +110,32 @@ def cross_validate(
 ) -> CVResult:
     """Out-of-fold logits of the recipe `cfg` over train+valid pooled (folds `only`, default all).
 
-    Frozen and tuned modes; features and activations come from the same cache `train()` uses.
+    The mode comes from the same table `train()` uses (modes.MODES); features and activations from
+    the same cache.
     """
-    from ..backbones.surgery import tuned_parts
-    from .frozen import _logits, fit_head
-    from .tail import fit_tail
-    from .tuned import check_ensemble_recipe, part_activations
+    from .modes import MODES, mode_for
 
-    if cfg.mode == "full" or cfg.views:
-        raise DataError("cross-validation covers the frozen and tuned modes without views")
-    device = resolve_device(cfg.device)
-    spec = get_spec(cfg.arch)
+    mode = mode_for(cfg.mode)
+    if mode.folds is None or cfg.views:
+        measured = [name for name, m in MODES.items() if m.folds is not None]
+        raise DataError(f"cross-validation covers the {' and '.join(measured)} modes without views")
     photos = pooled(data_dir)
-    if cfg.mode == "tuned":
-        check_ensemble_recipe(spec, cfg)  # the recipe `train()` would refuse is not cross-validated either
-        _, parts = tuned_parts(spec, cfg.weights, cfg.tune_stages)
-        acts = part_activations(photos, parts, cfg.extraction, device, "all")
-        xs, y, failed = acts.xs, acts.y, acts.failures
-    else:
-        backbone = load_backbone(spec, device, cfg.weights, cfg.engine)
-        rows = features_of(photos, backbone, cfg.extraction, "all")
-        x, y, failed = rows.x, rows.y, rows.failures
-    if failed:
-        raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
+    prepared = mode.folds(photos, cfg, resolve_device(cfg.device))
+    if prepared.failures:
+        raise DataError(f"{len(prepared.failures)} unreadable photos; run `flowerid check` and remove them first")
+    y = prepared.labels
     labels = y.numpy()
     folds = stratified_folds(labels, k, seed)
-    num_classes = len(photos.categories)
-    head_cfg = HeadConfig(spec.num_features, num_classes, cfg.hidden_units, cfg.dropout)
-    logits = np.zeros((len(labels), num_classes), dtype=np.float32)
-    quiet: Log = lambda s: None  # noqa: E731
+    logits = np.zeros((len(labels), len(photos.categories)), dtype=np.float32)
     for f in only if only is not None else range(k):
         tr = torch.from_numpy(np.flatnonzero(folds != f))
         te = torch.from_numpy(np.flatnonzero(folds == f))
-        if cfg.mode == "tuned":
-            outs = []  # an ensemble's members each tuned, their logits averaged as their averaged heads give them
-            for part, x in zip(tuned_parts(spec, cfg.weights, cfg.tune_stages)[1], xs, strict=True):
-                part_cfg = HeadConfig(part.num_features, num_classes, cfg.hidden_units, cfg.dropout)
-                outs.append(fit_tail(part, part_cfg, (x[tr], y[tr]), (x[te], y[te]), cfg.fit, device, quiet)[3])
-            out = torch.stack(outs).mean(0)  # every fold starts from the pretrained networks
-        else:
-            state, history, _ = fit_head(x[tr], y[tr], x[te], y[te], head_cfg, cfg, quiet)
-            head = build_head(head_cfg)
-            head.load_state_dict(state)
-            out = _logits(head, x[te])
+        outs = prepared.held_out(tr, te)  # every fold starts from the pretrained network
+        out = torch.stack(outs).mean(0)
         logits[te.numpy()] = out.float().numpy()
         acc = float((out.argmax(1) == y[te]).float().mean())
         alone = ""
-        if cfg.mode == "tuned" and len(outs) > 1:
+        if len(outs) > 1:
             alone = (
                 " (members alone: "
                 + ", ".join(f"{float((o.argmax(1) == y[te]).float().mean()):.2%}" for o in outs)

@@ -18,12 +18,23 @@ from .._text import Log
 from ..backbones import BackboneSpec, get_spec
 from ..backbones.cache import cache_root
 from ..backbones.engines import Backbone, load_backbone
-from ..data.folders import DataSet
+from ..data.folders import DataSet, ImageFolder
 from ..errors import DataError, UsageError
 from ..model.head import HeadConfig, build_head
 from .calibrate import calibrate
-from .common import Run, TrainResult, best_metrics, check_left, evaluate_head, features_of, finish, share_of
-from .config import TrainConfig
+from .common import (
+    Folds,
+    Run,
+    TrainResult,
+    best_metrics,
+    check_left,
+    evaluate_head,
+    features_of,
+    finish,
+    share_of,
+    silent,
+)
+from .config import Extraction, Fit, TrainConfig
 from .loop import Best, EpochStats, Stepper, run_epochs
 from .resume import STATE_FILE, fingerprint, load_train_state, save_train_state
 from .unknown import fit_for_run
@@ -35,7 +46,7 @@ def fit_head(
     x_valid: torch.Tensor,
     y_valid: torch.Tensor,
     head_cfg: HeadConfig,
-    cfg: TrainConfig,
+    fit: Fit,
     log: Log = print,
     state_path: Path | None = None,
     resume: bool = False,
@@ -48,13 +59,13 @@ def fit_head(
     state, history) is written there atomically after every epoch; `resume`
     continues from it, giving the same result as an uninterrupted run.
     """
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(fit.seed)
+    torch.manual_seed(fit.seed)
     head = build_head(head_cfg).to(x_train.device)
     n = len(x_train)
-    stepper = Stepper([list(head.parameters())], [cfg.learning_rate], cfg, n)
+    stepper = Stepper([list(head.parameters())], [fit.learning_rate], fit, n)
     history: list[EpochStats] = []
-    best = Best(keep_last=not cfg.keep_best_epoch)
+    best = Best(keep_last=not fit.keep_best_epoch)
     digest = ""
     if state_path is not None:
         digest = fingerprint(
@@ -63,8 +74,8 @@ def fit_head(
             x_valid,
             y_valid,
             head=head_cfg.to_dict(),
-            **{k: getattr(cfg, k) for k in ("epochs", "learning_rate", "batch_size", "seed", "weight_decay")},
-            label_smoothing=cfg.label_smoothing,
+            **{k: getattr(fit, k) for k in ("epochs", "learning_rate", "batch_size", "seed", "weight_decay")},
+            label_smoothing=fit.label_smoothing,
         )
         saved = load_train_state(state_path, digest) if resume else None
         if saved is not None:
@@ -78,7 +89,7 @@ def fit_head(
             best.key, best.epoch = (saved["best_acc"], -saved["best_loss"]), saved["best_epoch"]
             best.states = {"head": saved["best_state"]}
             stepper.step = saved["step"]
-            log(f"resuming head training after epoch {len(history)}/{cfg.epochs} from {state_path}")
+            log(f"resuming head training after epoch {len(history)}/{fit.epochs} from {state_path}")
         elif resume:
             log(f"no saved training state in {state_path.parent}; starting head training at epoch 1")
 
@@ -86,8 +97,8 @@ def fit_head(
         head.train()
         order = torch.randperm(n, generator=gen).to(x_train.device)
         loss_sum, correct = 0.0, 0
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
+        for i in range(0, n, fit.batch_size):
+            idx = order[i : i + fit.batch_size]
             batch_loss, batch_correct = stepper(head(x_train[idx]), y_train[idx])
             loss_sum += batch_loss
             correct += batch_correct
@@ -116,7 +127,7 @@ def fit_head(
             step=stepper.step,
         )
 
-    run_epochs(cfg, stepper, history, train_epoch, validate, log, after_epoch=save_state)
+    run_epochs(fit, stepper, history, train_epoch, validate, log, after_epoch=save_state)
     return best.states.get("head", {}), history, best.epoch
 
 
@@ -126,13 +137,32 @@ def _logits(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([head(x[i : i + 4096]) for i in range(0, len(x), 4096)])
 
 
-def _extract_share(data: DataSet, backbone: Backbone, cfg: TrainConfig, w: distributed.World) -> dict[str, str]:
+def frozen_folds(photos: ImageFolder, cfg: TrainConfig, device: str) -> Folds:
+    """Cross-validating the frozen mode: the photos' features once, then a head fitted per fold."""
+    spec = get_spec(cfg.arch)
+    backbone = load_backbone(spec, device, cfg.weights, cfg.engine)
+    rows = features_of(photos, backbone, cfg.extraction, "all")
+    x, y, fit = rows.x, rows.y, cfg.fit
+    head_cfg = HeadConfig(spec.num_features, len(photos.categories), cfg.hidden_units, cfg.dropout)
+
+    def held_out(tr: torch.Tensor, te: torch.Tensor) -> list[torch.Tensor]:
+        state, _, _ = fit_head(x[tr], y[tr], x[te], y[te], head_cfg, fit, silent)
+        head = build_head(head_cfg)
+        head.load_state_dict(state)
+        return [_logits(head, x[te])]
+
+    return Folds(y, rows.failures, held_out)
+
+
+def _extract_share(
+    data: DataSet, backbone: Backbone, ex: Extraction, views: int, w: distributed.World
+) -> dict[str, str]:
     """This process's share of every photo (and view) the run needs, into the cache; returns its failures.
 
     Each photo belongs to exactly one process (strided shares, no padding), so each is
     extracted once; the main process then finds them all in the cache.
     """
-    ex = dataclasses.replace(cfg.extraction, use_cache=True)
+    ex = dataclasses.replace(ex, use_cache=True)
     failed: dict[str, str] = {}
     readable = None
     for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test)):
@@ -142,7 +172,7 @@ def _extract_share(data: DataSet, backbone: Backbone, cfg: TrainConfig, w: distr
         failed.update(features_of(share, backbone, ex, f"{name}, {w.label()}").failures)
         if name == "train":
             readable = dataclasses.replace(share, samples=[s for s in share.samples if str(s[0]) not in failed])
-    for view in range(1, cfg.views + 1):
+    for view in range(1, views + 1):
         features_of(readable, backbone, ex, "train", view)
     return failed
 
@@ -162,7 +192,7 @@ def _shared_extraction(run: Run, spec: BackboneSpec) -> tuple[Backbone, dict[str
     distributed.barrier()
     if not w.is_main:
         backbone = load_backbone(spec, run.device, cfg.weights, cfg.engine)
-    parts = distributed.gather(_extract_share(run.data, backbone, cfg, w))
+    parts = distributed.gather(_extract_share(run.data, backbone, cfg.extraction, cfg.views, w))
     return backbone, None if parts is None else {k: v for part in parts for k, v in part.items()}
 
 
@@ -212,7 +242,15 @@ def train_frozen(run: Run) -> TrainResult | None:
         log(f"starting head training over; {state_path} holds an interrupted run that --resume would continue")
     device = run.device
     best_state, history, best_epoch = fit_head(
-        x_tr.to(device), y_tr.to(device), x_va.to(device), y_va.to(device), head_cfg, cfg, log, state_path, cfg.resume
+        x_tr.to(device),
+        y_tr.to(device),
+        x_va.to(device),
+        y_va.to(device),
+        head_cfg,
+        cfg.fit,
+        log,
+        state_path,
+        cfg.resume,
     )
     metrics = best_metrics([asdict(h) for h in history], best_epoch)
     head = build_head(head_cfg)
@@ -220,7 +258,9 @@ def train_frozen(run: Run) -> TrainResult | None:
         head.load_state_dict(best_state)
         best_state = calibrate(best_state, _logits(head, x_va), y_va, metrics, log)
     n_photos = int(len(y_tr)) - n_view_rows  # the views come after the photos themselves
-    unknown = fit_for_run(cfg, backbone, x_tr[:n_photos], y_tr[:n_photos], x_va, head_cfg, best_state, metrics, log)
+    unknown = fit_for_run(
+        cfg.unknown_settings, ex, backbone, x_tr[:n_photos], y_tr[:n_photos], x_va, head_cfg, best_state, metrics, log
+    )
     if data.test is not None:
         head.load_state_dict(best_state)
         te = features_of(data.test, backbone, ex, "test", known_failures=known)

@@ -24,7 +24,7 @@ from ..data.folders import ImageFolder
 from ..errors import UsageError
 from ..model.head import HeadConfig, build_head
 from .common import Run, TrainResult, best_metrics, finish_trained_backbone, share_of
-from .config import TrainConfig
+from .config import Fit
 from .loop import Best, Stepper, autocast, data_parallel, gather_shares, padded_order, run_epochs, score, share_batch
 
 BACKBONE_LR_FACTOR = 0.1  # the pretrained network at a tenth of the head's rate
@@ -36,7 +36,8 @@ def fit_full(
     train: ImageFolder,
     valid: ImageFolder,
     spec: BackboneSpec,
-    cfg: TrainConfig,
+    fit: Fit,
+    workers: int | None,
     device: str,
     skipped: dict[str, str],
     log: Log = print,
@@ -49,18 +50,18 @@ def fit_full(
     and scores its share of valid; the figures are the job's.
     """
     w = distributed.world()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed + w.rank)
+    torch.manual_seed(fit.seed)
+    gen = torch.Generator().manual_seed(fit.seed + w.rank)
     module = module.to(device).to(memory_format=torch.channels_last)
     module.requires_grad_(True)
     head = build_head(head_cfg).to(device)
     net = data_parallel(nn.Sequential(module, head), device)
     mine = list(distributed.shard(len(train.paths), w.rank, w.size))
     length = distributed.all_max(len(mine))  # every process takes as many steps
-    local = share_batch(cfg)
-    rates = [cfg.learning_rate * BACKBONE_LR_FACTOR, cfg.learning_rate]
+    local = share_batch(fit)
+    rates = [fit.learning_rate * BACKBONE_LR_FACTOR, fit.learning_rate]
     stepper = Stepper([list(module.parameters()), list(head.parameters())], rates, local, length)
-    workers = default_workers() if cfg.num_workers is None else cfg.num_workers
+    workers = default_workers() if workers is None else workers
     amp = autocast(device)
     y_train = torch.as_tensor(np.asarray(train.targets, dtype=np.int64))
     valid = share_of(valid)
@@ -91,7 +92,7 @@ def fit_full(
             batches = photo_loader(paths, spec.preprocessing, local.batch_size, workers, Augment(), epoch)
         else:
             index, paths = mine, train.paths
-            batches = photo_loader(paths, spec.preprocessing, cfg.batch_size, workers, Augment(), epoch, gen)
+            batches = photo_loader(paths, spec.preprocessing, fit.batch_size, workers, Augment(), epoch, gen)
         quiet = None if w.is_main else True
         with tqdm(total=len(paths), desc=f"epoch {epoch}", unit="img", disable=quiet, leave=False) as bar:
             for idx, batch, failed in batches:
@@ -116,7 +117,7 @@ def fit_full(
         outs, labels = [], []
         plain = nn.Sequential(module, head)
         with torch.no_grad():
-            for idx, batch, failed in photo_loader(valid.paths, spec.preprocessing, cfg.batch_size, workers):
+            for idx, batch, failed in photo_loader(valid.paths, spec.preprocessing, fit.batch_size, workers):
                 skipped.update({str(valid.paths[j]): reason for j, reason in failed})
                 if batch is not None:
                     x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
@@ -132,8 +133,8 @@ def fit_full(
             logits, y = gather_shares(logits, y)
         return loss, acc, best.offer(epoch, loss, acc, logits, y, module=module, head=head)
 
-    best = Best(keep_last=not cfg.keep_best_epoch)
-    history = run_epochs(cfg, stepper, [], train_epoch, validate, log, show_seconds=True)
+    best = Best(keep_last=not fit.keep_best_epoch)
+    history = run_epochs(fit, stepper, [], train_epoch, validate, log, show_seconds=True)
     if w.distributed:  # every process's unreadable photos, for skipped.tsv
         skipped.update({k: v for part in distributed.all_gather(dict(skipped)) for k, v in part.items()})
     module.load_state_dict(best.states["module"])
@@ -157,7 +158,7 @@ def train_full(run: Run) -> TrainResult | None:
     head_cfg = HeadConfig(spec.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
     skipped: dict[str, str] = {}
     head_state, history, best_epoch, logits_va, y_va = fit_full(
-        module, head_cfg, data.train, data.valid, spec, cfg, run.device, skipped, run.log
+        module, head_cfg, data.train, data.valid, spec, cfg.fit, cfg.num_workers, run.device, skipped, run.log
     )
     if not distributed.world().is_main:
         return None  # the main process writes the checkpoint

@@ -1,4 +1,4 @@
-"""`train()`: check the settings and the data, then run the training mode the settings name.
+"""`train()`: check the settings and the data, then run the training mode the settings name (modes.MODES).
 
 Modes: frozen (features once, then a head; frozen.py), tuned (the last stages train
 with the head on cached activations; tuned.py) and full (every layer, for a GPU;
@@ -9,36 +9,25 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from .. import distributed
 from .._text import Log
 from ..backbones import get_spec
 from ..backbones.engines import resolve_device
-from ..data.folders import CATEGORY_NAMES_FILE, exclude_photos, load_category_names, load_dataset, names_for
-from ..errors import UsageError
+from ..data.folders import (
+    default_category_names,
+    exclude_photos,
+    load_category_names,
+    load_dataset,
+    names_for,
+    read_exclude_list,
+)
 from .common import Run, TrainResult, silent
 from .config import TrainConfig
-from .frozen import train_frozen
-from .full import train_full
-from .tuned import train_tuned
+from .modes import MODES, mode_for
 
 __all__ = ["MODES", "TrainConfig", "TrainResult", "mode_for", "train"]
-
-MODES: dict[str, Callable[[Run], TrainResult | None]] = {
-    "frozen": train_frozen,
-    "tuned": train_tuned,
-    "full": train_full,
-}
-
-
-def mode_for(name: str) -> Callable[[Run], TrainResult | None]:
-    """The training mode called `name`; UsageError listing the modes for any other name."""
-    try:
-        return MODES[name]
-    except KeyError:
-        raise UsageError(f"unknown training mode {name!r}; choose one of: {', '.join(MODES)}") from None
 
 
 def train(
@@ -55,21 +44,16 @@ def train(
     spec = get_spec(cfg.arch)
     device = resolve_device(cfg.device)
     w = distributed.init(device)
-    if w.distributed:
-        if device.startswith("cuda"):
-            device = f"cuda:{w.local_rank}"
-        if not w.is_main:
-            log = silent
+    device = w.device_for(device)
+    if not w.is_main:
+        log = silent
     data = load_dataset(data_dir)
     if cfg.exclude:
-        from ..data.deep_check import read_exclude_list
-
         data, left_out, unknown = exclude_photos(data, read_exclude_list(cfg.exclude))
         log(f"left out {left_out} photo{'s' * (left_out != 1)} listed in {cfg.exclude}")
         if unknown:
             log(f"{len(unknown)} listed path(s) match no photo in {data_dir} and were ignored, e.g. {unknown[0]}")
-    names_path = Path(cfg.category_names) if cfg.category_names else Path(data_dir) / CATEGORY_NAMES_FILE
-    mapping = load_category_names(names_path) if (cfg.category_names or names_path.exists()) else None
+    mapping = load_category_names(cfg.category_names) if cfg.category_names else default_category_names(data_dir)
     names = names_for(data.categories, mapping)
     log(
         f"data: {len(data.train.samples)} train, {len(data.valid.samples)} valid"
@@ -77,4 +61,4 @@ def train(
         + f" images in {len(data.categories)} categories; backbone {spec.name} on {device}"
     )
     run = Run(data, data_dir, Path(save_dir), cfg, names, device, log, t_start)
-    return mode_for(cfg.mode)(run)
+    return mode_for(cfg.mode).train(run)

@@ -34,15 +34,15 @@ from ..backbones.surgery import TunedPart, tuned_parts
 from ..data.folders import ImageFolder
 from ..errors import UsageError
 from ..model.head import HeadConfig
-from .common import Run, TrainResult, best_metrics, check_left, finish_trained_backbone, share_of
+from .common import Folds, Run, TrainResult, best_metrics, check_left, finish_trained_backbone, share_of, silent
 from .config import Extraction, TrainConfig
 from .loop import score
 from .tail import fit_tail, head_inputs
 
 
-def check_ensemble_recipe(spec: BackboneSpec, cfg: TrainConfig) -> None:
+def check_ensemble_recipe(spec: BackboneSpec, hidden_units: int, keep_best_epoch: bool) -> None:
     """An ensemble's tuned heads average into one only when each is linear and trained a fixed number of epochs."""
-    if spec.family == "ensemble" and (cfg.hidden_units or cfg.keep_best_epoch):
+    if spec.family == "ensemble" and (hidden_units or keep_best_epoch):
         raise UsageError(
             f"{spec.name} tunes each member with a linear head and averages them after a fixed number of "
             "epochs: leave out --hidden_units and --keep-best-epoch"
@@ -159,7 +159,7 @@ def train_tuned(run: Run) -> TrainResult | None:
         raise UsageError("--resume continues head training on frozen features; a --tune-stages run starts over")
     spec = get_spec(cfg.arch)
     ensemble = spec.family == "ensemble"
-    check_ensemble_recipe(spec, cfg)
+    check_ensemble_recipe(spec, cfg.hidden_units, cfg.keep_best_epoch)
     module, parts = tuned_parts(spec, cfg.weights, cfg.tune_stages)
     prep = _activations(run, parts)
     tr, va = prep.train, prep.valid
@@ -207,6 +207,25 @@ def train_tuned(run: Run) -> TrainResult | None:
     return finish_trained_backbone(
         run, module, head_cfg, head_state, logits_va, labels_va, metrics, prep.skipped, photos, feats
     )
+
+
+def tuned_folds(photos: ImageFolder, cfg: TrainConfig, device: str) -> Folds:
+    """Cross-validating the tuned mode: the fronts' activations once, then every part tuned afresh per fold from
+    its pretrained weights (an ensemble's members each, their logits averaged as their averaged heads give them)."""
+    spec = get_spec(cfg.arch)
+    check_ensemble_recipe(spec, cfg.hidden_units, cfg.keep_best_epoch)  # what `train()` refuses is not measured
+    _, parts = tuned_parts(spec, cfg.weights, cfg.tune_stages)
+    acts = part_activations(photos, parts, cfg.extraction, device, "all")
+    y, num_classes = acts.y, len(photos.categories)
+
+    def held_out(tr: torch.Tensor, te: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for part, x in zip(tuned_parts(spec, cfg.weights, cfg.tune_stages)[1], acts.xs, strict=True):
+            part_cfg = HeadConfig(part.num_features, num_classes, cfg.hidden_units, cfg.dropout)
+            outs.append(fit_tail(part, part_cfg, (x[tr], y[tr]), (x[te], y[te]), cfg.fit, device, silent)[3])
+        return outs
+
+    return Folds(y, acts.failures, held_out)
 
 
 def _report_members(run: Run, metrics: dict, parts: list[TunedPart], histories: list[list[dict[str, float]]]) -> None:

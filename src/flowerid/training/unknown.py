@@ -22,7 +22,7 @@ from ..data.folders import list_images
 from ..errors import DataError, UsageError
 from ..model.head import HeadConfig, build_head
 from ..model.unknown import DEFAULT_ACCEPT_RATE, KNEE_QUANTILE, UnknownDetector, gen_score
-from .config import TrainConfig
+from .config import Extraction, UnknownSettings
 
 MAX_NEGATIVE_PROTOTYPES = 64  # k-means centres that stand for a --negatives folder, however large
 _MIN_STD = 1e-6
@@ -108,7 +108,8 @@ def fit_unknown(
 
 
 def fit_for_run(
-    cfg: TrainConfig,
+    settings: UnknownSettings,
+    ex: Extraction,
     backbone: Backbone,
     x_tr: torch.Tensor,
     y_tr: torch.Tensor,
@@ -127,14 +128,14 @@ def fit_for_run(
     head.load_state_dict(head_state)
     with torch.no_grad():
         logits_va = head(x_va.cpu().float()).numpy()
-    negatives = negative_features(cfg, backbone) if cfg.negatives else None
+    negatives = negative_features(settings.negatives, ex, backbone) if settings.negatives else None
     det = fit_unknown(
         x_tr.cpu().numpy(),
         y_tr.cpu().numpy(),
         x_va.cpu().numpy(),
         logits_va,
         head_cfg.num_classes,
-        cfg.accept_rate,
+        settings.accept_rate,
         negatives,
     )
     metrics["unknown"] = {"method": det.method, "threshold": det.threshold, "accept_rate": det.accept_rate}
@@ -148,13 +149,13 @@ def fit_for_run(
     return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in det.to_state().items()}
 
 
-def negative_features(cfg: TrainConfig, backbone: Backbone) -> np.ndarray:
+def negative_features(negatives: str, ex: Extraction, backbone: Backbone) -> np.ndarray:
     """Features of the photos in --negatives DIR (any layout); unreadable ones are skipped, none is an error."""
-    folder = Path(cfg.negatives or "")
+    folder = Path(negatives)
     if not folder.is_dir():
         raise DataError(f"--negatives {folder} is not a folder")
     ex = extract_features(
-        list_images(folder), backbone, num_workers=cfg.num_workers, use_cache=cfg.use_cache, desc="negatives features"
+        list_images(folder), backbone, num_workers=ex.num_workers, use_cache=ex.use_cache, desc="negatives features"
     )
     if not ex.ok.any():
         raise DataError(f"--negatives {folder} holds no readable photos")
