@@ -1,5 +1,7 @@
 """Pretrained feature extractors: specs and their registry (spec), the entries (catalogue), weights,
-building (build, ensemble), engines, feature extraction (features) and the on-disk cache (cache).
+what each kind of network is made of (anatomy), building (build, ensemble), fronts and tails for tuning
+(surgery), ONNX export (onnx), engines, extraction (features: the one route into the cache), the on-disk
+cache and its key recipe (cache), and process-level CPU tuning (_platform).
 
 Importing this package registers the catalogue and never imports torch.
 """

@@ -1,2 +1,6 @@
-"""Photos in, arrays out: image loading (images), ImageFolder splits and category names (folders),
-preprocessing (preprocess), augmentation (augment) and data checks (check). Torch-free."""
+"""Photos in, arrays out: image loading (images), ImageFolder splits, category names and exclude lists
+(folders), streaming walks of photo folders (walk), preprocessing (preprocess), augmentation (augment),
+stratified folds (folds), data checks (check) and the algorithms of `check --deep` (deep_check).
+
+Importing any of it imports no torch; deep_check's linear heads and principal components import it
+when they are called."""

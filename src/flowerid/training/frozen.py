@@ -18,6 +18,7 @@ from .._text import Log
 from ..backbones import BackboneSpec, get_spec
 from ..backbones.cache import cache_root
 from ..backbones.engines import Backbone, load_backbone
+from ..backbones.features import Rows
 from ..data.folders import DataSet, ImageFolder
 from ..errors import DataError, UsageError
 from ..model.head import HeadConfig, build_head
@@ -79,16 +80,7 @@ def fit_head(
         )
         saved = load_train_state(state_path, digest) if resume else None
         if saved is not None:
-            head.load_state_dict(saved["head"])
-            stepper.opt.load_state_dict(saved["optimizer"])
-            gen.set_state(saved["generator"])
-            torch.set_rng_state(saved["rng"])
-            if x_train.is_cuda and saved.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(saved["cuda_rng"], x_train.device)
-            history = [EpochStats(**h) for h in saved["history"]]
-            best.key, best.epoch = (saved["best_acc"], -saved["best_loss"]), saved["best_epoch"]
-            best.states = {"head": saved["best_state"]}
-            stepper.step = saved["step"]
+            history = _restore(saved, head, stepper, gen, best, x_train.device)
             log(f"resuming head training after epoch {len(history)}/{fit.epochs} from {state_path}")
         elif resume:
             log(f"no saved training state in {state_path.parent}; starting head training at epoch 1")
@@ -109,26 +101,51 @@ def fit_head(
         return v_loss, v_acc, best.offer(epoch, v_loss, v_acc, head=head)
 
     def save_state(_: EpochStats) -> None:
-        if state_path is None:
-            return
-        save_train_state(
-            state_path,
-            digest,
-            head=head.state_dict(),
-            optimizer=stepper.opt.state_dict(),
-            generator=gen.get_state(),
-            rng=torch.get_rng_state(),
-            cuda_rng=torch.cuda.get_rng_state(x_train.device) if x_train.is_cuda else None,
-            history=[asdict(h) for h in history],
-            best_acc=best.key[0],
-            best_loss=-best.key[1],
-            best_epoch=best.epoch,
-            best_state=best.states.get("head", {}),
-            step=stepper.step,
-        )
+        if state_path is not None:
+            save_train_state(state_path, digest, **_state(head, stepper, gen, history, best, x_train.device))
 
     run_epochs(fit, stepper, history, train_epoch, validate, log, after_epoch=save_state)
     return best.states.get("head", {}), history, best.epoch
+
+
+def _restore(
+    saved: dict, head: torch.nn.Module, stepper: Stepper, gen: torch.Generator, best: Best, device: torch.device
+) -> list[EpochStats]:
+    """Put an interrupted run's head, optimiser, random state and kept epoch back; its history so far."""
+    head.load_state_dict(saved["head"])
+    stepper.opt.load_state_dict(saved["optimizer"])
+    gen.set_state(saved["generator"])
+    torch.set_rng_state(saved["rng"])
+    if device.type == "cuda" and saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+    best.key, best.epoch = (saved["best_acc"], -saved["best_loss"]), saved["best_epoch"]
+    best.states = {"head": saved["best_state"]}
+    stepper.step = saved["step"]
+    return [EpochStats(**h) for h in saved["history"]]
+
+
+def _state(
+    head: torch.nn.Module,
+    stepper: Stepper,
+    gen: torch.Generator,
+    history: list[EpochStats],
+    best: Best,
+    device: torch.device,
+) -> dict:
+    """Everything `_restore` needs to continue after the last epoch, as `save_train_state` writes it."""
+    return {
+        "head": head.state_dict(),
+        "optimizer": stepper.opt.state_dict(),
+        "generator": gen.get_state(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "history": [asdict(h) for h in history],
+        "best_acc": best.key[0],
+        "best_loss": -best.key[1],
+        "best_epoch": best.epoch,
+        "best_state": best.states.get("head", {}),
+        "step": stepper.step,
+    }
 
 
 @torch.no_grad()
@@ -196,6 +213,20 @@ def _shared_extraction(run: Run, spec: BackboneSpec) -> tuple[Backbone, dict[str
     return backbone, None if parts is None else {k: v for part in parts for k, v in part.items()}
 
 
+def _with_views(
+    split: ImageFolder, rows: Rows, backbone: Backbone, ex: Extraction, views: int
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The train rows followed by `views` augmented views of each readable photo: (x, y, how many rows the
+    views added, how many of them were computed)."""
+    if not views or not len(rows.y):
+        return rows.x, rows.y, 0, 0
+    readable = dataclasses.replace(split, samples=[s for s in split.samples if str(s[0]) not in rows.failures])
+    got = [features_of(readable, backbone, ex, "train", v) for v in range(1, views + 1)]
+    x = torch.cat([rows.x, *(v.x for v in got)])
+    y = torch.cat([rows.y, *(v.y for v in got)])
+    return x, y, sum(len(v.y) for v in got), sum(v.computed for v in got)
+
+
 def train_frozen(run: Run) -> TrainResult | None:
     """Features of every split (and augmented views) through the frozen backbone, then the head on them.
 
@@ -217,15 +248,9 @@ def train_frozen(run: Run) -> TrainResult | None:
     va = features_of(data.valid, backbone, ex, "valid", known_failures=known)
     skipped = {**tr.failures, **va.failures}
     computed = tr.computed + va.computed
-    x_tr, y_tr, x_va, y_va = tr.x, tr.y, va.x, va.y
-    n_view_rows = 0
-    if cfg.views and len(x_tr):
-        readable = dataclasses.replace(data.train, samples=[s for s in data.train.samples if str(s[0]) not in skipped])
-        views = [features_of(readable, backbone, ex, "train", v) for v in range(1, cfg.views + 1)]
-        n_view_rows = sum(len(v.y) for v in views)
-        computed += sum(v.computed for v in views)
-        x_tr = torch.cat([x_tr, *(v.x for v in views)])
-        y_tr = torch.cat([y_tr, *(v.y for v in views)])
+    x_va, y_va = va.x, va.y
+    x_tr, y_tr, n_view_rows, view_computed = _with_views(data.train, tr, backbone, ex, cfg.views)
+    computed += view_computed
     feat_seconds = time.perf_counter() - t_feat
     if w.distributed and computed:
         raise DataError(

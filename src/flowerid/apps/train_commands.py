@@ -1,0 +1,249 @@
+"""The data and training commands: `flowerid train`, `check` (and `check --deep`) and `evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+from .options import add_category_names, add_device, add_engine, add_json
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    from ..training.config import DEFAULT_PRESET, PRESETS, TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
+    p.add_argument(
+        "--save-dir", default="runs/flowers", help="where checkpoint.pth and metrics.json go (default: %(default)s)"
+    )
+    p.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        choices=list(PRESETS),
+        help="; ".join(f"{p.name}: {p.summary} ({p.arch})" for p in PRESETS.values())
+        + " (default: %(default)s). Flags below override the preset.",
+    )
+    p.add_argument("--arch", default=None, help="backbone (default: the preset's); `flowerid backbones` lists them")
+    p.add_argument("--weights", default=None, metavar="PATH", help="local state dict for the backbone")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs, the last one kept (default: the preset's)"
+    )
+    p.add_argument("--keep-best-epoch", action="store_true", help="keep the epoch best on valid, not the last one")
+    p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
+    p.add_argument(
+        "--tune-stages",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fine-tune the backbone's last N stages with the head, on cached activations "
+        "(EfficientNets; default: the preset's, 0 = frozen)",
+    )
+    p.add_argument(
+        "--full-finetune",
+        action="store_true",
+        help="train every layer on freshly augmented photos each epoch (mixed precision on CUDA): for a GPU",
+    )
+    p.add_argument(
+        "--no-calibrate", action="store_true", help="keep raw probabilities (default: fit a temperature on valid)"
+    )
+    p.add_argument(
+        "--accept-rate",
+        type=float,
+        default=d.accept_rate,
+        metavar="FRACTION",
+        help='the share of valid photos the "not one of my categories" threshold accepts (default: %(default)s)',
+    )
+    p.add_argument("--negatives", metavar="DIR", help="photos of none of the categories: sharpen the unknown score")
+    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)")
+    p.add_argument(
+        "--hidden-units",
+        type=int,
+        default=d.hidden_units,
+        help="hidden layer width; 0 = a linear head (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="head training mini-batch (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    add_device(p)
+    add_category_names(p, "DATA_DIR/cat_to_name.json if present")
+    p.add_argument("--no-cache", action="store_true", help="recompute features instead of using the cache")
+    add_engine(p)
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run's head training from its last epoch"
+    )
+    p.add_argument(
+        "--exclude",
+        default=None,
+        metavar="FILE",
+        help="leave out the photos listed in FILE: one path (relative to DATA_DIR) a line, "
+        "or the issues.csv of `check --deep`",
+    )
+    p.set_defaults(
+        interrupt_hint="run it again to reuse the features (or activations) computed so far, "
+        "with --resume to continue a frozen backbone's head training"
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..training.config import TrainConfig
+    from ..training.run import train
+
+    # Flags whose value is the setting of the same name (None: the preset's).
+    same = ("arch", "epochs", "views", "tune_stages", "accept_rate", "negatives", "learning_rate", "hidden_units")
+    same += ("batch_size", "seed", "device", "weights", "category_names", "engine", "resume", "exclude")
+    cfg = TrainConfig.from_preset(
+        args.preset,
+        **{name: getattr(args, name) for name in same},
+        full_finetune=args.full_finetune or None,
+        keep_best_epoch=args.keep_best_epoch or None,
+        calibrate=not args.no_calibrate,
+        use_cache=not args.no_cache,
+    )
+    train(args.data_dir, args.save_dir, cfg, log=lambda s: print(s, flush=True))  # None on other torchrun ranks
+    return 0
+
+
+DEEP_CHECK_ARCH = "efficientnet_lite0_lite2"
+
+
+def add_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
+    p.add_argument("--min-size", type=int, default=64, help="warn about images with a shorter side under this")
+    p.add_argument(
+        "--max-imbalance", type=float, default=10.0, help="warn when train categories differ more than this factor"
+    )
+    p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
+    add_json(p, "the report as JSON")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also look for wrong labels, near-duplicates and photos that belong nowhere (cached features; "
+        "writes issues.csv and review.html into --out)",
+    )
+    p.add_argument("--out", default=None, metavar="DIR", help="where --deep writes (default: check-<DATA_DIR name>)")
+    p.add_argument(
+        "--arch",
+        default=DEEP_CHECK_ARCH,
+        help="backbone whose frozen features --deep compares (default: %(default)s, the pair its figures were "
+        "measured with)",
+    )
+    add_device(p)
+    add_engine(p)
+    p.set_defaults(interrupt_hint="run it again: the features computed so far are cached")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the data can be trained on as it is, 1 when something would make training wrong.
+
+    With --deep, also 1 when it lists anything: each finding is for the user to decide on.
+    """
+    from ..data.check import check_data
+
+    report = check_data(args.data_dir, min_size=args.min_size, max_imbalance=args.max_imbalance)
+    result = report.to_dict()
+    if not args.json:
+        print(report.format(), flush=True)
+    found = 0
+    if args.deep:
+        from ..data.deep_check import KINDS
+        from ..data.folders import default_category_names
+        from ..evaluation.data_check import run_deep_check
+
+        root = Path(args.data_dir)
+        out = Path(args.out) if args.out else Path(f"check-{root.resolve().name}")
+        names = default_category_names(root) or {}
+        findings, csv_path, html_path = run_deep_check(
+            root, out, args.arch, device=args.device, engine=args.engine, names=names
+        )
+        counts = {k: len(findings.of_kind(k)) for k in KINDS}
+        found = sum(counts.values())
+        result["deep"] = {
+            "counts": counts,
+            "issues_csv": str(csv_path),
+            "review_html": str(html_path),
+            "seconds": {k: round(v, 2) for k, v in findings.seconds.items()},
+        }
+        if not args.json:
+            print(format_deep(findings, csv_path, html_path))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 1 if report.errors or found or (args.strict and report.warnings) else 0
+
+
+def format_deep(findings, csv_path: Path, html_path: Path, shown: int = 5) -> str:
+    """The deep check's summary: counts, the first few of each kind, where the files are."""
+    from ..data.deep_check import DUPLICATE, LABEL, OUTLIER
+
+    lines = [""]
+    for kind, title in ((LABEL, "suspect labels"), (DUPLICATE, "near-duplicate pairs"), (OUTLIER, "outliers")):
+        rows = findings.of_kind(kind)
+        lines.append(f"deep: {len(rows)} {title}")
+        for i in rows[:shown]:
+            if kind == LABEL:
+                lines.append(f"    {i.path}: filed under {i.given}, looks like {i.suggested} ({i.score:.3f})")
+            elif kind == DUPLICATE:
+                lines.append(f"    {i.path} = {i.other} ({i.score:.3f})")
+            else:
+                lines.append(f"    {i.path} ({i.score:.1f})")
+        if len(rows) > shown:
+            lines.append(f"    … and {len(rows) - shown} more")
+    lines.append(f"deep: every finding is in {csv_path}; look at them in {html_path}")
+    lines.append(
+        "      to train without some, delete the rows to keep and run `flowerid train DATA --exclude issues.csv`"
+    )
+    return "\n".join(lines)
+
+
+def add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint.pth written by `flowerid train`, or `builtin`")
+    p.add_argument("folder", help="labelled photos in ImageFolder layout (FOLDER/<category>/<images>), e.g. DATA/valid")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where metrics.json, the figures and report.html go (default: eval-<FOLDER name> beside the checkpoint)",
+    )
+    add_json(p, "the summary of metrics.json instead of text")
+    p.add_argument("--no-figures", action="store_true", help="write metrics.json only (faster)")
+    p.add_argument(
+        "--unknown",
+        metavar="DIR",
+        help="photos of none of the categories: how well the model tells them apart (AUROC, rates, a figure)",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default: %(default)s)")
+    add_category_names(p, "the checkpoint's")
+    add_device(p)
+    add_engine(p)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..evaluation.run import evaluate
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    from ..model.builtin import BUILTIN, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    beside = Path() if args.checkpoint == BUILTIN else checkpoint.parent  # never write into the installed package
+    out = args.out or beside / f"eval-{Path(args.folder).resolve().name}"
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print  # stdout stays pure JSON
+    result = evaluate(
+        checkpoint,
+        args.folder,
+        out,
+        device=args.device,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        category_names=args.category_names,
+        figures=not args.no_figures,
+        unknown=args.unknown,
+        log=log,
+    )
+    if args.json:
+        print(json.dumps(result.summary(), indent=2, ensure_ascii=False))
+    return 0
