@@ -53,7 +53,8 @@ def test_every_route_but_the_open_ones_needs_the_token(guarded):
     _refused(predict(headers={"Authorization": f"Bearer {TOKEN[:-1]}"}))  # one character short
     _refused(predict(headers={"Authorization": f"Basic {TOKEN}"}))  # the right value, not as a bearer token
     _refused(predict(cookies={"flowerid-token-" + guarded.rsplit(":", 1)[1].strip("/"): TOKEN + "x"}))
-    for path in ("labels", "docs", "openapi.json", "docs-assets/swagger-ui.css", "no-such-route", "health/", "//health"):
+    closed = ("labels", "docs", "openapi.json", "docs-assets/swagger-ui.css", "no-such-route", "health/", "//health")
+    for path in closed:
         _refused(httpx.get(guarded + path))
     # Open on purpose: liveness and the page itself (it holds no data and says how to get in).
     assert httpx.get(guarded + "health").json()["token_required"] is True
@@ -286,7 +287,8 @@ def test_serve_https_prints_the_fingerprint_of_the_certificate_it_serves(trained
     cert = isolated_cache / "tls" / "cert.pem"
 
     def check(port: int) -> dict:
-        return {"health": httpx.get(f"https://127.0.0.1:{port}/health", verify=ssl.create_default_context(cafile=cert)).status_code}
+        trust = ssl.create_default_context(cafile=cert)
+        return {"health": httpx.get(f"https://127.0.0.1:{port}/health", verify=trust).status_code}
 
     out = _serve_cli(monkeypatch, ["--checkpoint", str(trained[1].checkpoint_path), "--https"], check)
     printed = capsys.readouterr().out

@@ -326,27 +326,6 @@ def _serve_access_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--key", default=None, metavar="PEM", help="the certificate's private key, unencrypted")
 
 
-def _serve_access(args: argparse.Namespace) -> tuple[str | None, int, object, list[str]]:
-    """(token, rate limit, TLS files or None, warnings) from the serve flags; bad files are UsageErrors."""
-    from .serve_config import choose_token, default_rate_limit
-
-    token, warnings = choose_token(args.host, args.token, args.no_token)
-    rate = default_rate_limit(args.host) if args.rate_limit is None else args.rate_limit
-    if (args.cert is None) != (args.key is None):
-        raise UsageError("--cert and --key go together: give the certificate and its private key")
-    tls = None
-    if args.cert is not None:
-        from .tls import given_files
-
-        tls = given_files(args.cert, args.key)
-    elif args.https:
-        from .announce import reachable_hosts
-        from .tls import self_signed_files
-
-        tls = self_signed_files(reachable_hosts(args.host))
-    return token, rate, tls, warnings
-
-
 def run_serve(args: argparse.Namespace) -> int:
     from .._numeric import one_blas_thread
     from ..model.predictor import Classifier
@@ -354,7 +333,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from .server import create_app, run_server
 
     threads = default_threads() if args.threads is None else args.threads
-    token, rate, tls, warnings = _serve_access(args)
+    from .serve_config import choose_token, default_rate_limit
+    from .tls import choose_tls
+
+    token, warnings = choose_token(args.host, args.token, args.no_token)
+    rate = default_rate_limit(args.host) if args.rate_limit is None else args.rate_limit
+    tls = choose_tls(args.host, args.https, args.cert, args.key)
     cfg = ServeConfig(
         int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below, token=token, rate_limit=rate
     )

@@ -166,3 +166,18 @@ def self_signed_files(names: Iterable[str], directory: Path | None = None) -> TL
             ) from None
         made = True
     return TLSFiles(cert, key, fingerprint_of(cert.read_bytes()), self_signed=True, made=made)
+
+
+def choose_tls(
+    host: str, https: bool = False, cert: str | os.PathLike | None = None, key: str | os.PathLike | None = None
+) -> TLSFiles | None:
+    """What `--https` or `--cert/--key` ask for: None (plain HTTP), the given pair, or the kept self-signed one."""
+    if (cert is None) != (key is None):
+        raise UsageError("--cert and --key go together: give the certificate and its private key")
+    if cert is not None and key is not None:
+        return given_files(cert, key)
+    if not https:
+        return None
+    from .announce import reachable_hosts
+
+    return self_signed_files(reachable_hosts(host))
