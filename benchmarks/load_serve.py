@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         host, port = "127.0.0.1", free_port()
         cmd = [sys.executable, "-m", "flowerid", "serve", "--checkpoint", args.checkpoint]
         cmd += ["--host", host, "--port", str(port)] + (["--threads", str(args.threads)] if args.threads else [])
-        cmd += ["--token", args.token] if args.token else []
+        cmd += [f"--token={args.token}"] if args.token else []  # = : a token may start with "-"
         server_log = tempfile.TemporaryFile()  # noqa: SIM115 - closed after the server stops, below
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=server_log)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import ssl
 import threading
@@ -305,3 +306,16 @@ def test_serve_certificate_errors_are_messages(trained, tmp_path, capsys):
     assert "c.pem does not exist" in err and "Traceback" not in err
     assert main(["serve", "--checkpoint", ckpt, "--host", "0.0.0.0", "--token", "short"]) == 2
     assert "at least 16 characters" in capsys.readouterr().err
+
+
+def test_the_load_script_sends_the_token(clf, trained, tmp_path, capsys):
+    from .test_server import _load_script
+
+    load_serve = _load_script()
+    args = ["--images", str(trained[0] / "valid"), "--clients", "2", "--requests", "6", "--warmup", "1"]
+    with background_server(create_app(clf, ServeConfig(token=TOKEN))) as url:
+        assert load_serve.main(["--url", url, f"--token={TOKEN}", "--json-out", str(tmp_path / "r.json"), *args]) == 0
+        assert load_serve.main(["--url", url, *args]) == 1  # without it, every request is refused
+    assert "HTTP 401" in capsys.readouterr().err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["token"] is True and report["errors"] == 0 and report["requests"] == 6
