@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+from fastapi import WebSocket  # at module level: the route's annotation is resolved from here
 
 import flowerid
 from flowerid.apps import access
@@ -319,3 +320,25 @@ def test_the_load_script_sends_the_token(clf, trained, tmp_path, capsys):
     assert "HTTP 401" in capsys.readouterr().err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["token"] is True and report["errors"] == 0 and report["requests"] == 6
+
+
+def test_a_websocket_route_added_later_is_closed_too(clf):
+    """The gate covers every kind of route: a websocket added after create_app is refused without the token."""
+    from fastapi.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    app = create_app(clf, ServeConfig(token=TOKEN))
+
+    @app.websocket("/live")
+    async def live(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text("hello")
+        await ws.close()
+
+    with TestClient(app) as c:
+        with pytest.raises(WebSocketDisconnect) as refused, c.websocket_connect("/live"):
+            pass
+        assert refused.value.code == 1008 and not refused.value.reason  # the gate's refusal, not a route's
+        with c.websocket_connect("/live", headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            assert ws.receive_text() == "hello"
+        assert c.get("/labels").status_code == 401 and c.get("/health").status_code == 200

@@ -120,6 +120,9 @@ class TokenGate:
             if answer is not None:
                 await answer(scope, receive, send)
                 return
+        elif scope["type"] == "websocket" and not self.authorised(scope):
+            await send({"type": "websocket.close", "code": 1008})  # before accepting: a 403 to the client
+            return
         await self.app(scope, receive, send)
 
 
