@@ -342,3 +342,18 @@ def test_a_websocket_route_added_later_is_closed_too(clf):
         with c.websocket_connect("/live", headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
             assert ws.receive_text() == "hello"
         assert c.get("/labels").status_code == 401 and c.get("/health").status_code == 200
+
+
+def test_the_access_log_hides_the_token_of_the_link():
+    import logging
+
+    access.hide_tokens_in_access_log()
+    access.hide_tokens_in_access_log()  # once is enough, twice adds nothing
+    logger = logging.getLogger("uvicorn.access")
+    assert sum(isinstance(f, access._HideTokens) for f in logger.filters) == 1
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("10.0.0.2:5555", "GET", f"/?token={TOKEN}&x=1", "1.1", 303), None,
+    )  # fmt: skip
+    assert next(f for f in logger.filters if isinstance(f, access._HideTokens)).filter(record)
+    assert TOKEN not in record.getMessage() and "/?token=***&x=1" in record.getMessage()
