@@ -107,6 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# check --deep compares frozen features of this pair (its figures in docs/data-check.md were measured with it).
 DEEP_CHECK_ARCH = "efficientnet_lite0_lite2"
 
 
