@@ -293,7 +293,7 @@ def test_an_ensembles_members_train_on_the_photos_every_member_read(monkeypatch)
 
     failures = {"a": {1: "bad"}, "b": {3: "bad", 1: "bad"}, "c": {}}
 
-    def fake(split, front, spec, digest, stages, cfg, device, name):
+    def fake(split, front, spec, digest, stages, cfg, device, name, view=0):
         read = [i for i in range(5) if i not in failures[front]]
         return torch.tensor(read, dtype=torch.float32)[:, None], None, failures[front], len(read)
 

@@ -106,6 +106,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help='the share of valid photos the "not one of my categories" threshold accepts (default: %(default)s)',
     )
     p.add_argument("--negatives", metavar="DIR", help="photos of none of the categories: sharpen the unknown score")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        metavar="CHECKPOINT",
+        help="learn this trained model's probabilities on the same views (distillation; e.g. a --preset best run)",
+    )
+    p.add_argument(
+        "--distill-temperature", type=float, default=None, help="distillation temperature (default: the preset's)"
+    )
+    p.add_argument(
+        "--distill-alpha", type=float, default=None, help="the teacher's share of the loss (default: the preset's)"
+    )
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)")
     p.add_argument(
         "--hidden-units",
@@ -144,6 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
     # Flags whose value is the setting of the same name (None: the preset's).
     same = ("arch", "epochs", "views", "tune_stages", "accept_rate", "negatives", "learning_rate", "hidden_units")
     same += ("batch_size", "seed", "device", "weights", "category_names", "engine", "resume", "exclude")
+    same += ("teacher", "distill_temperature", "distill_alpha")
     cfg = TrainConfig.from_preset(
         args.preset,
         **{name: getattr(args, name) for name in same},

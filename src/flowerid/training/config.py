@@ -22,12 +22,21 @@ class Preset:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     tune_stages: int = 0  # backbone stages fine-tuned with the head (training/tuned.py); 0 = frozen
+    # Distillation (training/distill.py): the recipe whose model teaches (trained inside each fold by
+    # cross-validation; `flowerid train` takes a finished run of it, --teacher CHECKPOINT), the
+    # temperature of the teacher's and the student's probabilities, and the teacher's share of the loss.
+    teacher: str | None = None
+    distill_temperature: float = 1.0
+    distill_alpha: float = 1.0
+    cv_top1: float | None = None  # mean top-1 over the 5 folds of benchmarks/bench_cv.py (docs/presets.md)
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("fast", "efficientnet_lite0", 0, 20, "one small frozen backbone: the quickest useful model"),
+        Preset(
+            "fast", "efficientnet_lite0", 0, 20, "one small frozen backbone: the quickest useful model", cv_top1=0.9554
+        ),
         Preset(
             "default",
             "efficientnet_lite0",
@@ -35,6 +44,7 @@ PRESETS: dict[str, Preset] = {
             8,
             "one small backbone whose last stage fine-tunes with the head on cached activations",
             tune_stages=1,
+            cv_top1=0.9788,
         ),
         Preset(
             "best",
@@ -43,6 +53,19 @@ PRESETS: dict[str, Preset] = {
             12,
             "three backbones (Lite0, Lite1, Lite2), each one's last stage fine-tuned with a head, heads averaged",
             tune_stages=1,
+            cv_top1=0.9881,
+        ),
+        Preset(
+            "distilled",
+            "efficientnet_lite0",
+            2,
+            8,
+            "default's network taught by a `best` model (--teacher CHECKPOINT) on augmented views: best's "
+            "accuracy at default's speed",
+            tune_stages=1,
+            teacher="best",
+            distill_temperature=1.0,
+            distill_alpha=1.0,
         ),
     )
 }
@@ -82,6 +105,11 @@ class TrainConfig:
     keep_best_epoch: bool = False
     accept_rate: float = 0.95  # share of valid photos the unknown-photo threshold accepts as known
     negatives: str | None = None  # folder of photos of other things: sharpens the unknown-photo score
+    # Distillation (training/distill.py): a checkpoint whose probabilities the network learns (`flowerid
+    # train`), or a preset's name, whose recipe cross-validation trains inside each fold as the teacher.
+    teacher: str | None = None
+    distill_temperature: float = 1.0  # both sides' logits divided by it before they are compared
+    distill_alpha: float = 1.0  # the teacher's share of the loss; the rest is the labels' cross-entropy
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
@@ -106,6 +134,9 @@ class TrainConfig:
             "learning_rate": preset.learning_rate,
             "weight_decay": preset.weight_decay,
             "tune_stages": preset.tune_stages,
+            "teacher": preset.teacher,
+            "distill_temperature": preset.distill_temperature,
+            "distill_alpha": preset.distill_alpha,
             "preset": name,
         }
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -116,9 +147,12 @@ class TrainConfig:
 
     @property
     def mode(self) -> str:
-        """The training mode these settings ask for: full (full_finetune), tuned (tune_stages > 0) or frozen."""
+        """The training mode these settings ask for: full (full_finetune), distilled (a teacher),
+        tuned (tune_stages > 0) or frozen."""
         if self.full_finetune:
             return "full"
+        if self.teacher:
+            return "distilled"
         return "tuned" if self.tune_stages else "frozen"
 
     def check(self) -> None:
@@ -137,6 +171,12 @@ class TrainConfig:
             raise UsageError("views must be 0 (the photos only) or more", setting="views")
         if self.tune_stages < 0:
             raise UsageError("tune_stages must be 0 (a frozen backbone) or more", setting="tune_stages")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise UsageError("distill_temperature must be a positive number", setting="distill_temperature")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise UsageError(
+                "distill_alpha must be between 0 (labels only) and 1 (teacher only)", setting="distill_alpha"
+            )
         if not 0.5 <= self.accept_rate <= 1.0:
             raise UsageError(
                 "accept_rate must be a fraction between 0.5 and 1 (0.95 keeps 95% of valid photos)",

@@ -113,11 +113,16 @@ def cross_validate(
 ) -> CVResult:
     """Out-of-fold logits of the recipe `cfg` over train+valid pooled (folds `only`, default all).
 
-    Frozen and tuned modes; features and activations come from the same cache `train()` uses.
+    Frozen, tuned and distilled modes (distill_cv.py); features and activations come from the same
+    cache `train()` uses.
     """
     from .frozen import _logits, fit_head
     from .tuned import check_ensemble_recipe, fit_tail, part_activations, tuned_parts
 
+    if cfg.mode == "distilled":
+        from .distill_cv import cross_validate_distilled
+
+        return cross_validate_distilled(data_dir, cfg, k, seed, only, log)
     if cfg.mode == "full" or cfg.views:
         raise DataError("cross-validation covers the frozen and tuned modes without views")
     device = resolve_device(cfg.device)

@@ -152,16 +152,20 @@ class Stepper:
         self.epochs = cfg.epochs
         self.steps_per_epoch = max(1, -(-n // cfg.batch_size))
         self.label_smoothing = cfg.label_smoothing
+        self.temperature, self.alpha = cfg.distill_temperature, cfg.distill_alpha
         self.step = 0
 
     def factor(self, step: int) -> float:
         return warmup_cosine(step, self.steps_per_epoch, self.epochs)
 
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-        """One optimiser step; returns the batch's summed loss and correct count."""
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None = None) -> tuple[float, int]:
+        """One optimiser step; returns the batch's summed loss and correct count. `teacher`: a teacher's
+        logits for the same rows, whose probabilities the student learns (distill_loss)."""
         for group, rate in zip(self.opt.param_groups, self.rates, strict=True):
             group["lr"] = rate * self.factor(self.step)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        if teacher is not None:
+            loss = distill_loss(logits, teacher, self.temperature, self.alpha, loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -182,6 +186,18 @@ class Stepper:
     def last_lr(self) -> float:
         """The head's rate at the last step taken."""
         return self.rates[-1] * self.factor(self.step - 1)
+
+
+def distill_loss(
+    logits: torch.Tensor, teacher: torch.Tensor, temperature: float, alpha: float, hard: torch.Tensor
+) -> torch.Tensor:
+    """Hinton's distillation loss: alpha * T^2 * KL(teacher || student) at temperature T, plus (1 - alpha) times
+    the labels' cross-entropy `hard`. T^2 keeps the teacher's gradients the same size at any temperature."""
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(logits / t, 1), F.log_softmax(teacher.float() / t, 1), reduction="batchmean", log_target=True
+    )
+    return alpha * t * t * soft + (1.0 - alpha) * hard if alpha < 1.0 else t * t * soft
 
 
 def bf16_cpu() -> bool:

@@ -1,8 +1,9 @@
 """`train()`: check the settings and the data, then run the training mode the settings name.
 
 Modes: frozen (features once, then a head; frozen.py), tuned (the last stages train
-with the head on cached activations; tuned.py) and full (every layer, for a GPU;
-full.py). Each writes the same self-describing checkpoint (common.finish).
+with the head on cached activations; tuned.py), full (every layer, for a GPU;
+full.py) and distilled (a tuned network learning a teacher's probabilities;
+distill.py). Each writes the same self-describing checkpoint (common.finish).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..data.folders import CATEGORY_NAMES_FILE, exclude_photos, load_category_na
 from ..errors import UsageError
 from .common import Run, TrainResult, silent
 from .config import TrainConfig
+from .distill import train_distilled
 from .frozen import train_frozen
 from .full import train_full
 from .tuned import train_tuned
@@ -30,6 +32,7 @@ MODES: dict[str, Callable[[Run], TrainResult | None]] = {
     "frozen": train_frozen,
     "tuned": train_tuned,
     "full": train_full,
+    "distilled": train_distilled,
 }
 
 

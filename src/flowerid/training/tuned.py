@@ -42,6 +42,7 @@ from ..backbones.build import assemble_ensemble, build_backbone
 from ..backbones.cache import cache_root, namespace_for
 from ..backbones.engines import Backbone, Engine, OnnxEngine, TorchEngine, choose_engine
 from ..backbones.features import extract_features
+from ..data.augment import Augment
 from ..data.folders import ImageFolder
 from ..data.images import LOADER_VERSION
 from ..errors import UsageError
@@ -128,14 +129,14 @@ def check_ensemble_recipe(spec: BackboneSpec, cfg: TrainConfig) -> None:
 
 
 def part_activations(
-    split: ImageFolder, parts: list[TunedPart], stages: int, cfg: TrainConfig, device: str, name: str
+    split: ImageFolder, parts: list[TunedPart], stages: int, cfg: TrainConfig, device: str, name: str, view: int = 0
 ) -> tuple[list[torch.Tensor], torch.Tensor, dict[int, str], int]:
     """Each part's front activations of the same photos (those every part could read), their labels,
-    the failures by index and how many activations were computed."""
+    the failures by index and how many activations were computed. `view` k > 0: augmented view k."""
     got = []
     for part in parts:
         label = name if len(parts) == 1 else f"{name}, {part.name}"
-        got.append(front_activations(split, part.front, part.spec, part.digest, stages, cfg, device, label))
+        got.append(front_activations(split, part.front, part.spec, part.digest, stages, cfg, device, label, view))
     failed = {i: reason for _, _, f, _ in got for i, reason in f.items()}
     xs, y = [], torch.as_tensor(np.asarray(split.targets, dtype=np.int64))
     keep = torch.as_tensor(np.setdiff1d(np.arange(len(y)), np.fromiter(failed, dtype=np.int64, count=len(failed))))
@@ -155,18 +156,20 @@ def average_heads(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
     return out
 
 
-def front_namespace(spec: BackboneSpec, digest: str, stages: int) -> str:
-    """Everything a front's activations depend on: the cache namespace of its entries and of its ONNX graph."""
-    return namespace_for(
-        {
-            "backbone": spec.name,
-            "weights": digest,
-            "front_of_last_stages": stages,
-            "preprocessing": spec.preprocessing.to_dict(),
-            "loader": LOADER_VERSION,
-            "version": FRONT_EXPORT_VERSION,
-        }
-    )
+def front_namespace(spec: BackboneSpec, digest: str, stages: int, view: int = 0) -> str:
+    """Everything a front's activations depend on: the cache namespace of its entries and of its ONNX graph
+    (with `view` k > 0, of its entries for augmented view k: the graph is the plain view's)."""
+    parts = {
+        "backbone": spec.name,
+        "weights": digest,
+        "front_of_last_stages": stages,
+        "preprocessing": spec.preprocessing.to_dict(),
+        "loader": LOADER_VERSION,
+        "version": FRONT_EXPORT_VERSION,
+    }
+    if view:
+        parts.update(augment=Augment().to_dict(), view=view)
+    return namespace_for(parts)
 
 
 class _FlatEngine:
@@ -207,10 +210,12 @@ def front_activations(
     cfg: TrainConfig,
     device: str,
     name: str,
+    view: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[int, str], int]:
     """(activations float16, labels, failures by index, how many were computed) of the frozen front.
 
-    Through the one input pipeline and the on-disk cache (float16 entries under activations/).
+    Through the one input pipeline and the on-disk cache (float16 entries under activations/);
+    `view` k > 0: each photo's augmented view k (data/augment.py), cached like the photo's.
     """
     with torch.inference_mode():
         size = spec.input_size
@@ -222,9 +227,11 @@ def front_activations(
         Backbone(cut_spec, digest, front_engine(front, spec, namespace, device, cfg.engine)),
         use_cache=cfg.use_cache,
         num_workers=cfg.num_workers,
-        desc=f"{name} activations",
+        desc=f"{name} activations" + (f", view {view}" if view else ""),
         dtype="float16",
-        cache_namespace=namespace,
+        cache_namespace=front_namespace(spec, digest, stages, view) if view else namespace,
+        augment=Augment() if view else None,
+        view=view,
     )
     keep = np.flatnonzero(ex.ok)
     x = torch.from_numpy(ex.features[keep]).reshape(-1, *shape)
@@ -318,10 +325,12 @@ def fit_tail(
     device: str,
     log: Log = print,
     epoch_logits: list[torch.Tensor] | None = None,
+    teacher: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]], int, torch.Tensor, torch.Tensor]:
     """Train tail + head with AdamW (warm-up epoch, cosine) for cfg.epochs; keep the last epoch
     (or, with cfg.keep_best_epoch, the one best on valid). `epoch_logits` collects every
     epoch's valid logits (an ensemble's history is its members' logits averaged, epoch by epoch).
+    `teacher`: a teacher's logits for each training row, learnt as training/distill.py says.
 
     The tail is left holding the kept epoch's weights. Returns the kept head state, the
     history, the kept epoch (1-based) and its valid logits and labels (for calibration).
@@ -365,7 +374,8 @@ def fit_tail(
                 x = x_train[idx]
                 mirror = torch.rand(len(idx), generator=gen) < 0.5
                 x[mirror] = x[mirror].flip(-1)
-                batch_loss, batch_correct = stepper(forward(x, net), y_train[idx].to(device))
+                soft = None if teacher is None else teacher[idx].to(device)
+                batch_loss, batch_correct = stepper(forward(x, net), y_train[idx].to(device), soft)
                 loss_sum += batch_loss
                 correct += batch_correct
             loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, length])

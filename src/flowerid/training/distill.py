@@ -1,0 +1,200 @@
+"""Distillation (`flowerid train DATA --teacher CHECKPOINT`, the `distilled` preset): one network learns
+a bigger model's probabilities, so it predicts at its own cost with some of the teacher's accuracy.
+
+The student is tuned as in the tuned mode (its last stages on cached front activations) and learns,
+for every training photo and each of its augmented views (`views`), the teacher's probabilities for
+that same view (Beyer et al. 2022: a patient, consistent teacher), mixed with the labels
+(`distill_alpha`, at `distill_temperature`; training/loop.distill_loss). A view of a photo is always
+the same crop (data/augment.py: seeded by the file name and the view's number), so both sides'
+outputs are cached on disk: the student's front activations under activations/, the teacher's
+features under the teacher's own namespace (its weights' digest, preprocessing and the view), to
+which its head is applied here. A teacher's head carries the temperature it was calibrated with;
+its logits are divided back to the raw ones it was trained to give, the same ones cross-validation
+uses. Calibration and the unknown-photo detector are fitted on the student as in any run.
+
+Cross-validation (`cross_validate_distilled`) trains the teacher's recipe (`teacher` names a preset)
+inside each fold on the fold's training photos only, keeps its logits for every photo and view on
+disk (teachers/ in the cache), and teaches the student with them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import distributed
+from .._io import file_sha256
+from ..backbones import get_spec
+from ..backbones.features import extract_features
+from ..data.augment import Augment
+from ..data.folders import ImageFolder
+from ..errors import DataError, UsageError
+from ..model.head import HeadConfig
+from .common import Run, TrainResult, best_metrics, check_left, finish_trained_backbone
+from .config import PRESETS, TrainConfig
+from .tuned import TunedPart, fit_tail, front_activations, head_inputs, tuned_parts
+
+
+def teacher_preset(cfg: TrainConfig) -> str | None:
+    """The preset `cfg.teacher` names (a recipe to train inside each fold), or None for a checkpoint."""
+    name = cfg.teacher
+    return name if name in PRESETS and not Path(str(name)).is_file() else None
+
+
+def student_part(cfg: TrainConfig) -> tuple[torch.nn.Module, TunedPart]:
+    """The student network and the part of it that trains: one EfficientNet, its last stages tuned."""
+    spec = get_spec(cfg.arch)
+    if spec.family == "ensemble" or cfg.tune_stages < 1:
+        raise UsageError(
+            f"distillation teaches one network tuned on cached activations: give a single EfficientNet "
+            f"(--arch efficientnet_lite0) and --tune-stages 1 or more, not {spec.name} with {cfg.tune_stages}",
+            setting="tune_stages",
+        )
+    module, parts = tuned_parts(spec, cfg.weights, cfg.tune_stages)
+    return module, parts[0]
+
+
+def teacher_record(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What the student's checkpoint says of its teacher: name, digest, and its recipe's CV figure."""
+    preset = ckpt["training"].get("preset")
+    return {
+        "checkpoint": path.name,
+        "digest": file_sha256(path),
+        "backbone": ckpt["backbone"]["name"],
+        "preset": preset,
+        "valid_acc": ckpt["metrics"].get("valid_acc"),
+        "cv_top1": PRESETS[preset].cv_top1 if preset in PRESETS else None,
+    }
+
+
+def load_teacher(cfg: TrainConfig, categories: list[str], device: str) -> tuple[Any, dict[str, Any]]:
+    """The teacher as a Classifier, and its record; UsageError/DataError saying how to fix a wrong one."""
+    from ..model.checkpoint import load_checkpoint
+    from ..model.predictor import Classifier
+
+    path = Path(str(cfg.teacher))
+    if not path.is_file():
+        hint = f"train one with `flowerid train DATA --preset {cfg.teacher} --save-dir runs/{cfg.teacher}`, then "
+        raise UsageError(
+            f"--teacher {cfg.teacher!r} is not a checkpoint file: distillation learns from a trained model; "
+            + (hint if cfg.teacher in PRESETS else "")
+            + "pass --teacher runs/NAME/checkpoint.pth",
+            setting="teacher",
+        )
+    ckpt = load_checkpoint(path)
+    if list(ckpt["categories"]) != list(categories):
+        raise DataError(f"the teacher {path} was trained on other categories than this data set's")
+    return Classifier(ckpt, device=device, engine=cfg.engine), teacher_record(path, ckpt)
+
+
+def checkpoint_logits(
+    teacher: Any, split: ImageFolder, view: int, cfg: TrainConfig, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's raw logits (its calibration undone) for each photo's view `view`, and which it read.
+
+    Its features are cached like any backbone's (keyed by its weights' digest and the view).
+    """
+    ex = extract_features(
+        split.paths,
+        teacher.backbone,
+        use_cache=cfg.use_cache,
+        num_workers=cfg.num_workers,
+        desc=f"teacher, {name}" + (f", view {view}" if view else ""),
+        augment=Augment() if view else None,
+        view=view,
+    )
+    t = float(teacher.checkpoint["metrics"].get("temperature", 1.0))
+    if not teacher.checkpoint["metrics"].get("temperature_identified", True):
+        t = 1.0  # the head was left unscaled
+    return teacher.head(ex.features) * np.float32(t), ex.ok
+
+
+def _rows(n: int, failed: dict[int, str]) -> np.ndarray:
+    """Indices 0..n-1 less the failed ones: the rows of a front's activations."""
+    return np.setdiff1d(np.arange(n), np.fromiter(failed, dtype=np.int64, count=len(failed)))
+
+
+def student_views(
+    split: ImageFolder, part: TunedPart, cfg: TrainConfig, device: str, name: str, views: int
+) -> tuple[list[torch.Tensor], torch.Tensor, dict[int, str], int]:
+    """The student's front activations of views 0..views for the photos every view could read, their labels,
+    the failures by index and how many activations were computed."""
+    got = [
+        front_activations(split, part.front, part.spec, part.digest, cfg.tune_stages, cfg, device, name, v)
+        for v in range(views + 1)
+    ]
+    failed = {i: reason for _, _, f, _ in got for i, reason in f.items()}
+    keep = _rows(len(split.samples), failed)
+    xs = [x[torch.as_tensor(np.searchsorted(_rows(len(split.samples), f), keep))] for x, _, f, _ in got]
+    y = torch.as_tensor(np.asarray(split.targets, dtype=np.int64)[keep])
+    return xs, y, failed, sum(c for *_, c in got)
+
+
+def train_distilled(run: Run) -> TrainResult | None:
+    """The student's last stages and head learn the teacher's probabilities on every view of the train photos."""
+    cfg, data = run.cfg, run.data
+    if cfg.resume:
+        raise UsageError("--resume continues head training on frozen features; a distillation run starts over")
+    if distributed.world().distributed:
+        raise UsageError("distillation runs in one process: start it without torchrun")
+    module, part = student_part(cfg)
+    teacher, record = load_teacher(cfg, list(data.categories), run.device)
+    name = record["preset"] or record["backbone"]
+    run.log(f"teacher: {name} ({record['checkpoint']}, valid top-1 {record['valid_acc']:.2%})")
+    t_feat = time.perf_counter()
+    xs, y_tr, failed, computed = student_views(data.train, part, cfg, run.device, "train", cfg.views)
+    keep = _rows(len(data.train.samples), failed)
+    t_logits = []
+    for v in range(cfg.views + 1):
+        logits, ok = checkpoint_logits(teacher, data.train, v, cfg, "train")
+        failed.update({int(i): "the teacher could not read it" for i in np.flatnonzero(~ok) if i not in failed})
+        t_logits.append(torch.from_numpy(logits[keep]))
+    both = torch.as_tensor(np.isin(keep, _rows(len(data.train.samples), failed)))
+    xs, t_logits, y_tr = [x[both] for x in xs], [t[both] for t in t_logits], y_tr[both]
+    (x_va,), y_va, failed_va, computed_va = student_views(data.valid, part, cfg, run.device, "valid", 0)
+    skipped = {str(data.train.paths[i]): r for i, r in failed.items()}
+    skipped.update({str(data.valid.paths[i]): r for i, r in failed_va.items()})
+    feat_seconds = time.perf_counter() - t_feat
+    check_left(data.categories, y_tr, y_va, run.save_dir, skipped, run.log)
+    run.log(
+        f"student activations of {cfg.views + 1} view(s) and the teacher's logits ready in {feat_seconds:.1f}s "
+        f"({computed + computed_va} activations computed, the rest cached)"
+    )
+    head_cfg = HeadConfig(part.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
+    views = len(xs)
+    head_state, history, kept_epoch, logits_va, labels_va = fit_tail(
+        part.tail,
+        head_cfg,
+        (torch.cat(xs), y_tr.repeat(views)),
+        (x_va, y_va),
+        cfg,
+        run.device,
+        run.log,
+        teacher=torch.cat(t_logits),
+    )
+    metrics = best_metrics(history, kept_epoch)
+    metrics.update(teacher=record, feature_seconds=feat_seconds, features_computed=computed + computed_va)
+    photos = {"train_images": len(y_tr), "train_rows": len(y_tr) * views, "valid_images": len(y_va)}
+    feats = (head_inputs(part.tail, xs[0], run.device), y_tr, head_inputs(part.tail, x_va, run.device))
+    return finish_trained_backbone(
+        run, module, head_cfg, head_state, logits_va, labels_va, metrics, skipped, photos, feats
+    )
+
+
+def teacher_logits_dir(cfg: TrainConfig, photos: ImageFolder, folds: np.ndarray) -> Path:
+    """Where cross-validation keeps each fold's teacher logits: keyed by the teacher's recipe, the photos
+    (names and labels) and the folds."""
+    from ..backbones.cache import cache_root, namespace_for
+    from ..data.images import LOADER_VERSION
+
+    names = [(os.path.basename(str(p)), int(t)) for p, t in zip(photos.paths, photos.targets, strict=True)]
+    local = ("device", "engine", "num_workers", "use_cache", "category_names", "resume")  # not the recipe
+    recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in local}
+    key = {"teacher": recipe, "photos": names, "folds": folds.tolist(), "loader": LOADER_VERSION}
+    return cache_root() / "teachers" / namespace_for(key)

@@ -1,0 +1,145 @@
+"""Cross-validation of a distilled recipe: the teacher trained inside each fold, never on its held-out photos.
+
+For each fold the teacher's recipe (the preset `cfg.teacher` names) trains on the fold's training
+photos exactly as cross-validation trains it alone; its raw logits for every photo and every view
+are kept on disk (teachers/ in the cache, with its tuned tails), so trying another temperature,
+mixing or number of epochs for the student costs only the student's training. The student then
+learns from them on the fold's training photos and is scored on the held-out ones.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import torch
+
+from .._io import atomic_write_bytes
+from .._text import Log
+from ..backbones import get_spec
+from ..backbones.engines import resolve_device
+from ..data.folders import ImageFolder
+from ..data.folds import FOLDS, SEED, stratified_folds
+from ..errors import DataError
+from ..model.head import HeadConfig, build_head
+from .config import TrainConfig
+from .crossval import CVResult, pooled
+from .distill import student_part, student_views, teacher_logits_dir, teacher_preset
+from .tuned import check_ensemble_recipe, fit_tail, head_inputs, part_activations, tuned_parts
+
+
+def _load(path: os.PathLike, what: str) -> object | None:
+    """A kept array or state, or None when it is missing or damaged (then made again)."""
+    try:
+        return np.load(path) if what == "npy" else torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, EOFError):
+        return None
+
+
+def _save_array(path: os.PathLike, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def fold_teacher_logits(
+    photos: ImageFolder, tcfg: TrainConfig, folds: np.ndarray, fold: int, views: int, device: str, log: Log
+) -> list[np.ndarray]:
+    """The teacher's raw logits (N, C) for views 0..views of every photo, from its recipe trained on the
+    photos outside `fold` (its tails and heads kept on disk too, so a new view costs no training)."""
+    store = teacher_logits_dir(tcfg, photos, folds)
+    store.mkdir(parents=True, exist_ok=True)
+    files = [store / f"fold{fold}-view{v}.npy" for v in range(views + 1)]
+    kept = [_load(p, "npy") for p in files]
+    if all(k is not None for k in kept):
+        return kept  # type: ignore[return-value]
+    spec = get_spec(tcfg.arch)
+    check_ensemble_recipe(spec, tcfg)
+    _, parts = tuned_parts(spec, tcfg.weights, tcfg.tune_stages)
+    num_classes = len(photos.categories)
+    heads = []
+    states = _load(store / f"fold{fold}.pt", "pt")
+    if not isinstance(states, list) or len(states) != len(parts):
+        xs, y, failed, _ = part_activations(photos, parts, tcfg.tune_stages, tcfg, device, "teacher")
+        if failed:
+            raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
+        tr, te = (torch.from_numpy(np.flatnonzero(m)) for m in (folds != fold, folds == fold))
+        states = []
+        for i, (part, x) in enumerate(zip(parts, xs, strict=True)):
+            log(f"fold {fold + 1}: teacher {tcfg.preset}, {part.name} ({i + 1}/{len(parts)})")
+            part_cfg = HeadConfig(part.num_features, num_classes, tcfg.hidden_units, tcfg.dropout)
+            head = fit_tail(part.tail, part_cfg, (x[tr], y[tr]), (x[te], y[te]), tcfg, device, lambda s: None)[0]
+            states.append({"tail": part.tail.state_dict(), "head": head})
+        del xs
+        buf = io.BytesIO()
+        torch.save(states, buf)
+        atomic_write_bytes(store / f"fold{fold}.pt", buf.getvalue())
+    for part, state in zip(parts, states, strict=True):
+        part.tail.load_state_dict(state["tail"])
+        head = build_head(HeadConfig(part.num_features, num_classes, tcfg.hidden_units, tcfg.dropout))
+        head.load_state_dict(state["head"])
+        heads.append(head.eval())
+    for v, path in enumerate(files):
+        if kept[v] is not None:
+            continue
+        xs, _, failed, _ = part_activations(photos, parts, tcfg.tune_stages, tcfg, device, "teacher", view=v)
+        if failed:
+            raise DataError(f"{len(failed)} photos unreadable in view {v}")
+        with torch.no_grad():  # the averaged heads' logits are the members' mean
+            logits = torch.stack(
+                [h(head_inputs(p.tail, x, device)) for p, h, x in zip(parts, heads, xs, strict=True)]
+            ).mean(0)
+        kept[v] = logits.numpy().astype(np.float32)
+        _save_array(path, kept[v])
+        del xs
+    return kept  # type: ignore[return-value]
+
+
+def cross_validate_distilled(
+    data_dir: str | os.PathLike,
+    cfg: TrainConfig,
+    k: int = FOLDS,
+    seed: int = SEED,
+    only: list[int] | None = None,
+    log: Log = print,
+    teacher_cfg: TrainConfig | None = None,
+) -> CVResult:
+    """Out-of-fold logits of the student of the distilled recipe `cfg`, each fold's teacher trained in it:
+    the preset `cfg.teacher` names, or the recipe `teacher_cfg` (a tuned one)."""
+    name = teacher_preset(cfg)
+    if name is None and teacher_cfg is None:
+        raise DataError(
+            "cross-validation trains the teacher inside each fold: name its preset (teacher='best'), not a "
+            "checkpoint, which has seen the held-out photos"
+        )
+    over = {"device": cfg.device, "engine": cfg.engine, "num_workers": cfg.num_workers}
+    tcfg = teacher_cfg or TrainConfig.from_preset(str(name), **over)
+    device = resolve_device(cfg.device)
+    photos = pooled(data_dir)
+    _, part = student_part(cfg)
+    xs, y, failed, _ = student_views(photos, part, cfg, device, "all", cfg.views)
+    if failed:
+        raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
+    labels = y.numpy()
+    folds = stratified_folds(labels, k, seed)
+    num_classes = len(photos.categories)
+    head_cfg = HeadConfig(part.num_features, num_classes, cfg.hidden_units, cfg.dropout)
+    logits = np.zeros((len(labels), num_classes), dtype=np.float32)
+    for f in only if only is not None else range(k):
+        teacher = fold_teacher_logits(photos, tcfg, folds, f, cfg.views, device, log)
+        tr, te = (np.flatnonzero(m) for m in (folds != f, folds == f))
+        _, part = student_part(cfg)  # every fold starts from the pretrained network
+        x_tr = torch.cat([x[tr] for x in xs])
+        t_tr = torch.from_numpy(np.concatenate([t[tr] for t in teacher]))
+        train = (x_tr, y[tr].repeat(len(xs)))
+        out = fit_tail(part.tail, head_cfg, train, (xs[0][te], y[te]), cfg, device, lambda s: None, teacher=t_tr)[3]
+        del x_tr, train
+        logits[te] = out.float().numpy()
+        acc = float((out.argmax(1) == y[te]).float().mean())
+        t_acc = float((teacher[0][te].argmax(1) == labels[te]).mean())
+        log(f"fold {f + 1}/{k}: held-out top-1 {acc:.2%} on {len(te)} photos (its teacher {t_acc:.2%})")
+    if only is not None:
+        keep = np.isin(folds, only)
+        return CVResult(logits[keep], labels[keep], folds[keep])
+    return CVResult(logits, labels, folds)
