@@ -51,6 +51,7 @@ def test_a_student_learns_its_teacher_and_records_it(trained, tmp_path):
     t = m["teacher"]
     assert t["digest"] == file_sha256(teacher.checkpoint_path) and t["checkpoint"] == "checkpoint.pth"
     assert t["valid_acc"] == pytest.approx(teacher.metrics["valid_acc"]) and t["backbone"] == "tiny_test"
+    assert t["preset"] is None and t["cv_top1"] is None  # a recipe set by hand has no measured figure
     assert "temperature" in m and "unknown" in m and len(m["history"]) == 2
     ck = torch.load(result.checkpoint_path, weights_only=True)
     assert ck["training"]["train_rows"] == 2 * ck["training"]["train_images"] == 2 * 24  # the photos and a view
@@ -70,24 +71,27 @@ def test_the_teachers_logits_are_its_raw_ones_and_cached_per_view(trained, monke
     data, teacher = trained
     split = load_dataset(data).valid
     cfg = TrainConfig(num_workers=0)
-    plain = flowerid.load(teacher.checkpoint_path, device="cpu")
-    unscaled, _ = distill.checkpoint_logits(plain, split, 0, cfg, "valid")
+    unscaled, _ = distill.Teacher(load_checkpoint(teacher.checkpoint_path), "cpu", "auto").logits(
+        split, 0, cfg, "valid"
+    )
     ck = load_checkpoint(teacher.checkpoint_path)  # the same teacher calibrated at temperature 0.5
     ck["head"]["state_dict"] = scale_logits(ck["head"]["state_dict"], 2.0)
     ck["metrics"].update(temperature=0.5, temperature_identified=True)
     save_checkpoint(ck, tmp_path / "calibrated.pth")
     clf = flowerid.load(tmp_path / "calibrated.pth", device="cpu")
-    raw, ok = distill.checkpoint_logits(clf, split, 0, cfg, "valid")
+    calibrated = distill.Teacher(load_checkpoint(tmp_path / "calibrated.pth"), "cpu", "auto")
+    assert calibrated.parts is None  # a frozen teacher runs as a whole network
+    raw, ok = calibrated.logits(split, 0, cfg, "valid")
     assert ok.all()
     np.testing.assert_allclose(raw, unscaled, rtol=1e-4, atol=1e-4)  # the calibration undone
     probs = clf.predict_proba(np.stack([clf.preprocess(p) for p in split.paths]))
     np.testing.assert_allclose(softmax(raw / 0.5), probs, atol=1e-5)
-    view1, _ = distill.checkpoint_logits(clf, split, 1, cfg, "valid")
+    view1, _ = calibrated.logits(split, 1, cfg, "valid")
     assert not np.allclose(view1, raw)  # an augmented view is another photo to the teacher
     calls = []
     real = features.photo_loader
     monkeypatch.setattr(features, "photo_loader", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again, _ = distill.checkpoint_logits(clf, split, 1, cfg, "valid")
+    again, _ = calibrated.logits(split, 1, cfg, "valid")
     assert not calls and np.allclose(again, view1, atol=1e-3)  # from the cache, no photo read again
 
 
@@ -102,7 +106,8 @@ def test_what_distillation_refuses_says_how_to_fix_it(trained, tmp_path):
         train(data, tmp_path / "c", _student(str(teacher.checkpoint_path), tune_stages=0), log=lambda s: None)
     with pytest.raises(UsageError, match="single EfficientNet"):
         train(data, tmp_path / "e", _student(str(teacher.checkpoint_path), arch=TINY_ENSEMBLE), log=lambda s: None)
-    other = build_folder(tmp_path / "other", {"train": 4, "valid": 2}, {"1": (200, 0, 0), "2": (0, 200, 0)}, names=False)
+    two = {"1": (200, 0, 0), "2": (0, 200, 0)}
+    other = build_folder(tmp_path / "other", {"train": 4, "valid": 2}, two, names=False)
     with pytest.raises(DataError, match="other categories"):
         train(other, tmp_path / "d", _student(str(teacher.checkpoint_path)), log=lambda s: None)
     with pytest.raises(UsageError, match="distill_alpha"):
@@ -139,3 +144,45 @@ def test_cross_validation_trains_the_teacher_inside_each_fold(image_folder, isol
     assert np.allclose(r2.logits, r.logits, atol=1e-4) and all("held-out" in line for line in again)
     with pytest.raises(DataError, match="inside each fold"):
         cross_validate(image_folder, _student("/some/checkpoint.pth"), k=2)
+
+
+@pytest.mark.usefixtures("effnet")
+def test_the_build_script_names_the_teacher_not_where_it_lay(trained, tmp_path):
+    from flowerid.model.checkpoint import load_checkpoint
+
+    from ..model.test_shipped import _build_script
+
+    data, teacher = trained
+    out = tmp_path / "model.pth"
+    argv = ["--data", str(data), "--out", str(out), "--preset", "distilled", "--teacher", str(teacher.checkpoint_path)]
+    for setting in (f"arch={TINY_EFFNET}", "tune_stages=1", "epochs=1", "views=0", "num_workers=0"):
+        argv += ["--set", setting]
+    assert _build_script().main(argv) == 0
+    ck = load_checkpoint(out)
+    assert ck["training"]["teacher"] == "tiny_test on flowers102, train/valid split"
+    assert str(tmp_path) not in str(ck["training"]) and ck["metrics"]["teacher"]["digest"]
+    assert (tmp_path / "model-backbone.pth").is_file()  # the tuned stage beside it, as the built-in model ships
+
+
+@pytest.mark.usefixtures("effnet_pair")
+def test_a_tuned_teacher_gives_its_whole_networks_logits_from_cached_fronts(image_folder, tmp_path):
+    """The `best` teacher's route: pretrained fronts' cached activations through its tuned tails and averaged
+    head, the same logits (to float16 rounding) as the whole tuned network run on the photos."""
+    from flowerid.data.folders import load_dataset
+    from flowerid.model.checkpoint import load_checkpoint
+    from flowerid.training.distill import Teacher
+
+    cfg = TrainConfig(arch=TINY_ENSEMBLE, tune_stages=1, epochs=2, learning_rate=0.01, num_workers=0)
+    run = train(image_folder, tmp_path / "t", cfg, log=lambda s: None)
+    ck = load_checkpoint(run.checkpoint_path)
+    fast = Teacher(ck, "cpu", "torch")
+    assert fast.parts is not None and len(fast.parts) == 2
+    whole = Teacher(ck, "cpu", "torch")
+    whole.parts = None
+    split = load_dataset(image_folder).valid
+    for view in (0, 1):
+        a, ok_a = fast.logits(split, view, cfg, "valid")
+        b, ok_b = whole.logits(split, view, cfg, "valid")
+        assert ok_a.all() and ok_b.all()
+        np.testing.assert_allclose(a, b, atol=2e-2 * np.abs(b).max())
+        assert (a.argmax(1) == b.argmax(1)).all()

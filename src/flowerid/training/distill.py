@@ -38,7 +38,7 @@ from ..errors import DataError, UsageError
 from ..model.head import HeadConfig
 from .common import Run, TrainResult, best_metrics, check_left, finish_trained_backbone
 from .config import PRESETS, TrainConfig
-from .tuned import TunedPart, fit_tail, front_activations, head_inputs, tuned_parts
+from .tuned import TunedPart, fit_tail, front_activations, head_inputs, part_activations, tuned_parts
 
 
 def teacher_preset(cfg: TrainConfig) -> str | None:
@@ -62,7 +62,11 @@ def student_part(cfg: TrainConfig) -> tuple[torch.nn.Module, TunedPart]:
 
 def teacher_record(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
     """What the student's checkpoint says of its teacher: name, digest, and its recipe's CV figure."""
-    preset = ckpt["training"].get("preset")
+    training = ckpt["training"]
+    preset = training.get("preset")
+    recipe = ("arch", "views", "epochs", "tune_stages", "learning_rate")
+    if preset in PRESETS and any(training.get(k) != getattr(PRESETS[preset], k) for k in recipe):
+        preset = None  # the preset's settings changed by hand: its measured figure is not this teacher's
     return {
         "checkpoint": path.name,
         "digest": file_sha256(path),
@@ -73,10 +77,83 @@ def teacher_record(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_teacher(cfg: TrainConfig, categories: list[str], device: str) -> tuple[Any, dict[str, Any]]:
-    """The teacher as a Classifier, and its record; UsageError/DataError saying how to fix a wrong one."""
+class Teacher:
+    """A trained model's raw logits (its calibration undone) for any view of any photo.
+
+    A tuned teacher (the `best` preset's run) gives them from its frozen fronts' cached
+    activations through its tuned tails, the same cache entries its own training and
+    cross-validation use, so a view costs only the tails once the fronts have run. Any
+    other teacher runs as a whole network, its features cached per view under its own
+    namespace (its weights' digest and the view).
+    """
+
+    def __init__(self, ckpt: dict[str, Any], device: str, engine: str) -> None:
+        from ..model.predictor import NumpyHead
+
+        self.ckpt, self.device, self.engine = ckpt, device, engine
+        self.head = NumpyHead(HeadConfig.from_dict(ckpt["head"]["config"]), ckpt["head"]["state_dict"])
+        m = ckpt["metrics"]
+        self.temperature = float(m.get("temperature", 1.0)) if m.get("temperature_identified", True) else 1.0
+        self.parts = self._tuned_parts()
+        self._whole: Any = None
+
+    def _tuned_parts(self) -> list[TunedPart] | None:
+        """The tuned teacher's parts with its tails' weights, or None when its fronts are not the pretrained ones."""
+        training, info = self.ckpt["training"], self.ckpt["backbone"]
+        stages = int(training.get("tune_stages") or 0)
+        path = info.get("weights_path")
+        if not stages or training.get("full_finetune") or not path or not os.path.isfile(path):
+            return None
+        try:
+            spec = get_spec(info["name"])
+            module, parts = tuned_parts(spec, training.get("weights") if spec.family != "ensemble" else None, stages)
+        except (UsageError, OSError, ValueError):
+            return None
+        fronts = [{k: v.clone() for k, v in p.front.state_dict().items()} for p in parts]
+        try:
+            module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (RuntimeError, OSError, ValueError):
+            return None
+        for part, before in zip(parts, fronts, strict=True):
+            if any(not torch.equal(v, before[k]) for k, v in part.front.state_dict().items()):
+                return None  # a front trained too: only the whole network gives its outputs
+        self.stages = stages
+        return parts
+
+    def logits(self, split: ImageFolder, view: int, cfg: TrainConfig, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits (N, C) of every photo's view `view` (rows of unreadable photos are zero) and which it read."""
+        n = len(split.samples)
+        if self.parts is not None:
+            xs, _, failed, _ = part_activations(
+                split, self.parts, self.stages, cfg, self.device, f"teacher, {name}", view
+            )
+            feats = torch.cat([head_inputs(p.tail, x, self.device) for p, x in zip(self.parts, xs, strict=True)], 1)
+            ok = np.ones(n, dtype=bool)
+            ok[list(failed)] = False
+            out = np.zeros((n, self.head.layers[-1][0].shape[1]), dtype=np.float32)
+            out[ok] = self.head(feats.numpy())
+        else:
+            if self._whole is None:
+                from ..backbones.engines import load_backbone
+
+                info = self.ckpt["backbone"]
+                self._whole = load_backbone(get_spec(info["name"]), self.device, info.get("weights_path"), self.engine)
+            ex = extract_features(
+                split.paths,
+                self._whole,
+                use_cache=cfg.use_cache,
+                num_workers=cfg.num_workers,
+                desc=f"teacher, {name}" + (f", view {view}" if view else ""),
+                augment=Augment() if view else None,
+                view=view,
+            )
+            out, ok = self.head(ex.features), ex.ok
+        return out * np.float32(self.temperature), ok
+
+
+def load_teacher(cfg: TrainConfig, categories: list[str], device: str) -> tuple[Teacher, dict[str, Any]]:
+    """The teacher `cfg.teacher` names, and its record; UsageError/DataError saying how to fix a wrong one."""
     from ..model.checkpoint import load_checkpoint
-    from ..model.predictor import Classifier
 
     path = Path(str(cfg.teacher))
     if not path.is_file():
@@ -90,29 +167,7 @@ def load_teacher(cfg: TrainConfig, categories: list[str], device: str) -> tuple[
     ckpt = load_checkpoint(path)
     if list(ckpt["categories"]) != list(categories):
         raise DataError(f"the teacher {path} was trained on other categories than this data set's")
-    return Classifier(ckpt, device=device, engine=cfg.engine), teacher_record(path, ckpt)
-
-
-def checkpoint_logits(
-    teacher: Any, split: ImageFolder, view: int, cfg: TrainConfig, name: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's raw logits (its calibration undone) for each photo's view `view`, and which it read.
-
-    Its features are cached like any backbone's (keyed by its weights' digest and the view).
-    """
-    ex = extract_features(
-        split.paths,
-        teacher.backbone,
-        use_cache=cfg.use_cache,
-        num_workers=cfg.num_workers,
-        desc=f"teacher, {name}" + (f", view {view}" if view else ""),
-        augment=Augment() if view else None,
-        view=view,
-    )
-    t = float(teacher.checkpoint["metrics"].get("temperature", 1.0))
-    if not teacher.checkpoint["metrics"].get("temperature_identified", True):
-        t = 1.0  # the head was left unscaled
-    return teacher.head(ex.features) * np.float32(t), ex.ok
+    return Teacher(ckpt, device, cfg.engine), teacher_record(path, ckpt)
 
 
 def _rows(n: int, failed: dict[int, str]) -> np.ndarray:
@@ -152,7 +207,7 @@ def train_distilled(run: Run) -> TrainResult | None:
     keep = _rows(len(data.train.samples), failed)
     t_logits = []
     for v in range(cfg.views + 1):
-        logits, ok = checkpoint_logits(teacher, data.train, v, cfg, "train")
+        logits, ok = teacher.logits(data.train, v, cfg, "train")
         failed.update({int(i): "the teacher could not read it" for i in np.flatnonzero(~ok) if i not in failed})
         t_logits.append(torch.from_numpy(logits[keep]))
     both = torch.as_tensor(np.isin(keep, _rows(len(data.train.samples), failed)))
