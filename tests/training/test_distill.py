@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -124,6 +126,8 @@ def test_cli_teacher_flag(trained, tmp_path, capsys):
     assert ck["training"]["distill_temperature"] == 2.0 and ck["metrics"]["teacher"]["backbone"] == "tiny_test"
     assert main(["train", str(data), "--preset", "distilled", "--save-dir", str(tmp_path / "x")]) != 0
     assert "--teacher" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "run" / "checkpoint.pth")]) == 0
+    assert re.search(r"taught by +tiny_test \(sha256 \w+…, valid top-1", capsys.readouterr().out)
 
 
 @pytest.mark.usefixtures("effnet_pair")

@@ -153,6 +153,18 @@ def format_info(info: dict[str, Any]) -> str:
                     + ", ".join(f"{x.get('backbone', '?')} {pct(x.get('valid_acc'))}" for x in m["members"]),
                 )
             )
+        if isinstance(m.get("teacher"), dict):
+            tr, te = info.get("training", {}), m["teacher"]
+            rows.append(
+                (
+                    "taught by",
+                    f"{te.get('preset') or te.get('backbone', '?')} (sha256 {str(te.get('digest'))[:12]}…, valid top-1 "
+                    f"{pct(te.get('valid_acc'))}"
+                    + (f", its recipe {pct(te['cv_top1'])} by cross-validation" if te.get("cv_top1") else "")
+                    + f"), its probabilities at temperature {tr.get('distill_temperature', '?')}, "
+                    f"share {tr.get('distill_alpha', '?')}, on the photos and {tr.get('views', 0)} view(s) of each",
+                )
+            )
         if "test_acc" in m:
             rows.append(("test", f"top-1 {pct(m['test_acc'])}, loss {m.get('test_loss', float('nan')):.4f}"))
     u = info.get("unknown")
