@@ -97,6 +97,22 @@ def combine(*results: CVResult) -> CVResult:
     return CVResult(np.mean(logp, axis=0), first.labels, first.folds)
 
 
+def out_of_fold(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, only: list[int] | None) -> CVResult:
+    """The result of the folds `only` (None: all of them)."""
+    if only is None:
+        return CVResult(logits, labels, folds)
+    keep = np.isin(folds, only)
+    return CVResult(logits[keep], labels[keep], folds[keep])
+
+
+def deal(y: torch.Tensor, failed: dict, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled photos' labels and folds; DataError when any photo could not be read."""
+    if failed:
+        raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
+    labels = y.numpy()
+    return labels, stratified_folds(labels, k, seed)
+
+
 def pooled(data_dir: str | os.PathLike) -> ImageFolder:
     """train and valid as one split: the photos cross-validation deals into folds."""
     data = load_dataset(data_dir)
@@ -122,7 +138,7 @@ def cross_validate(
     if cfg.mode == "distilled":
         from .distill_cv import cross_validate_distilled
 
-        return cross_validate_distilled(data_dir, cfg, k, seed, only, log)
+        return cross_validate_distilled(data_dir, cfg, only, log, k=k, seed=seed)
     if cfg.mode == "full" or cfg.views:
         raise DataError("cross-validation covers the frozen and tuned modes without views")
     device = resolve_device(cfg.device)
@@ -137,10 +153,7 @@ def cross_validate(
         backbone = load_backbone(spec, device, cfg.weights, cfg.engine)
         x, y = features_for(photos, backbone, cfg, "all", skipped, {})
         failed = skipped
-    if failed:
-        raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
-    labels = y.numpy()
-    folds = stratified_folds(labels, k, seed)
+    labels, folds = deal(y, failed, k, seed)
     num_classes = len(photos.categories)
     head_cfg = HeadConfig(spec.num_features, num_classes, cfg.hidden_units, cfg.dropout)
     logits = np.zeros((len(labels), num_classes), dtype=np.float32)
@@ -169,7 +182,4 @@ def cross_validate(
                 + ")"
             )
         log(f"fold {f + 1}/{k}: held-out top-1 {acc:.2%} on {len(te)} photos{alone}")
-    if only is not None:
-        keep = np.isin(folds, only)
-        return CVResult(logits[keep], labels[keep], folds[keep])
-    return CVResult(logits, labels, folds)
+    return out_of_fold(logits, labels, folds, only)

@@ -20,11 +20,11 @@ from .._text import Log
 from ..backbones import get_spec
 from ..backbones.engines import resolve_device
 from ..data.folders import ImageFolder
-from ..data.folds import FOLDS, SEED, stratified_folds
+from ..data.folds import FOLDS, SEED
 from ..errors import DataError
 from ..model.head import HeadConfig, build_head
 from .config import TrainConfig
-from .crossval import CVResult, pooled
+from .crossval import CVResult, deal, out_of_fold, pooled
 from .distill import student_part, student_views, teacher_logits_dir, teacher_preset
 from .tuned import check_ensemble_recipe, fit_tail, head_inputs, part_activations, tuned_parts
 
@@ -99,10 +99,11 @@ def fold_teacher_logits(
 def cross_validate_distilled(
     data_dir: str | os.PathLike,
     cfg: TrainConfig,
-    k: int = FOLDS,
-    seed: int = SEED,
     only: list[int] | None = None,
     log: Log = print,
+    *,
+    k: int = FOLDS,
+    seed: int = SEED,
     teacher_cfg: TrainConfig | None = None,
 ) -> CVResult:
     """Out-of-fold logits of the student of the distilled recipe `cfg`, each fold's teacher trained in it:
@@ -119,10 +120,7 @@ def cross_validate_distilled(
     photos = pooled(data_dir)
     _, part = student_part(cfg)
     xs, y, failed, _ = student_views(photos, part, cfg, device, "all", cfg.views)
-    if failed:
-        raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
-    labels = y.numpy()
-    folds = stratified_folds(labels, k, seed)
+    labels, folds = deal(y, failed, k, seed)
     num_classes = len(photos.categories)
     head_cfg = HeadConfig(part.num_features, num_classes, cfg.hidden_units, cfg.dropout)
     logits = np.zeros((len(labels), num_classes), dtype=np.float32)
@@ -139,7 +137,4 @@ def cross_validate_distilled(
         acc = float((out.argmax(1) == y[te]).float().mean())
         t_acc = float((teacher[0][te].argmax(1) == labels[te]).mean())
         log(f"fold {f + 1}/{k}: held-out top-1 {acc:.2%} on {len(te)} photos (its teacher {t_acc:.2%})")
-    if only is not None:
-        keep = np.isin(folds, only)
-        return CVResult(logits[keep], labels[keep], folds[keep])
-    return CVResult(logits, labels, folds)
+    return out_of_fold(logits, labels, folds, only)
