@@ -142,7 +142,8 @@ def test_cross_validation_trains_the_teacher_inside_each_fold(image_folder, isol
     assert r.logits.shape == (3 * (8 + 4), 3) and sorted(np.bincount(r.folds)) == [18, 18]
     assert [line.split(":")[0] for line in lines if "held-out" in line] == ["fold 1/2", "fold 2/2"]
     kept = sorted(p.name for p in (isolated_cache / "teachers").rglob("*") if p.is_file())
-    assert kept == ["fold0-view0.npy", "fold0-view1.npy", "fold0.pt", "fold1-view0.npy", "fold1-view1.npy", "fold1.pt"]
+    members = [f"fold{f}-{m}.pt" for f in (0, 1) for m in (TINY_EFFNET, TINY_EFFNET + "_big")]
+    assert kept == sorted([*members, *(f"fold{f}-view{v}.npy" for f in (0, 1) for v in (0, 1))])
     again: list[str] = []  # the teachers kept on disk: no member trains again
     r2 = cross_validate_distilled(image_folder, cfg, log=again.append, k=2, teacher_cfg=tcfg)
     assert np.allclose(r2.logits, r.logits, atol=1e-4) and all("held-out" in line for line in again)

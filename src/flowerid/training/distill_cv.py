@@ -58,23 +58,26 @@ def fold_teacher_logits(
     check_ensemble_recipe(spec, tcfg)
     _, parts = tuned_parts(spec, tcfg.weights, tcfg.tune_stages)
     num_classes = len(photos.categories)
-    heads = []
-    states = _load(store / f"fold{fold}.pt", "pt")
-    if not isinstance(states, list) or len(states) != len(parts):
-        xs, y, failed, _ = part_activations(photos, parts, tcfg.tune_stages, tcfg, device, "teacher")
+    member_files = [store / f"fold{fold}-{part.name}.pt" for part in parts]
+    states = [_load(path, "pt") for path in member_files]
+    todo = [i for i, st in enumerate(states) if not (isinstance(st, dict) and {"tail", "head"} <= set(st))]
+    if todo:  # each member kept as it finishes: an interrupted fold resumes at the next member
+        xs, y, failed, _ = part_activations(photos, [parts[i] for i in todo], tcfg.tune_stages, tcfg, device, "teacher")
         if failed:
             raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
         tr, te = (torch.from_numpy(np.flatnonzero(m)) for m in (folds != fold, folds == fold))
-        states = []
-        for i, (part, x) in enumerate(zip(parts, xs, strict=True)):
+        for i, x in zip(todo, xs, strict=True):
+            part = parts[i]
             log(f"fold {fold + 1}: teacher {tcfg.preset}, {part.name} ({i + 1}/{len(parts)})")
             part_cfg = HeadConfig(part.num_features, num_classes, tcfg.hidden_units, tcfg.dropout)
-            head = fit_tail(part.tail, part_cfg, (x[tr], y[tr]), (x[te], y[te]), tcfg, device, lambda s: None)[0]
-            states.append({"tail": part.tail.state_dict(), "head": head})
+            say = lambda s, name=part.name: log(f"  {name}: {s}")  # noqa: E731
+            head = fit_tail(part.tail, part_cfg, (x[tr], y[tr]), (x[te], y[te]), tcfg, device, say)[0]
+            states[i] = {"tail": part.tail.state_dict(), "head": head}
+            buf = io.BytesIO()
+            torch.save(states[i], buf)
+            atomic_write_bytes(member_files[i], buf.getvalue())
         del xs
-        buf = io.BytesIO()
-        torch.save(states, buf)
-        atomic_write_bytes(store / f"fold{fold}.pt", buf.getvalue())
+    heads = []
     for part, state in zip(parts, states, strict=True):
         part.tail.load_state_dict(state["tail"])
         head = build_head(HeadConfig(part.num_features, num_classes, tcfg.hidden_units, tcfg.dropout))
