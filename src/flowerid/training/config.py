@@ -55,13 +55,13 @@ PRESETS: dict[str, Preset] = {
             tune_stages=1,
             cv_top1=0.9881,
         ),
-        Preset(
+        Preset(  # provisional: views, epochs, temperature and mixing not yet chosen by cross-validation
             "distilled",
             "efficientnet_lite0",
-            2,
+            1,
             8,
-            "default's network taught by a `best` model (--teacher CHECKPOINT) on augmented views: best's "
-            "accuracy at default's speed",
+            "default's network learning a trained `best` model's probabilities (--teacher CHECKPOINT) on the "
+            "photos and an augmented view of each; predicts at default's cost",
             tune_stages=1,
             teacher="best",
             distill_temperature=1.0,
