@@ -32,13 +32,15 @@ from .. import distributed
 from .._io import file_sha256
 from ..backbones import get_spec
 from ..backbones.features import extract_features
+from ..backbones.surgery import TunedPart, tuned_parts
 from ..data.augment import Augment
 from ..data.folders import ImageFolder
 from ..errors import DataError, UsageError
 from ..model.head import HeadConfig
 from .common import Run, TrainResult, best_metrics, check_left, finish_trained_backbone
 from .config import PRESETS, TrainConfig
-from .tuned import TunedPart, fit_tail, front_activations, head_inputs, part_activations, tuned_parts
+from .tail import fit_tail, head_inputs
+from .tuned import front_rows, part_activations
 
 
 def teacher_preset(cfg: TrainConfig) -> str | None:
@@ -117,17 +119,16 @@ class Teacher:
         for part, before in zip(parts, fronts, strict=True):
             if any(not torch.equal(v, before[k]) for k, v in part.front.state_dict().items()):
                 return None  # a front trained too: only the whole network gives its outputs
-        self.stages = stages
         return parts
 
     def logits(self, split: ImageFolder, view: int, cfg: TrainConfig, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits (N, C) of every photo's view `view` (rows of unreadable photos are zero) and which it read."""
         n = len(split.samples)
         if self.parts is not None:
-            xs, _, failed, _ = part_activations(
-                split, self.parts, self.stages, cfg, self.device, f"teacher, {name}", view
-            )
-            feats = torch.cat([head_inputs(p.tail, x, self.device) for p, x in zip(self.parts, xs, strict=True)], 1)
+            acts = part_activations(split, self.parts, cfg.extraction, self.device, f"teacher, {name}", view)
+            failed = _by_index(split, acts.failures)
+            pairs = zip(self.parts, acts.xs, strict=True)
+            feats = torch.cat([head_inputs(p.tail, x, self.device) for p, x in pairs], 1)
             ok = np.ones(n, dtype=bool)
             ok[list(failed)] = False
             out = np.zeros((n, self.head.layers[-1][0].shape[1]), dtype=np.float32)
@@ -170,6 +171,11 @@ def load_teacher(cfg: TrainConfig, categories: list[str], device: str) -> tuple[
     return Teacher(ckpt, device, cfg.engine), teacher_record(path, ckpt)
 
 
+def _by_index(split: ImageFolder, failures: dict[str, str]) -> dict[int, str]:
+    """Failures by path as failures by the photo's index in the split."""
+    return {i: failures[str(p)] for i, p in enumerate(split.paths) if str(p) in failures}
+
+
 def _rows(n: int, failed: dict[int, str]) -> np.ndarray:
     """Indices 0..n-1 less the failed ones: the rows of a front's activations."""
     return np.setdiff1d(np.arange(n), np.fromiter(failed, dtype=np.int64, count=len(failed)))
@@ -180,15 +186,14 @@ def student_views(
 ) -> tuple[list[torch.Tensor], torch.Tensor, dict[int, str], int]:
     """The student's front activations of views 0..views for the photos every view could read, their labels,
     the failures by index and how many activations were computed."""
-    got = [
-        front_activations(split, part.front, part.spec, part.digest, cfg.tune_stages, cfg, device, name, v)
-        for v in range(views + 1)
-    ]
-    failed = {i: reason for _, _, f, _ in got for i, reason in f.items()}
-    keep = _rows(len(split.samples), failed)
-    xs = [x[torch.as_tensor(np.searchsorted(_rows(len(split.samples), f), keep))] for x, _, f, _ in got]
+    got = [front_rows(split, part, cfg.extraction, device, f"{name} activations", v) for v in range(views + 1)]
+    fails = [_by_index(split, rows.failures) for rows in got]
+    failed = {i: reason for f in fails for i, reason in f.items()}
+    n = len(split.samples)
+    keep = _rows(n, failed)
+    xs = [rows.x[torch.as_tensor(np.searchsorted(_rows(n, f), keep))] for rows, f in zip(got, fails, strict=True)]
     y = torch.as_tensor(np.asarray(split.targets, dtype=np.int64)[keep])
-    return xs, y, failed, sum(c for *_, c in got)
+    return xs, y, failed, sum(rows.computed for rows in got)
 
 
 def train_distilled(run: Run) -> TrainResult | None:
@@ -224,11 +229,11 @@ def train_distilled(run: Run) -> TrainResult | None:
     head_cfg = HeadConfig(part.num_features, len(data.categories), cfg.hidden_units, cfg.dropout)
     views = len(xs)
     head_state, history, kept_epoch, logits_va, labels_va = fit_tail(
-        part.tail,
+        part,
         head_cfg,
         (torch.cat(xs), y_tr.repeat(views)),
         (x_va, y_va),
-        cfg,
+        cfg.fit,
         run.device,
         run.log,
         teacher=torch.cat(t_logits),

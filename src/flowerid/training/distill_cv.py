@@ -19,6 +19,7 @@ from .._io import atomic_write_bytes
 from .._text import Log
 from ..backbones import get_spec
 from ..backbones.engines import resolve_device
+from ..backbones.surgery import tuned_parts
 from ..data.folders import ImageFolder
 from ..data.folds import FOLDS, SEED
 from ..errors import DataError
@@ -26,7 +27,8 @@ from ..model.head import HeadConfig, build_head
 from .config import TrainConfig
 from .crossval import CVResult, deal, out_of_fold, pooled
 from .distill import student_part, student_views, teacher_logits_dir, teacher_preset
-from .tuned import check_ensemble_recipe, fit_tail, head_inputs, part_activations, tuned_parts
+from .tail import fit_tail, head_inputs
+from .tuned import check_ensemble_recipe, part_activations
 
 
 def _load(path: os.PathLike, what: str) -> object | None:
@@ -62,7 +64,8 @@ def fold_teacher_logits(
     states = [_load(path, "pt") for path in member_files]
     todo = [i for i, st in enumerate(states) if not (isinstance(st, dict) and {"tail", "head"} <= set(st))]
     if todo:  # each member kept as it finishes: an interrupted fold resumes at the next member
-        xs, y, failed, _ = part_activations(photos, [parts[i] for i in todo], tcfg.tune_stages, tcfg, device, "teacher")
+        acts = part_activations(photos, [parts[i] for i in todo], tcfg.extraction, device, "teacher")
+        xs, y, failed = acts.xs, acts.y, acts.failures
         if failed:
             raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
         tr, te = (torch.from_numpy(np.flatnonzero(m)) for m in (folds != fold, folds == fold))
@@ -71,7 +74,7 @@ def fold_teacher_logits(
             log(f"fold {fold + 1}: teacher {tcfg.preset}, {part.name} ({i + 1}/{len(parts)})")
             part_cfg = HeadConfig(part.num_features, num_classes, tcfg.hidden_units, tcfg.dropout)
             say = lambda s, name=part.name: log(f"  {name}: {s}")  # noqa: E731
-            head = fit_tail(part.tail, part_cfg, (x[tr], y[tr]), (x[te], y[te]), tcfg, device, say)[0]
+            head = fit_tail(part, part_cfg, (x[tr], y[tr]), (x[te], y[te]), tcfg.fit, device, say)[0]
             states[i] = {"tail": part.tail.state_dict(), "head": head}
             buf = io.BytesIO()
             torch.save(states[i], buf)
@@ -86,7 +89,8 @@ def fold_teacher_logits(
     for v, path in enumerate(files):
         if kept[v] is not None:
             continue
-        xs, _, failed, _ = part_activations(photos, parts, tcfg.tune_stages, tcfg, device, "teacher", view=v)
+        acts = part_activations(photos, parts, tcfg.extraction, device, "teacher", v)
+        xs, failed = acts.xs, acts.failures
         if failed:
             raise DataError(f"{len(failed)} photos unreadable in view {v}")
         with torch.no_grad():  # the averaged heads' logits are the members' mean
@@ -134,7 +138,7 @@ def cross_validate_distilled(
         x_tr = torch.cat([x[tr] for x in xs])
         t_tr = torch.from_numpy(np.concatenate([t[tr] for t in teacher]))
         train = (x_tr, y[tr].repeat(len(xs)))
-        out = fit_tail(part.tail, head_cfg, train, (xs[0][te], y[te]), cfg, device, lambda s: None, teacher=t_tr)[3]
+        out = fit_tail(part, head_cfg, train, (xs[0][te], y[te]), cfg.fit, device, lambda s: None, teacher=t_tr)[3]
         del x_tr, train
         logits[te] = out.float().numpy()
         acc = float((out.argmax(1) == y[te]).float().mean())
