@@ -102,7 +102,7 @@ class MapLayout:
         return [self.member_norm / np.maximum(np.linalg.norm(m.mean(axis=(2, 3)), axis=1), 1e-12) for m in maps]
 
     def pooled(self, maps: Sequence[np.ndarray], mirrored: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        """(N, F): the features the maps stand for (means, scaled, mirror-averaged), to check them against the graph's."""
+        """(N, F): the features the maps stand for (means, scaled, mirror-averaged), to check against the graph."""
 
         def once(ms: Sequence[np.ndarray]) -> np.ndarray:
             return np.concatenate(

@@ -91,9 +91,7 @@ def _scale(img: Image.Image, draw: ImageDraw.ImageDraw, w: int, h: int, lo: floa
 def picture(photo: Image.Image, exps: Sequence[Explanation], max_side: int = MAX_SIDE,
             captions: Sequence[str] | None = None) -> Image.Image:  # fmt: skip
     """Panels of the same photo side by side, one per explanation (`predict --explain-k N`, the mistakes gallery)."""
-    panels = [
-        panel(photo, e, max_side, captions[i] if captions else None) for i, e in enumerate(exps)
-    ]
+    panels = [panel(photo, e, max_side, captions[i] if captions else None) for i, e in enumerate(exps)]
     out = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), max(p.height for p in panels)),
                     (255, 255, 255))  # fmt: skip
     x = 0

@@ -8,12 +8,14 @@ without explanations never touches it. Elsewhere the torch network runs as it is
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from .._numeric import softmax
 from ..backbones.cache import cache_root, namespace_for
@@ -61,12 +63,11 @@ class _TorchSpatial:
 
 def _export(checkpoint: dict[str, Any], path: Path, size: int, count: int) -> Path:
     """Build the checkpoint's network (torch) and write its maps and pooled features as one ONNX graph."""
+    import torch
     import torch.nn as nn
 
     from ..backbones.onnx import export_onnx
     from .network import build_network
-
-    import torch
 
     # A checkpoint read before torch was imported holds numpy arrays (model/_torchfile.py); torch wants tensors.
     head = checkpoint["head"]
@@ -117,17 +118,22 @@ class Explainer:
         self.clf = clf
         self.layout = MapLayout.of_spec(clf.spec)
         self._engine: Any = None
+        self._lock = threading.Lock()
 
     @property
     def engine(self) -> Any:
-        if self._engine is None:
-            self._engine = load_spatial(self.clf)
+        with self._lock:  # a server's first requests must not export the graph twice at once
+            if self._engine is None:
+                self._engine = load_spatial(self.clf)
         return self._engine
 
     def prepare(self, image: ImageSource) -> tuple[np.ndarray, Box]:
         """The model's input for a photo and the box of the photo (its own pixels) that input shows."""
+        return self.of_image(load_image(image, min_size=self.clf.preprocessing.resize_size))
+
+    def of_image(self, img: Image.Image) -> tuple[np.ndarray, Box]:
+        """`prepare` for a photo `load_image` has read (the server reads with its own pixel limit)."""
         prep = self.clf.preprocessing
-        img = load_image(image, min_size=prep.resize_size)
         return prep(img), prep.crop_box(img.size, photo_size(img))  # type: ignore[return-value]
 
     def run(self, batch: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray]:
@@ -149,15 +155,21 @@ class Explainer:
         raise UsageError(f"{category!r} is not one of this model's {len(cats)} categories (e.g. {cats[0]!r})")
 
     def explain_arrays(
-        self, arrays: Sequence[np.ndarray], boxes: Sequence[Box], top_k: int, k: int, category: int | None = None
+        self,
+        arrays: Sequence[np.ndarray],
+        boxes: Sequence[Box],
+        top_k: int,
+        k: int,
+        categories: Sequence[Sequence[int]] | None = None,
     ) -> list[Explained]:
-        """Predictions and explanations of preprocessed photos: of `category`, or of each photo's top `k`."""
+        """Predictions and explanations of preprocessed photos: of each photo's top `k` categories, or of the
+        category indices `categories` gives for each photo."""
         clf = self.clf
         maps, mirrored, pooled = self.run(np.stack(arrays))
         logits = clf.head(pooled)
         probs = softmax(logits)
         scores = clf.unknown.score(pooled, logits) if clf.unknown is not None else None
-        wanted = [[category] if category is not None else list(np.argsort(-p, kind="stable")[:k]) for p in probs]
+        wanted = categories or [list(np.argsort(-p, kind="stable")[:k]) for p in probs]
         rows = explain_rows(self.layout, clf.head.layers, maps, pooled, wanted, mirrored)
         out = []
         for i, (items, cats) in enumerate(zip(rows, wanted, strict=True)):
@@ -196,5 +208,5 @@ class Explainer:
     def explain(self, image: ImageSource, category: str | int | None = None) -> Explanation:
         """The map of `category` (an id, a name or an index; None: the photo's top category) in one photo."""
         array, box = self.prepare(image)
-        index = None if category is None else self.category_index(category)
-        return self.explain_arrays([array], [box], 1, 1, index)[0].explanations[0]
+        wanted = None if category is None else [[self.category_index(category)]]
+        return self.explain_arrays([array], [box], 1, 1, wanted)[0].explanations[0]
