@@ -32,7 +32,12 @@ def _tiny_effnet():
 def effnet_spec():
     """The tiny test backbone's preprocessing on a random EfficientNet-Lite0, the network tuning needs."""
     return dataclasses.replace(
-        tiny_spec(), name=TINY_EFFNET, arch="tf_efficientnet_lite0", num_features=1280, factory=_tiny_effnet
+        tiny_spec(),
+        name=TINY_EFFNET,
+        arch="tf_efficientnet_lite0",
+        num_features=1280,
+        factory=_tiny_effnet,
+        anatomy="efficientnet",
     )
 
 

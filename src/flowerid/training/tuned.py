@@ -38,6 +38,7 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from .. import distributed
 from .._text import Log
 from ..backbones import BackboneSpec, get_spec
+from ..backbones.anatomy import split_backbone
 from ..backbones.build import assemble_ensemble, build_backbone
 from ..backbones.cache import cache_root, namespace_for
 from ..backbones.engines import Backbone, Engine, OnnxEngine, TorchEngine, choose_engine
@@ -52,22 +53,6 @@ from .loop import Best, Stepper, autocast, data_parallel, gather_shares, padded_
 
 TAIL_LR_FACTOR = 1.0 / 3.0  # the pretrained stages learn at a third of the head's rate
 FRONT_EXPORT_VERSION = 1  # bump when the cut or its export changes: it is part of the cache keys
-
-
-def split_backbone(module: nn.Module, spec: BackboneSpec, stages: int) -> tuple[nn.Module, nn.Module]:
-    """(front, tail) sharing the module's layers; the tail is the last `stages` stages, conv_head and pooling."""
-    blocks = getattr(module, "blocks", None)
-    if not isinstance(blocks, nn.Sequential) or not all(hasattr(module, a) for a in ("conv_stem", "conv_head")):
-        raise UsageError(
-            f"--tune-stages needs an EfficientNet backbone (efficientnet_lite0/1/2, efficientnet_b0) or an "
-            f"ensemble of them with raw features (efficientnet_lite012); {spec.name} is not one"
-        )
-    if not 1 <= stages <= len(blocks):
-        raise UsageError(f"--tune-stages must be 0 (frozen) to {len(blocks)} for {spec.name}")
-    cut = len(blocks) - stages
-    front = nn.Sequential(module.conv_stem, module.bn1, *blocks[:cut])
-    tail = nn.Sequential(*blocks[cut:], module.conv_head, module.bn2, module.global_pool)
-    return front, tail
 
 
 @dataclass
