@@ -63,16 +63,12 @@ class _TorchSpatial:
 
 def _export(checkpoint: dict[str, Any], path: Path, size: int, count: int) -> Path:
     """Build the checkpoint's network (torch) and write its maps and pooled features as one ONNX graph."""
-    import torch
     import torch.nn as nn
 
     from ..backbones.onnx import export_onnx
     from .network import build_network
 
-    # A checkpoint read before torch was imported holds numpy arrays (model/_torchfile.py); torch wants tensors.
-    head = checkpoint["head"]
-    state = {k: torch.from_numpy(np.array(v)) for k, v in head["state_dict"].items()}
-    net = build_network({**checkpoint, "head": {**head, "state_dict": state}})
+    net = build_network(checkpoint)
 
     class Spatial(nn.Module):
         def __init__(self) -> None:
