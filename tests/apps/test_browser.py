@@ -168,7 +168,7 @@ def test_the_answer_card_shows_why_over_the_photo_on_a_phone(phone, tmp_path):
     map_box = phone.locator("#why-map").bounding_box()
     for key in ("x", "y", "width", "height"):
         assert abs(photo_box[key] - map_box[key]) < 1.5, (photo_box, map_box)
-    assert 0 <= photo_box["x"] and photo_box["x"] + photo_box["width"] <= 390
+    assert photo_box["x"] >= 0 and photo_box["x"] + photo_box["width"] <= 390
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     painted = phone.evaluate(
         "(() => { const c = document.querySelector('#why-map');"
