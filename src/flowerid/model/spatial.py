@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .._numeric import softmax
+from .._numeric import one_blas_thread, softmax
 from ..backbones.cache import cache_root, namespace_for
 from ..backbones.engines import OnnxEngine
 from ..data.images import ImageSource, load_image, photo_size
@@ -185,21 +185,26 @@ class Explainer:
         if top_k < 1 or k < 1:
             raise UsageError("top_k and the number of categories explained must each be at least 1")
         out: list[Explained | ImageError] = []
-        for start in range(0, len(images), batch_size):
-            ready: list[tuple[int, np.ndarray, Box]] = []
-            chunk: list[Explained | ImageError] = []
-            for j, image in enumerate(images[start : start + batch_size]):
-                try:
-                    ready.append((j, *self.prepare(image)))
-                    chunk.append(ImageError("", ""))
-                except ImageError as exc:
-                    chunk.append(exc)
-            if ready:
-                done = self.explain_arrays([a for _, a, _ in ready], [b for *_, b in ready], top_k, k)
-                for (j, _, _), res in zip(ready, done, strict=True):
-                    chunk[j] = res
-            out.extend(chunk)
+        with one_blas_thread():  # as predict_many: BLAS threads left spinning would take the engine's cores
+            for start in range(0, len(images), batch_size):
+                out.extend(self._explain_chunk(images[start : start + batch_size], top_k, k))
         return out
+
+    def _explain_chunk(self, images: Sequence[ImageSource], top_k: int, k: int) -> list[Explained | ImageError]:
+        """One batch: its readable photos through the graph at once, an unreadable one's ImageError in its place."""
+        ready: list[tuple[int, np.ndarray, Box]] = []
+        chunk: list[Explained | ImageError] = []
+        for j, image in enumerate(images):
+            try:
+                ready.append((j, *self.prepare(image)))
+                chunk.append(ImageError("", ""))
+            except ImageError as exc:
+                chunk.append(exc)
+        if ready:
+            done = self.explain_arrays([a for _, a, _ in ready], [b for *_, b in ready], top_k, k)
+            for (j, _, _), res in zip(ready, done, strict=True):
+                chunk[j] = res
+        return chunk
 
     def explain(self, image: ImageSource, category: str | int | None = None) -> Explanation:
         """The map of `category` (an id, a name or an index; None: the photo's top category) in one photo."""
