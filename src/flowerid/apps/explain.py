@@ -66,9 +66,9 @@ def picture_names(images: list[str]) -> list[str]:
 
 def _write_picture(path: Path, image: str, explanations: list) -> None:
     from ..data.images import load_image
-    from ..model.overlay import picture
+    from ..model.overlay import MAX_SIDE, picture
 
-    pic = picture(load_image(image), explanations)
+    pic = picture(load_image(image, min_size=MAX_SIDE), explanations)  # a large JPEG decodes at reduced scale
     atomic_write(path, lambda f: pic.save(f, format="PNG", optimize=True))
 
 
@@ -103,6 +103,12 @@ def run_explained(clf: Classifier, args: argparse.Namespace) -> int:
             print(format_predictions(image, rec["predictions"], rec["known"], clf.num_classes))
             if draw:
                 print(f"  why: {folder / name}")
+    if args.plot:
+        from ..evaluation.figures import write_prediction_plots
+
+        plain = [r if isinstance(r, ImageError) else r.predictions for r in results]
+        for path in write_prediction_plots(clf, args.images, plain, args.plot):
+            print(f"plot: {path}", file=sys.stderr)
     if args.json:
         print_json(records)
     elif draw and records:

@@ -178,11 +178,10 @@ def common_grid(
 def check_maps(layout: MapLayout, maps: Sequence[np.ndarray], pooled: np.ndarray, mirrored: Sequence[np.ndarray] | None,
                backbone: str) -> None:  # fmt: skip
     """UsageError unless the maps' means are the features the head sees (VGG's fc7 features are not)."""
-    if [m.shape[1] for m in maps] != list(layout.widths):
-        raise UsageError(f"the feature maps of {backbone} do not line up with its features: it cannot be explained")
-    again = layout.pooled(maps, mirrored)
     scale = np.maximum(np.abs(pooled).max(axis=1, keepdims=True), 1e-6)
-    if not np.allclose(again / scale, pooled / scale, atol=2e-3):
+    if [m.shape[1] for m in maps] != list(layout.widths) or not np.allclose(
+        layout.pooled(maps, mirrored) / scale, pooled / scale, atol=2e-3
+    ):
         raise UsageError(
             f"{backbone}'s features are not the average of a feature map (as VGG's fully connected ones are not), "
             "so its answers cannot be split by place; explanations need an EfficientNet, ResNet, DenseNet or ConvNeXt"

@@ -43,7 +43,7 @@ def _heat(exp: Explanation, size: tuple[int, int]) -> tuple[np.ndarray, float, f
 
 def _label(exp: Explanation) -> str:
     name = exp.name or exp.category
-    prob = "" if exp.probability is None else f" {exp.probability:.0%}"
+    prob = "" if exp.probability is None else " <1%" if exp.probability < 0.005 else f" {exp.probability:.0%}"
     return f"{name}{prob}" + ("" if exp.exact else " (Grad-CAM)")
 
 
