@@ -11,6 +11,7 @@ from PIL import Image
 
 import flowerid
 from flowerid.backbones import register_backbone
+from flowerid.data.images import photo_size
 from flowerid.data.preprocess import Preprocessing
 from flowerid.model.explain import MapLayout, explain_rows, head_slope, spread_matrix
 from flowerid.training.config import TrainConfig
@@ -226,3 +227,11 @@ def test_the_map_points_at_the_part_of_the_photo_that_makes_the_answer(trained, 
     i, j = np.unravel_index(np.argmax(e.grid), e.grid.shape)
     x0, y0, x1, y1 = cells[i, j]
     assert x1 > 36 and y1 > 36, (cells[i, j], e.grid.round(2))
+
+
+def test_a_resized_copy_of_a_reduced_decode_is_its_own_photo(tmp_path):
+    big = Image.new("RGB", (2000, 1000), (10, 200, 10))
+    big.save(tmp_path / "big.jpg", quality=90)
+    img = flowerid.load_image(tmp_path / "big.jpg", min_size=100)
+    assert img.size[0] < 2000 and photo_size(img) == (2000, 1000)
+    assert photo_size(img.resize((300, 150))) == (300, 150)  # Pillow copies `info`; the size no longer matches

@@ -187,15 +187,17 @@ def _decode(img: Image.Image, name: str, min_size: int | None, limit: int) -> Im
     except Exception as exc:
         raise ImageError(name, f"cannot be converted to RGB ({first_line(exc)})") from None
     if rgb.size != full:
-        rgb.info[FULL_SIZE] = full
+        rgb.info[FULL_SIZE] = (full, rgb.size)  # with the size it was noted at: a resized copy keeps `info`
     return rgb
 
 
 def photo_size(img: Image.Image) -> tuple[int, int]:
     """The size of the photo `img` was loaded from, in its own pixels after EXIF rotation: a large JPEG is
     decoded at reduced scale, so `img.size` may be a half or a quarter of it."""
-    size = img.info.get(FULL_SIZE)
-    return (int(size[0]), int(size[1])) if isinstance(size, tuple) and len(size) == 2 else img.size
+    noted = img.info.get(FULL_SIZE)
+    if isinstance(noted, tuple) and len(noted) == 2 and noted[1] == img.size:
+        return (int(noted[0][0]), int(noted[0][1]))
+    return img.size
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
