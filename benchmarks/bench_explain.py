@@ -130,6 +130,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cold", action="store_true", help="also time cold one-photo predict against --base")
     p.add_argument("--base", type=Path, default=ROOT.parent / "base")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds of the cost section (best of)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a = p.parse_args()
 
@@ -147,7 +148,7 @@ def main() -> None:
     print(f"   greying a random quarter:    mean drop {d['random']:.3f}")
     print(f"   hottest / coldest:           {d['ratio_hot_cold']:.1f}x   (goal >= 3x)")
     print(f"   exact: {d['exact']}; largest |mean(grid) + bias - logit|: {d['worst_identity_error']:.2e}")
-    c = cost(clf, photos)
+    c = cost(clf, photos, a.rounds)
     print(f"== cost per photo (warm, batches of 8): predict {c['predict_s'] * 1000:.1f} ms, "
           f"predict + explain {c['explain_s'] * 1000:.1f} ms ({c['ratio']:.2f}x)")  # fmt: skip
     out = {"checkpoint": a.checkpoint, "backbone": clf.spec.name, "n": len(photos), **d, "cost": c}
