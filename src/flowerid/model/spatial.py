@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .._numeric import one_blas_thread, softmax
-from ..backbones.cache import cache_root, namespace_for
+from ..backbones.cache import CacheKey
 from ..backbones.engines import OnnxEngine
 from ..data.images import ImageSource, load_image, photo_size
 from ..errors import ImageError, UsageError
@@ -27,16 +27,7 @@ from .explain import Box, Explanation, MapLayout, check_maps, explain_rows
 if TYPE_CHECKING:
     from .predictor import Classifier, Prediction
 
-SPATIAL_EXPORT_VERSION = 1
 Maps = tuple[list[np.ndarray], np.ndarray]  # the maps (one per ensemble member) and the pooled features
-
-
-def spatial_cache_path(name: str, digest: str, size: int) -> Path:
-    """Where a backbone's spatial graph is cached: keyed like its plain graph, plus what it outputs."""
-    key = namespace_for(
-        {"backbone": name, "weights": digest, "size": size, "graph": "spatial", "export": SPATIAL_EXPORT_VERSION}
-    )
-    return cache_root() / "onnx" / f"{name}-spatial-{key}.onnx"
 
 
 class _OnnxSpatial:
@@ -90,7 +81,7 @@ def load_spatial(clf: Classifier) -> Any:
         from .network import build_network
 
         return _TorchSpatial(build_network(clf.checkpoint), clf.device)
-    path = spatial_cache_path(spec.name, clf.backbone.digest, size)
+    path = CacheKey.of(spec, clf.backbone.digest).spatial_graph_path()
     if path.is_file():
         try:
             return _OnnxSpatial(path)
