@@ -28,6 +28,7 @@ class ServeConfig:
     max_pixels: int | None = None  # None: FLOWERID_MAX_PIXELS or the library default
     inference_threads: int = field(default_factory=default_threads)
     unsure_below: float = DEFAULT_UNSURE_BELOW
+    corrections: str | None = None  # folder the page's "Not right?" photos go to (NEWDATA layout); None: off
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1:

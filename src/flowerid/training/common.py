@@ -161,13 +161,14 @@ def finish(
     weights_path: str | None,
     head_cfg: HeadConfig,
     head_state: dict[str, torch.Tensor],
-    unknown: dict[str, Any],
+    extras: dict[str, Any],
     metrics: dict[str, Any],
     skipped: dict[str, str],
     photos: dict[str, int],
 ) -> TrainResult:
     """Write checkpoint.pth, metrics.json, curves.png and skipped.tsv; say where.
 
+    `extras`: the optional checkpoint keys `fit_for_run` fills (unknown, class_stats).
     `photos`: train_images (photos), train_rows (views add rows, not photos), valid_images.
     """
     spec, data = backbone.spec, run.data
@@ -193,7 +194,7 @@ def finish(
             "world_size": distributed.world().size,
         },
         metrics=metrics,
-        unknown=unknown,
+        **extras,
     )
     path = save_checkpoint(ckpt, run.save_dir / "checkpoint.pth")
     atomic_write_json(run.save_dir / "metrics.json", metrics)
@@ -246,7 +247,7 @@ def finish_trained_backbone(
             *features_for(run.data.train, backbone, no_cache, "train", {}, {}),
             features_for(run.data.valid, backbone, no_cache, "valid", {}, {})[0],
         )
-    unknown = fit_for_run(cfg, backbone, *feats, head_cfg, head_state, metrics, run.log)
+    extras = fit_for_run(cfg, backbone, *feats, head_cfg, head_state, metrics, run.log)
     if run.data.test is not None:
         head = build_head(head_cfg)
         head.load_state_dict(head_state)
@@ -255,4 +256,4 @@ def finish_trained_backbone(
         metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, x_te, y_te)
         run.log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
     metrics["total_seconds"] = time.perf_counter() - run.t_start
-    return finish(run, backbone, BACKBONE_FILE, head_cfg, head_state, unknown, metrics, skipped, photos)
+    return finish(run, backbone, BACKBONE_FILE, head_cfg, head_state, extras, metrics, skipped, photos)
