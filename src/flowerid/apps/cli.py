@@ -315,6 +315,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from .server import create_app, run_server
 
     threads = default_threads() if args.threads is None else args.threads
+    if args.corrections is not None:
+        try:
+            Path(args.corrections).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--corrections {args.corrections} cannot be made ({exc.strerror or exc})") from None
     cfg = ServeConfig(int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below, args.corrections)
     from ..model.builtin import resolve_checkpoint
 

@@ -63,7 +63,12 @@ def folder_for(
     for c, n in zip(categories, names, strict=True):
         if _same(name, c) or _same(name, n):
             return c, None
-    return safe_folder(name), name
+    folder = safe_folder(name)
+    if folder in categories:
+        raise UsageError(
+            f"{name!r} would share a folder with category {folder!r}; choose that category or another name"
+        )
+    return folder, name
 
 
 def save_correction(
