@@ -153,32 +153,124 @@ def time_add(data: Path, work: Path, ckpt_path: Path, draw: int) -> dict:
     return {"draw": draw, "add_seconds": seconds, "train_seconds": train_s, "photos": photos}
 
 
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean over draws per (method, k), with the old species' worst drop over the draws."""
+    out = []
+    keys = sorted(
+        {(r["method"], str(r["k"])) for r in rows},
+        key=lambda mk: (mk[0], KS.index(int(mk[1]) if mk[1] != "all" else 0)),
+    )
+    for method, k in keys:
+        sel = [r for r in rows if r["method"] == method and str(r["k"]) == k]
+        mean = {a: float(np.mean([r[a] for r in sel])) for a in sel[0] if isinstance(sel[0][a], float)}
+        out.append(
+            {"method": method, "k": k, "draws": len(sel)}
+            | mean
+            | {
+                "new_top1_std": float(np.std([r["new_top1"] for r in sel])),
+                "old_drop_worst": float(max(r["old_drop"] for r in sel)),
+            }
+        )
+    return out
+
+
+def table(summary: list[dict], preset: str) -> str:
+    """A Markdown table of the summary."""
+    lines = [
+        f"| {preset}: method | photos per new species | new top-1 | new called known | new ECE | new mean confidence "
+        "| old top-1 drop (mean / worst) | fit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary:
+        lines.append(
+            f"| {r['method']} | {r['k']} | {r['new_top1']:.1%} ± {r['new_top1_std']:.1%} | {r['new_known']:.1%} "
+            f"| {r['new_ece']:.3f} | {r['new_confidence']:.2f} "
+            f"| {r['old_drop'] * 100:+.2f} / {r['old_drop_worst'] * 100:+.2f} pt "
+            f"| {r['fit_seconds']:.1f}s |"
+        )
+    return "\n".join(lines)
+
+
+def plot(summaries: dict[str, list[dict]], path: Path) -> None:
+    """New species' top-1 and share called known, and the old species' drop, against photos per new species."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    labels = {"1": 1, "3": 3, "5": 5, "10": 10}
+    for preset, summary in summaries.items():
+        for method in sorted({r["method"] for r in summary}):
+            sel = [r for r in summary if r["method"] == method]
+            xs = [labels.get(r["k"], 40) for r in sel]
+            style = {"label": f"{preset} {method}", "marker": "o", "ls": "-" if preset == "default" else ":"}
+            axes[0].plot(xs, [r["new_top1"] * 100 for r in sel], **style)
+            axes[1].plot(xs, [r["new_known"] * 100 for r in sel], **style)
+            axes[2].plot(xs, [r["old_drop_worst"] * 100 for r in sel], **style)
+    for ax, title in zip(
+        axes, ["new species top-1 (%)", "new species called known (%)", "old species: worst drop (pt)"], strict=True
+    ):
+        ax.set_xscale("log")
+        ax.set_xticks([1, 3, 5, 10, 40], ["1", "3", "5", "10", "all"])
+        ax.set_xlabel("photos per new species")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(85, color="grey", lw=0.8, ls="--")
+    axes[1].axhline(80, color="grey", lw=0.8, ls="--")
+    axes[2].axhline(1.0, color="grey", lw=0.8, ls="--")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--work", type=Path, default=Path("/work/artifacts/i22"))
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--first-draw", type=int, default=0)
     ap.add_argument("--presets", nargs="+", default=["default", "fast"])
     ap.add_argument("--phase", choices=["train", "all"], default="all")
     ap.add_argument("--methods", nargs="+", default=["refit", "class-mean", "imprint"])
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default: WORK/bench_add.json)")
+    ap.add_argument("--plot", type=Path, default=None, help="write the curve as a PNG here (docs/img/teach-curve.png)")
     args = ap.parse_args()
     results: dict = {"rows": {}, "timing": {}}
     for preset in args.presets:
         rows, timing = [], []
-        for draw in range(args.draws):
+        for draw in range(args.first_draw, args.draws):
             ckpt = train_draw(args.data, args.work, preset, draw)
             print(f"{preset} draw {draw}: {ckpt}", flush=True)
             if args.phase == "train":
                 continue
-            rows += evaluate_draw(args.data, ckpt, draw, args.methods)
-            timing.append(time_add(args.data, args.work, ckpt, draw))
+            done = args.work / "results" / f"{preset}-d{draw}.json"  # a draw measured once is reused
+            if not done.exists():
+                part = {"rows": evaluate_draw(args.data, ckpt, draw, args.methods)}
+                part["timing"] = time_add(args.data, args.work, ckpt, draw)
+                done.parent.mkdir(parents=True, exist_ok=True)
+                done.write_text(json.dumps(part, indent=1))
+            part = json.loads(done.read_text())
+            rows += part["rows"]
+            timing.append(part["timing"])
         results["rows"][preset], results["timing"][preset] = rows, timing
     if args.phase == "train":
         return
+    summaries = {p: summarise(r) for p, r in results["rows"].items() if r}
+    results["summary"] = summaries
+    for preset, summary in summaries.items():
+        print(table(summary, preset))
+        t = results["timing"][preset]
+        share = [x["add_seconds"] / x["train_seconds"] for x in t]
+        print(
+            f"{preset}: add of all photos {np.mean([x['add_seconds'] for x in t]):.1f}s, training "
+            f"{np.mean([x['train_seconds'] for x in t]):.0f}s: {np.mean(share):.1%} (worst {max(share):.1%})"
+        )
     out = args.out or args.work / "bench_add.json"
     out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    if args.plot:
+        plot(summaries, args.plot)
+    print(f"wrote {out}" + (f" and {args.plot}" if args.plot else ""))
 
 
 if __name__ == "__main__":
