@@ -147,7 +147,12 @@ def time_add(data: Path, work: Path, ckpt_path: Path, draw: int) -> dict:
     t0 = time.perf_counter()
     res = add(ckpt_path, new / "train", work / "added" / f"{ckpt_path.parent.name}.pth", log=lambda s: None)
     seconds = time.perf_counter() - t0
-    train_s = json.loads((ckpt_path.parent / "wall_seconds.json").read_text())["wall_seconds"]
+    wall = ckpt_path.parent / "wall_seconds.json"
+    train_s = (
+        json.loads(wall.read_text())["wall_seconds"]
+        if wall.exists()
+        else json.loads((ckpt_path.parent / "metrics.json").read_text())["total_seconds"]
+    )
     photos = sum(res.added.values())
     print(f"  add {photos} photos: {seconds:.1f}s; training took {train_s:.0f}s: {seconds / train_s:.1%}", flush=True)
     return {"draw": draw, "add_seconds": seconds, "train_seconds": train_s, "photos": photos}

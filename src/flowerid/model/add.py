@@ -120,7 +120,7 @@ def extend_checkpoint(
     stats = ClassStats.from_state(ckpt["class_stats"], len(categories), layers[-1][0].shape[0], where)
     det = UnknownDetector.of_checkpoint(ckpt)
     unit_means = list(det.means) if det is not None else []
-    free = []
+    free, photos = [], {}
     for group, raw in groups:
         idx = categories.index(group.category) if group.existing else len(categories)
         current = unit_means[idx] if det is not None and group.existing else None
@@ -129,10 +129,11 @@ def extend_checkpoint(
             categories.append(group.category)
             names.append(group.name)
             unit_means.append(unit_mean)
+            photos[idx] = last_layer_inputs(layers, raw)
         elif det is not None:
             unit_means[idx] = unit_mean
         free.append(idx)
-    rows = fit_rows(layers[-1][0].T, layers[-1][1], stats, free, method, seed)
+    rows = fit_rows(layers[-1][0].T, layers[-1][1], stats, free, method, seed, photos)
     new_state = dict(state)
     new_state[f"{last}.weight"] = rows.weight.astype(np.float32)
     new_state[f"{last}.bias"] = rows.bias.astype(np.float32)

@@ -68,16 +68,6 @@ class ClassStats:
     def dim(self) -> int:
         return int(self.means.shape[1])
 
-    def sample_noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(n, D) draws from N(0, covariance)."""
-        coef = rng.standard_normal((n, len(self.eigvals))) * np.sqrt(self.eigvals)
-        noise = coef @ self.basis
-        if self.residual > 0:
-            g = rng.standard_normal((n, self.dim))
-            g -= (g @ self.basis.T) @ self.basis
-            noise += math.sqrt(self.residual) * g
-        return noise
-
     def with_photos(
         self, index: int, z: np.ndarray, raw: np.ndarray, unit_mean: np.ndarray | None
     ) -> tuple[ClassStats, np.ndarray]:
