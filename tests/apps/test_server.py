@@ -444,3 +444,13 @@ def test_the_corrections_folder_teaches_the_model(fixing, trained, tmp_path):
     clf = flowerid.load(res.path)
     assert clf.names[-1] == "Sunflower"
     assert clf.predict(make_photo((220, 220, 30), 77), top_k=1)[0].category == "sunflower"
+
+
+def test_corrections_need_the_token_like_every_other_route(clf, tmp_path):
+    token = "server-token-0123456789abcdef"
+    app = create_app(clf, ServeConfig(corrections=str(tmp_path / "fixes"), token=token))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.post("/correct?category=1", files={"file": _jpeg()}).status_code == 401
+        assert not (tmp_path / "fixes").exists()
+        ok = c.post("/correct?category=1", files={"file": _jpeg()}, headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200, ok.text
