@@ -511,16 +511,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+NEWDATA_HELP = (
+    "one folder of photos per category (cat_to_name.json beside them optional): a new name adds a category, "
+    "an existing one adds photos to it; e.g. the folder `serve --corrections` fills"
+)
+
+
 def add_add_args(p: argparse.ArgumentParser) -> None:
     from ..model.teach import DEFAULT_METHOD, METHODS
 
     p.add_argument("checkpoint", help="a checkpoint.pth written by `flowerid train` (or by an earlier add)")
-    p.add_argument(
-        "new_data",
-        metavar="NEWDATA",
-        help="one folder of photos per category (cat_to_name.json beside them optional): a new name adds a "
-        "category, an existing one adds photos to it; e.g. the folder `serve --corrections` fills",
-    )
+    p.add_argument("new_data", metavar="NEWDATA", help=NEWDATA_HELP)
     p.add_argument("--out", required=True, metavar="PATH", help="the new checkpoint to write (or a folder)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help="default: %(default)s")
     _device(p)

@@ -65,11 +65,10 @@ def _norm(text: str | None) -> str:
 def read_new_data(folder: str | os.PathLike, categories: list[str], names: list[str | None]) -> list[Group]:
     """NEWDATA's category folders, checked: none empty, no new name that is an old category's under another id."""
     root = Path(folder)
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder; expected {root}/<category>/<photos>")
-    found = find_categories(root)
+    found = find_categories(root) if root.is_dir() else None
     if not found:
-        raise DataError(f"{root} has no category folders; expected {root}/<category>/<photos>")
+        what = "is not a folder" if found is None else "has no category folders"
+        raise DataError(f"{root} {what}; expected {root}/<category>/<photos>")
     mapping = load_category_names(root / CATEGORY_NAMES_FILE) if (root / CATEGORY_NAMES_FILE).exists() else {}
     index = {c: i for i, c in enumerate(categories)}
     owner = {_norm(c): c for c in categories} | {_norm(n): c for c, n in zip(categories, names, strict=True) if n}
