@@ -97,6 +97,7 @@ def model_info(clf: Classifier, config: ServeConfig, checkpoint: str | os.PathLi
         "flowerid_version": __version__,
         "unsure_below": config.unsure_below,
         "tells_unknown": clf.unknown is not None,
+        "takes_corrections": config.corrections is not None,
     }
     return info
 
@@ -284,6 +285,43 @@ def create_app(
             "model": info,
             **extra,
         }
+
+    @app.post(
+        "/correct",
+        summary='Keep a photo the model named wrong, under what it really is ("Not right?")',
+        responses={400: bad, 404: bad, 413: bad, 415: bad, 422: bad},
+    )
+    async def correct(
+        request: Request,
+        category: str | None = Query(None, description="an existing category's id"),
+        name: str | None = Query(None, description="or the name of a category the model does not know yet"),
+    ) -> dict[str, Any]:
+        if cfg.corrections is None:
+            raise Rejected(
+                404, "corrections_off", "this server keeps no corrections; start it with `serve --corrections DIR`"
+            )
+        data = await read_upload(request, cfg.max_upload_bytes)
+        try:
+            path = await anyio.to_thread.run_sync(_save_correction, data, category, name, limiter=limiter)
+        except ImageError as exc:
+            raise _image_rejection(exc) from None
+        except UsageError as exc:
+            raise Rejected(400, "bad_correction", str(exc)) from None
+        return {"saved": True, "category": path.parent.name}
+
+    def _save_correction(data: bytes, category: str | None, name: str | None) -> Path:
+        from .corrections import save_correction
+
+        return save_correction(
+            cfg.corrections or "",
+            data,
+            classifier.categories,
+            classifier.names,
+            category=category,
+            name=name,
+            min_size=min_size,
+            max_pixels=max_pixels,
+        )
 
     protect(app, cfg.token, cfg.rate_limit)  # around every route, those added above and any added later
     return app
