@@ -1,4 +1,4 @@
-"""Command line: `flowerid train|predict|evaluate|show|check|serve|info|export|backbones`.
+"""Command line: `flowerid train|predict|evaluate|add|show|check|serve|info|export|backbones`.
 
 The only place errors become exit codes."""
 
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .._version import __version__
 from ..distributed import shutdown, world
 from ..errors import FlowerIdError, UsageError
+from .explain import add_explain_args, check_explain_args, run_explained
 
 if TYPE_CHECKING:
     from ..model.predictor import Classifier
@@ -188,6 +189,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
         help="also draw each photo beside a bar chart of its top-K (one image: PATH; several: PATH-<image>.png, "
         "or <image>.png inside PATH when it is a folder)",
     )
+    add_explain_args(p)
     p.set_defaults(interrupt_hint="with --out, run the same command again to go on where it stopped")
 
 
@@ -222,10 +224,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
         if resolve_device(device).startswith("cuda"):
             device = f"cuda:{w.local_rank}"  # one GPU per process
+    check_explain_args(args)
     checkpoint = resolve_checkpoint(args.checkpoint)
     clf = Classifier.load(checkpoint, device=device, category_names=args.category_names, engine=args.engine)
     if args.out is not None:
         return _predict_to_file(clf, args)
+    if args.explain is not None:
+        return run_explained(clf, args)
     results = clf.predict_many(args.images, top_k=args.top_k)
     failed = 0
     records = []
@@ -238,12 +243,7 @@ def run_predict(args: argparse.Namespace) -> int:
         else:
             records.append({"image": image, **photo_fields(res), "predictions": [p.to_dict() for p in res]})
     if args.json:
-        text = json.dumps(records, indent=2, ensure_ascii=False)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a file name that is not UTF-8: \u escapes keep the JSON valid
-            text = json.dumps(records, indent=2)
-        print(text)
+        print_json(records)
     else:
         for rec in records:
             if "predictions" in rec:
@@ -254,6 +254,15 @@ def run_predict(args: argparse.Namespace) -> int:
         for path in write_prediction_plots(clf, args.images, results, args.plot):
             print(f"plot: {path}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def print_json(records: list[dict]) -> None:
+    text = json.dumps(records, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8: \u escapes keep the JSON valid
+        text = json.dumps(records, indent=2)
+    print(text)
 
 
 def _predict_to_file(clf: Classifier, args: argparse.Namespace) -> int:
@@ -311,6 +320,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="photos named at once (default: one per core, 1-4)")
     unsure = "top probability called unsure (default: %(default)s)"
     p.add_argument("--unsure-below", type=float, default=DEFAULT_UNSURE_BELOW, help=unsure)
+    p.add_argument(
+        "--corrections",
+        metavar="DIR",
+        default=None,
+        help='let the page keep photos it named wrong ("Not right?") in DIR, for `flowerid add` (default: off)',
+    )
     _category_names(p, "checkpoint's")
     _device(p)
     _serve_access_args(p)
@@ -346,6 +361,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from .server import create_app, run_server
 
     threads = default_threads() if args.threads is None else args.threads
+    if args.corrections is not None:
+        try:
+            Path(args.corrections).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--corrections {args.corrections} cannot be made ({exc.strerror or exc})") from None
     from .serve_config import choose_token, default_rate_limit
     from .tls import choose_tls
 
@@ -353,7 +373,13 @@ def run_serve(args: argparse.Namespace) -> int:
     rate = default_rate_limit(args.host) if args.rate_limit is None else args.rate_limit
     tls = choose_tls(args.host, args.https, args.cert, args.key)
     cfg = ServeConfig(
-        int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below, token=token, rate_limit=rate
+        int(args.max_upload_mb * 2**20),
+        args.max_pixels,
+        threads,
+        args.unsure_below,
+        token=token,
+        rate_limit=rate,
+        corrections=args.corrections,
     )
     from ..model.builtin import resolve_checkpoint
 
@@ -507,6 +533,38 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+NEWDATA_HELP = (
+    "one folder of photos per category (cat_to_name.json beside them optional): a new name adds a category, "
+    "an existing one adds photos to it; e.g. the folder `serve --corrections` fills"
+)
+
+
+def add_add_args(p: argparse.ArgumentParser) -> None:
+    from ..model.teach import DEFAULT_METHOD, METHODS
+
+    p.add_argument("checkpoint", help="a checkpoint.pth written by `flowerid train` (or by an earlier add)")
+    p.add_argument("new_data", metavar="NEWDATA", help=NEWDATA_HELP)
+    p.add_argument("--out", required=True, metavar="PATH", help="the new checkpoint to write (or a folder)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help="default: %(default)s")
+    _device(p)
+    _engine(p)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from ..model.add import add
+    from ..model.builtin import resolve_checkpoint
+
+    add(
+        resolve_checkpoint(args.checkpoint),
+        args.new_data,
+        args.out,
+        method=args.method,
+        device=args.device,
+        engine=args.engine,
+    )
+    return 0
+
+
 def add_show_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="photos in ImageFolder layout (a data folder with train/ shows train/)")
     p.add_argument("--out", default="batch.png", metavar="PATH", help="picture to write (default: %(default)s)")
@@ -617,6 +675,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         "measure a checkpoint on labelled photos: metrics, figures and a report",
         add_evaluate_args,
         run_evaluate,
+    ),
+    "add": (
+        "teach a checkpoint new categories, or more photos of old ones, without retraining",
+        add_add_args,
+        run_add,
     ),
     "show": ("draw a random batch of labelled photos as the model sees them", add_show_args, run_show),
     "info": (

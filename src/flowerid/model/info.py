@@ -44,6 +44,8 @@ def checkpoint_info(path: str | os.PathLike, shipped: bool = False) -> dict[str,
         "training": ckpt.get("training", {}),
         "metrics": metrics,
         "unknown": _unknown_info(ckpt),
+        "additions": list(ckpt.get("additions") or []),
+        "can_add": ckpt.get("class_stats") is not None,
     }
 
 
@@ -179,6 +181,7 @@ def format_info(info: dict[str, Any]) -> str:
             "retrain to get it (every photo gets one of the categories)",
         )
     )
+    rows += _additions_rows(info)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -188,4 +191,25 @@ def _selection(sel: list[dict[str, Any]]) -> list[str]:
     for run in sel:
         settings = " ".join(f"{k}={v}" for k, v in run.get("settings", {}).items())
         out.append(f"{settings or 'defaults'} → {pct(run.get('valid_acc'))}")
+    return out
+
+
+def _additions_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """What `flowerid add` taught the model since training, one line per run, and whether it can."""
+    out = []
+    for a in info.get("additions", []):
+        parts = [
+            f"{len(v)} {k} ({sum(v.values())} photos: {', '.join(list(v)[:4])}{' …' if len(v) > 4 else ''})"
+            for k, v in (("added", a.get("added") or {}), ("corrected", a.get("corrected") or {}))
+            if v
+        ]
+        out.append(
+            (
+                "added",
+                f"{a.get('when', '?')}: {'; '.join(parts) or 'nothing'} from {a.get('from', '?')}"
+                f" ({a.get('method', '?')}" + (f", {a['skipped']} unreadable skipped)" if a.get("skipped") else ")"),
+            )
+        )
+    if not info.get("can_add"):
+        out.append(("add", "no per-category statistics: retrain to be able to `flowerid add` categories"))
     return out

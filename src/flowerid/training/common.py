@@ -151,13 +151,14 @@ def finish(
     weights_path: str | None,
     head_cfg: HeadConfig,
     head_state: dict[str, torch.Tensor],
-    unknown: dict[str, Any],
+    extras: dict[str, Any],
     metrics: dict[str, Any],
     skipped: dict[str, str],
     photos: dict[str, int],
 ) -> TrainResult:
     """Write checkpoint.pth, metrics.json, curves.png and skipped.tsv; say where.
 
+    `extras`: the optional checkpoint keys `fit_for_run` fills (unknown, class_stats).
     `photos`: train_images (photos), train_rows (views add rows, not photos), valid_images.
     """
     spec, data = backbone.spec, run.data
@@ -183,7 +184,7 @@ def finish(
             "world_size": distributed.world().size,
         },
         metrics=metrics,
-        unknown=unknown,
+        **extras,
     )
     path = save_checkpoint(ckpt, run.save_dir / "checkpoint.pth")
     atomic_write_json(run.save_dir / "metrics.json", metrics)
@@ -234,7 +235,7 @@ def finish_trained_backbone(
     if feats is None:
         tr = features_of(run.data.train, backbone, no_cache, "train")
         feats = (tr.x, tr.y, features_of(run.data.valid, backbone, no_cache, "valid").x)
-    unknown = fit_for_run(cfg, backbone, *feats, head_cfg, head_state, metrics, run.log)
+    extras = fit_for_run(cfg, backbone, *feats, head_cfg, head_state, metrics, run.log)
     if run.data.test is not None:
         head = build_head(head_cfg)
         head.load_state_dict(head_state)
@@ -243,4 +244,4 @@ def finish_trained_backbone(
         metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, te.x, te.y)
         run.log(f"test accuracy {metrics['test_acc']:.2%} on {len(te.y)} images")
     metrics["total_seconds"] = time.perf_counter() - run.t_start
-    return finish(run, backbone, BACKBONE_FILE, head_cfg, head_state, unknown, metrics, skipped, photos)
+    return finish(run, backbone, BACKBONE_FILE, head_cfg, head_state, extras, metrics, skipped, photos)

@@ -220,7 +220,7 @@ def train_frozen(run: Run) -> TrainResult | None:
         head.load_state_dict(best_state)
         best_state = calibrate(best_state, _logits(head, x_va), y_va, metrics, log)
     n_photos = int(len(y_tr)) - n_view_rows  # the views come after the photos themselves
-    unknown = fit_for_run(cfg, backbone, x_tr[:n_photos], y_tr[:n_photos], x_va, head_cfg, best_state, metrics, log)
+    extras = fit_for_run(cfg, backbone, x_tr[:n_photos], y_tr[:n_photos], x_va, head_cfg, best_state, metrics, log)
     if data.test is not None:
         head.load_state_dict(best_state)
         te = features_of(data.test, backbone, ex, "test", known_failures=known)
@@ -233,4 +233,4 @@ def train_frozen(run: Run) -> TrainResult | None:
     metrics["total_seconds"] = time.perf_counter() - run.t_start
     photos = {"train_images": n_photos, "train_rows": int(len(y_tr)), "valid_images": len(y_va)}
     weights = cfg.weights and str(Path(cfg.weights).resolve())
-    return finish(run, backbone, weights, head_cfg, best_state, unknown, metrics, skipped, photos)
+    return finish(run, backbone, weights, head_cfg, best_state, extras, metrics, skipped, photos)
