@@ -51,7 +51,9 @@ SUMMARY_KEYS = (
     "seconds",
 )
 
-FIGURES = ("confusion", "per_class", "mistakes", "reliability", "curves", "unknown")
+FEW_CATEGORIES = 10  # up to this many, the summary lists each category's precision and recall
+
+FIGURES = ("confusion", "per_class", "mistakes", "reliability", "curves", "unknown", "roc")
 
 
 @dataclass
@@ -80,6 +82,10 @@ class Evaluation:
             out["known_rejected"] = m["known_rejected"]
         if "unknown" in m:
             out["unknown"] = {k: v for k, v in m["unknown"].items() if k not in ("roc", "histogram")}
+        if "binary" in m:
+            out["binary"] = {k: v for k, v in m["binary"].items() if k != "roc"}
+        if m["num_classes"] <= FEW_CATEGORIES:
+            out["per_class"] = m["per_class"]
         if self.out_dir is not None:
             out["out_dir"] = str(self.out_dir)
         return out
@@ -115,6 +121,12 @@ class Evaluation:
         from .figures import unknown_figure
 
         return unknown_figure(self.metrics["unknown"]) if "unknown" in self.metrics else None
+
+    def roc_figure(self) -> Figure | None:
+        """ROC curve of a two-category model (second category positive), or None for more categories."""
+        from .figures import roc_figure
+
+        return roc_figure(self.metrics)
 
     def curves_figure(self) -> Figure | None:
         """Training curves from the checkpoint's history, or None when it has none."""
@@ -302,6 +314,7 @@ def write_outputs(
             "reliability": result.reliability_figure,
             "curves": result.curves_figure,
             "unknown": result.unknown_figure,
+            "roc": result.roc_figure,
         }
         for name, make in makers.items():
             fig = make()
@@ -338,6 +351,8 @@ def format_summary(result: Evaluation) -> str:
         f"  calibration error (ECE) {m['calibration']['ece']:7.3f}"
         f"   mean confidence {pct(m['calibration']['mean_confidence'])}",
     ]
+    if m["num_classes"] <= FEW_CATEGORIES:
+        lines += _per_class_lines(m)
     if "known_rejected" in m:
         lines.append(f"  called unknown          {pct(m['known_rejected']):>7}   of these photos (stored threshold)")
     if "unknown" in m:
@@ -364,3 +379,23 @@ def format_summary(result: Evaluation) -> str:
     if result.out_dir is not None:
         lines.append(f"wrote {', '.join(p.name for p in result.files)} to {result.out_dir}")
     return "\n".join(lines)
+
+
+def _per_class_lines(m: dict[str, Any]) -> list[str]:
+    """Each category's precision and recall (and for two, the ROC area): what a small model's user looks at."""
+    width = max(8, *(len(p["name"] or p["category"]) for p in m["per_class"]))
+    lines = [f"  {'category':<{width}} {'precision':>9} {'recall':>7} {'photos':>6}"]
+    for p in m["per_class"]:
+        lines.append(
+            f"  {p['name'] or p['category']:<{width}} {pct(p['precision']):>9} {pct(p['recall']):>7} {p['support']:>6}"
+        )
+    if m["num_classes"] <= 5:
+        labels = [p["name"] or p["category"] for p in m["per_class"]]
+        lines.append(f"  confusion (rows true, columns predicted): {' | '.join(labels)}")
+        for label, row in zip(labels, m["confusion"], strict=True):
+            lines.append(f"    {label:<{width}} " + " ".join(f"{v:>6}" for v in row))
+    b = m.get("binary")
+    if b and b["auc"] is not None:
+        name = b["positive_name"] or b["positive"]
+        lines.append(f"  ROC AUC                 {b['auc']:7.4f}   ({name} as the positive category)")
+    return lines

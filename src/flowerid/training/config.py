@@ -82,6 +82,13 @@ class TrainConfig:
     keep_best_epoch: bool = False
     accept_rate: float = 0.95  # share of valid photos the unknown-photo threshold accepts as known
     negatives: str | None = None  # folder of photos of other things: sharpens the unknown-photo score
+    # A data folder with no valid split: this share of each category is held out as valid (data/layout.py).
+    valid_fraction: float = 0.2
+    split_seed: int = 0
+    # Weight the loss by inverse category frequency, so a rare category counts as much as a common one.
+    balance_classes: bool = False
+    # Fit a preset's recipe to a small or unbalanced set (adapt_to_data; docs/presets.md) before training.
+    adapt: bool = True
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
@@ -137,8 +144,57 @@ class TrainConfig:
             raise UsageError("views must be 0 (the photos only) or more", setting="views")
         if self.tune_stages < 0:
             raise UsageError("tune_stages must be 0 (a frozen backbone) or more", setting="tune_stages")
+        if not 0.0 < self.valid_fraction <= 0.5:
+            raise UsageError(
+                "valid_fraction must be above 0 and at most 0.5 (0.2 holds out a fifth of each category)",
+                setting="valid_fraction",
+            )
         if not 0.5 <= self.accept_rate <= 1.0:
             raise UsageError(
                 "accept_rate must be a fraction between 0.5 and 1 (0.95 keeps 95% of valid photos)",
                 setting="accept_rate",
             )
+
+
+# What adapt_to_data does, as measured by benchmarks/bench_small.py (docs/presets.md, "Small sets").
+MIN_STEPS = 100  # optimiser steps a run takes at the least: 8 epochs of 16 photos are 8 steps, too few to learn
+MIN_BATCH = 16  # smallest batch adapting goes down to before it adds epochs
+BALANCE_ABOVE = 3.0  # imbalance (largest over smallest category in train) above which the loss is balanced
+
+
+def adapt_to_data(
+    cfg: TrainConfig,
+    counts: list[int],
+    *,
+    min_steps: int | None = None,
+    min_batch: int | None = None,
+    balance_above: float | None = None,
+) -> tuple[TrainConfig, list[str]]:
+    """A preset's settings fitted to a data set of `counts` train photos per category, and what changed
+    (one line each, for the log). Settings made by hand (`cfg.preset` None) or `cfg.adapt` off stay as they are.
+    The keywords default to this module's MIN_STEPS, MIN_BATCH and BALANCE_ABOVE (read at the call).
+    """
+    if not cfg.adapt or cfg.preset is None or not counts:
+        return cfg, []
+    min_steps = MIN_STEPS if min_steps is None else min_steps
+    min_batch = MIN_BATCH if min_batch is None else min_batch
+    balance_above = BALANCE_ABOVE if balance_above is None else balance_above
+    changes: list[str] = []
+    n = sum(counts)
+    # Smaller batches first (more steps for the same work), then more epochs.
+    batch = min(cfg.batch_size, max(min_batch, (n * cfg.epochs) // max(1, min_steps)))
+    steps_per_epoch = max(1, math.ceil(n / batch))
+    epochs = max(cfg.epochs, math.ceil(min_steps / steps_per_epoch))
+    if (epochs, batch) != (cfg.epochs, cfg.batch_size):
+        changes.append(
+            f"{epochs} epochs of batches of {batch} instead of {cfg.epochs} of {cfg.batch_size}: {n} training "
+            f"photos would make {cfg.epochs * math.ceil(n / cfg.batch_size)} steps, and a run needs about {min_steps}"
+        )
+    ratio = max(counts) / max(1, min(counts))
+    balance = cfg.balance_classes or ratio > balance_above
+    if balance and not cfg.balance_classes:
+        changes.append(
+            f"loss weighted by inverse category frequency: categories range from {min(counts)} to {max(counts)} "
+            f"photos ({ratio:.1f}x, over {balance_above:g}x)"
+        )
+    return dataclasses.replace(cfg, epochs=epochs, batch_size=batch, balance_classes=balance), changes

@@ -27,7 +27,7 @@ from ..evaluation.metrics import calibration
 from ..model.head import HeadConfig, build_head
 from .calibrate import fit_temperature, softmax
 from .common import features_for
-from .config import TrainConfig
+from .config import TrainConfig, adapt_to_data
 
 
 @dataclass
@@ -140,9 +140,12 @@ def cross_validate(
     head_cfg = HeadConfig(spec.num_features, num_classes, cfg.hidden_units, cfg.dropout)
     logits = np.zeros((len(labels), num_classes), dtype=np.float32)
     quiet: Log = lambda s: None  # noqa: E731
+    preset_cfg = cfg
     for f in only if only is not None else range(k):
         tr = torch.from_numpy(np.flatnonzero(folds != f))
         te = torch.from_numpy(np.flatnonzero(folds == f))
+        # As train() fits the preset to its train split, each fold's recipe is fitted to its training photos.
+        cfg = adapt_to_data(preset_cfg, np.bincount(labels[tr.numpy()], minlength=num_classes).tolist())[0]
         if cfg.mode == "tuned":
             outs = []  # an ensemble's members each tuned, their logits averaged as their averaged heads give them
             for part, x in zip(tuned_parts(spec, cfg.weights, cfg.tune_stages)[1], xs, strict=True):

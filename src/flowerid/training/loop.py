@@ -137,6 +137,16 @@ def data_parallel(module: nn.Module, device: str) -> nn.Module:
     )
 
 
+def class_weights(y: torch.Tensor, num_classes: int, cfg: TrainConfig) -> torch.Tensor | None:
+    """Loss weights n / (C x count) per category with cfg.balance_classes (counted over a torchrun job):
+    each category then weighs as much in the loss as any other. None without it."""
+    if not cfg.balance_classes:
+        return None
+    counts = distributed.all_sum(torch.bincount(y.cpu(), minlength=num_classes).tolist())
+    c = torch.as_tensor(counts, dtype=torch.float32).clamp(min=1.0)
+    return c.sum() / (num_classes * c)
+
+
 class Stepper:
     """AdamW over parameter groups with their own peak rates, on the warm-up + cosine schedule.
 
@@ -144,7 +154,14 @@ class Stepper:
     across epochs, so a resumed run continues the schedule where it stopped.
     """
 
-    def __init__(self, groups: list[list[nn.Parameter]], rates: list[float], cfg: TrainConfig, n: int) -> None:
+    def __init__(
+        self,
+        groups: list[list[nn.Parameter]],
+        rates: list[float],
+        cfg: TrainConfig,
+        n: int,
+        weight: torch.Tensor | None = None,
+    ) -> None:
         self.opt = torch.optim.AdamW(
             [{"params": p, "lr": r} for p, r in zip(groups, rates, strict=True)], weight_decay=cfg.weight_decay
         )
@@ -152,6 +169,7 @@ class Stepper:
         self.epochs = cfg.epochs
         self.steps_per_epoch = max(1, -(-n // cfg.batch_size))
         self.label_smoothing = cfg.label_smoothing
+        self.weight = weight  # per-category loss weights (class_weights), or None
         self.step = 0
 
     def factor(self, step: int) -> float:
@@ -161,7 +179,8 @@ class Stepper:
         """One optimiser step; returns the batch's summed loss and correct count."""
         for group, rate in zip(self.opt.param_groups, self.rates, strict=True):
             group["lr"] = rate * self.factor(self.step)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        weight = None if self.weight is None else self.weight.to(logits.device)
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

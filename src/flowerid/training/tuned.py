@@ -48,7 +48,18 @@ from ..errors import UsageError
 from ..model.head import HeadConfig, build_head
 from .common import Run, TrainResult, best_metrics, check_left, finish_trained_backbone, share_of
 from .config import TrainConfig
-from .loop import Best, Stepper, autocast, data_parallel, gather_shares, padded_order, run_epochs, score, share_batch
+from .loop import (
+    Best,
+    Stepper,
+    autocast,
+    class_weights,
+    data_parallel,
+    gather_shares,
+    padded_order,
+    run_epochs,
+    score,
+    share_batch,
+)
 
 TAIL_LR_FACTOR = 1.0 / 3.0  # the pretrained stages learn at a third of the head's rate
 FRONT_EXPORT_VERSION = 1  # bump when the cut or its export changes: it is part of the cache keys
@@ -347,7 +358,8 @@ def fit_tail(
         local = share_batch(cfg)
         backbone_params = [p for p in tail.parameters() if p.requires_grad]
         rates = [cfg.learning_rate * TAIL_LR_FACTOR, cfg.learning_rate]
-        stepper = Stepper([backbone_params, list(head.parameters())], rates, local, length)
+        weight = class_weights(y_train, head_cfg.num_classes, cfg)
+        stepper = Stepper([backbone_params, list(head.parameters())], rates, local, length, weight)
         amp = autocast(device)
 
         def forward(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
