@@ -382,18 +382,19 @@ def format_summary(result: Evaluation) -> str:
 
 
 def _per_class_lines(m: dict[str, Any]) -> list[str]:
-    """Each category's precision and recall (and for two, the ROC area): what a small model's user looks at."""
-    width = max(8, *(len(p["name"] or p["category"]) for p in m["per_class"]))
-    lines = [f"  {'category':<{width}} {'precision':>9} {'recall':>7} {'photos':>6}"]
-    for p in m["per_class"]:
-        lines.append(
-            f"  {p['name'] or p['category']:<{width}} {pct(p['precision']):>9} {pct(p['recall']):>7} {p['support']:>6}"
-        )
+    """Each category's precision and recall, the confusion matrix for a few, and for two the ROC area:
+    what the user of a small model looks at."""
+    labels = [p["name"] or p["category"] for p in m["per_class"]]
+    width = max(8, *(len(label) for label in labels))
+    lines = [f"  {'category':<{width}}  {'precision':>9}  {'recall':>7}  {'photos':>6}"]
+    for label, p in zip(labels, m["per_class"], strict=True):
+        lines.append(f"  {label:<{width}}  {pct(p['precision'], 1):>9}  {pct(p['recall'], 1):>7}  {p['support']:>6}")
     if m["num_classes"] <= 5:
-        labels = [p["name"] or p["category"] for p in m["per_class"]]
-        lines.append(f"  confusion (rows true, columns predicted): {' | '.join(labels)}")
+        cell = max(6, *(len(label) for label in labels))
+        lines.append("  confusion matrix (rows true, columns predicted):")
+        lines.append(f"  {'':<{width}}  " + "  ".join(f"{label:>{cell}}" for label in labels))
         for label, row in zip(labels, m["confusion"], strict=True):
-            lines.append(f"    {label:<{width}} " + " ".join(f"{v:>6}" for v in row))
+            lines.append(f"  {label:<{width}}  " + "  ".join(f"{v:>{cell}}" for v in row))
     b = m.get("binary")
     if b and b["auc"] is not None:
         name = b["positive_name"] or b["positive"]

@@ -88,7 +88,8 @@ class TrainConfig:
     # Weight the loss by inverse category frequency, so a rare category counts as much as a common one.
     balance_classes: bool = False
     # Fit a preset's recipe to a small or unbalanced set (adapt_to_data; docs/presets.md) before training.
-    adapt: bool = True
+    # Off for settings made by hand; from_preset turns it on.
+    adapt: bool = False
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
@@ -114,6 +115,7 @@ class TrainConfig:
             "weight_decay": preset.weight_decay,
             "tune_stages": preset.tune_stages,
             "preset": name,
+            "adapt": True,
         }
         given = {k: v for k, v in overrides.items() if v is not None}
         if given.get("arch", preset.arch) != preset.arch and "tune_stages" not in given:

@@ -1,0 +1,100 @@
+"""Training on the folders people bring: a held-out valid split recorded in the checkpoint, and a preset's
+recipe fitted to a small or unbalanced set."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from flowerid.apps.cli import main
+from flowerid.model.checkpoint import load_checkpoint
+from flowerid.training.config import MIN_STEPS, TrainConfig, adapt_to_data
+from flowerid.training.loop import Stepper, class_weights
+from flowerid.training.run import train
+
+from ..conftest import CLASS_COLOURS, TINY, build_folder
+
+
+def test_a_flat_folder_trains_and_its_split_is_recorded(tmp_path):
+    build_folder(tmp_path, {"photos": 10}, names=False)
+    lines: list[str] = []
+    cfg = TrainConfig(arch=TINY, epochs=2, num_workers=0)
+    result = train(tmp_path / "photos", tmp_path / "run", cfg, log=lines.append)
+    split = load_checkpoint(result.checkpoint_path)["training"]["split"]
+    assert split["valid_fraction"] == 0.2 and split["seed"] == 0 and split["held_out_of"] == "."
+    assert split["per_category"] == {c: [8, 2] for c in CLASS_COLOURS} and split["valid"] == 6
+    assert result.metrics["history"][-1] and len(result.metrics["history"]) == 2
+    said = [s for s in lines if s.startswith("no valid folder")]
+    assert said and split["valid_digest"][:12] in said[0] and "24 train, 6 valid" in said[0]
+    again = train(tmp_path / "photos", tmp_path / "again", cfg, log=lambda s: None)
+    assert load_checkpoint(again.checkpoint_path)["training"]["split"] == split  # the same photos every run
+
+
+def test_valid_fraction_from_the_command_line(tmp_path, capsys):
+    build_folder(tmp_path, {"train": 10, "test": 2}, names=False)
+    args = ["train", str(tmp_path), "--arch", TINY, "--epochs", "1", "--save-dir", str(tmp_path / "run")]
+    assert main([*args, "--valid-fraction", "0.5"]) == 0
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint.pth")
+    assert ck["training"]["split"]["per_category"]["1"] == [5, 5]
+    assert ck["training"]["layout"] == "train train/, valid (held out of train), test test/"
+    assert main([*args, "--valid-fraction", "0.9"]) == 2
+    assert "--valid-fraction must be above 0 and at most 0.5" in capsys.readouterr().err
+
+
+def test_given_valid_folder_records_no_split(trained):
+    _, result = trained
+    assert load_checkpoint(result.checkpoint_path)["training"]["split"] is None
+
+
+def test_a_preset_takes_enough_steps_on_few_photos():
+    cfg = TrainConfig.from_preset("default")
+    small, said = adapt_to_data(cfg, [8, 8])  # 16 photos: batches of 16, one step an epoch
+    assert small.batch_size == 16 and small.epochs == MIN_STEPS and len(said) == 1 and "16 training photos" in said[0]
+    big, said = adapt_to_data(cfg, [3000, 3000])
+    assert (big.epochs, big.batch_size, said) == (cfg.epochs, cfg.batch_size, [])
+    middle, _ = adapt_to_data(cfg, [200, 200])  # 400 photos: smaller batches give the steps without more epochs
+    assert middle.epochs == cfg.epochs and middle.epochs * -(-400 // middle.batch_size) >= MIN_STEPS
+    by_hand = dataclasses.replace(cfg, preset=None)
+    assert adapt_to_data(by_hand, [8, 8]) == (by_hand, [])
+    assert adapt_to_data(TrainConfig(), [8, 8]) == (TrainConfig(), [])  # settings made by hand stay
+    assert adapt_to_data(TrainConfig.from_preset("default", adapt=False), [8, 8])[0].epochs == cfg.epochs
+
+
+def test_an_unbalanced_set_gets_a_balanced_loss():
+    cfg = TrainConfig.from_preset("default")
+    adapted, said = adapt_to_data(cfg, [400, 40])
+    assert adapted.balance_classes and any("inverse category frequency" in s and "10.0x" in s for s in said)
+    assert not adapt_to_data(cfg, [400, 300])[0].balance_classes
+
+
+def test_class_weights_make_each_category_weigh_alike():
+    y = torch.tensor([0] * 30 + [1] * 10 + [2] * 20)
+    w = class_weights(y, 3, TrainConfig(balance_classes=True))
+    counts = torch.bincount(y).float()
+    assert torch.allclose(w * counts, torch.full((3,), 20.0))  # n / C each
+    assert class_weights(y, 3, TrainConfig()) is None
+    # A batch with a common photo right and a rare one wrong: the weighted loss leans towards the rare one's.
+    losses = []
+    for weight in (None, w):
+        head = torch.nn.Linear(3, 3)
+        stepper = Stepper([list(head.parameters())], [0.0], TrainConfig(label_smoothing=0.0), 2, weight)
+        logits = torch.tensor([[4.0, 0.0, 0.0], [4.0, 0.0, 0.0]], requires_grad=True)
+        losses.append(stepper(logits, torch.tensor([0, 1]))[0] / 2)
+    plain, weighted = losses
+    right, wrong = torch.nn.functional.cross_entropy(
+        torch.tensor([[4.0, 0, 0]] * 2), torch.tensor([0, 1]), reduction="none"
+    )
+    assert plain == pytest.approx(float(right + wrong) / 2, rel=1e-5)
+    assert weighted == pytest.approx(float(w[0] * right + w[1] * wrong) / float(w[0] + w[1]), rel=1e-5)
+
+
+def test_balanced_training_on_an_unbalanced_folder(tmp_path):
+    build_folder(tmp_path, {"train": 12, "valid": 3}, classes={"1": CLASS_COLOURS["1"]}, names=False)
+    build_folder(tmp_path, {"train": 3, "valid": 3}, classes={"2": CLASS_COLOURS["2"]}, names=False)
+    lines: list[str] = []
+    cfg = TrainConfig.from_preset("default", arch=TINY, tune_stages=0, learning_rate=0.02, num_workers=0)
+    result = train(tmp_path, tmp_path / "run", cfg, log=lines.append)
+    training = load_checkpoint(result.checkpoint_path)["training"]
+    assert training["balance_classes"] is True and training["epochs"] > cfg.epochs
+    assert any(s.startswith("small or unbalanced set: loss weighted") for s in lines)
+    assert result.metrics["valid_acc"] == pytest.approx(1.0)
