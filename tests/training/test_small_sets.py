@@ -3,6 +3,7 @@ recipe fitted to a small or unbalanced set."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +99,24 @@ def test_balanced_training_on_an_unbalanced_folder(tmp_path):
     assert training["balance_classes"] is True and training["epochs"] > cfg.epochs
     assert any(s.startswith("small or unbalanced set: loss weighted") for s in lines)
     assert result.metrics["valid_acc"] == pytest.approx(1.0)
+
+
+def test_photos_in_every_common_format_train(tmp_path):
+    """PNG, WebP, GIF, TIFF, greyscale, CMYK, palette, 16-bit and transparent photos all reach the model."""
+
+    from flowerid.data.images import load_image
+
+    from ..conftest import make_photo
+
+    modes = [("L", "jpg"), ("CMYK", "jpg"), ("P", "png"), ("RGBA", "webp"), ("RGB", "webp"), ("LA", "png")]
+    modes += [("I;16", "png"), ("1", "png"), ("P", "gif"), ("CMYK", "tif")]
+    for cat, colour in CLASS_COLOURS.items():
+        (tmp_path / "photos" / cat).mkdir(parents=True)
+        for i, (mode, ext) in enumerate(modes):
+            make_photo(colour, 100 * i + len(cat)).convert(mode).save(tmp_path / "photos" / cat / f"{i}.{ext}")
+    cmyk = tmp_path / "photos" / "1" / "1.jpg"  # a CMYK JPEG keeps its colours (not inverted)
+    assert abs(np.asarray(load_image(cmyk), dtype=float).mean(axis=(0, 1)) - CLASS_COLOURS["1"]).max() < 12
+    result = train(tmp_path / "photos", tmp_path / "run", TrainConfig(arch=TINY, epochs=2, num_workers=0), log=print)
+    assert result.skipped == {}
+    training = load_checkpoint(result.checkpoint_path)["training"]
+    assert training["train_images"] + training["valid_images"] == 3 * len(modes)

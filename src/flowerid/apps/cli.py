@@ -99,7 +99,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--no-adapt",
         action="store_true",
         help="train a small or unbalanced set with the preset as it is (default: more steps for few photos, "
-        "a balanced loss for unbalanced categories; docs/presets.md); --epochs also keeps the preset's steps",
+        "a balanced loss for unbalanced categories, a frozen backbone for few photos; docs/presets.md); "
+        "--epochs or --tune-stages also turn it off",
     )
     p.add_argument("--balance-classes", action="store_true", help="weight the loss so every category counts alike")
     p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
@@ -172,7 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
         full_finetune=args.full_finetune or None,
         keep_best_epoch=args.keep_best_epoch or None,
         balance_classes=args.balance_classes or None,
-        adapt=False if args.no_adapt or args.epochs is not None else None,
+        adapt=False if args.no_adapt or args.epochs is not None or args.tune_stages is not None else None,
         calibrate=not args.no_calibrate,
         use_cache=not args.no_cache,
     )

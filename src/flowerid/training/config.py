@@ -162,6 +162,7 @@ class TrainConfig:
 MIN_STEPS = 100  # optimiser steps a run takes at the least: 8 epochs of 16 photos are 8 steps, too few to learn
 MIN_BATCH = 16  # smallest batch adapting goes down to before it adds epochs
 BALANCE_ABOVE = 3.0  # imbalance (largest over smallest category in train) above which the loss is balanced
+TUNE_FROM = 40  # training photos a category (on average) from which a preset's tuned stages train; frozen below
 
 
 def adapt_to_data(
@@ -171,18 +172,27 @@ def adapt_to_data(
     min_steps: int | None = None,
     min_batch: int | None = None,
     balance_above: float | None = None,
+    tune_from: int | None = None,
 ) -> tuple[TrainConfig, list[str]]:
     """A preset's settings fitted to a data set of `counts` train photos per category, and what changed
     (one line each, for the log). Settings made by hand (`cfg.preset` None) or `cfg.adapt` off stay as they are.
-    The keywords default to this module's MIN_STEPS, MIN_BATCH and BALANCE_ABOVE (read at the call).
+    The keywords default to this module's MIN_STEPS, MIN_BATCH, BALANCE_ABOVE and TUNE_FROM (read at the call).
     """
     if not cfg.adapt or cfg.preset is None or not counts:
         return cfg, []
     min_steps = MIN_STEPS if min_steps is None else min_steps
     min_batch = MIN_BATCH if min_batch is None else min_batch
     balance_above = BALANCE_ABOVE if balance_above is None else balance_above
+    tune_from = TUNE_FROM if tune_from is None else tune_from
     changes: list[str] = []
     n = sum(counts)
+    tune_stages = cfg.tune_stages
+    if tune_stages and n < tune_from * len(counts):
+        tune_stages = 0
+        changes.append(
+            f"the backbone stays frozen (a head on its features): {n / len(counts):.0f} training photos a category "
+            f"on average, and tuning its last stage pays from about {tune_from}"
+        )
     # Smaller batches first (more steps for the same work), then more epochs.
     batch = min(cfg.batch_size, max(min_batch, (n * cfg.epochs) // max(1, min_steps)))
     steps_per_epoch = max(1, math.ceil(n / batch))
@@ -199,4 +209,7 @@ def adapt_to_data(
             f"loss weighted by inverse category frequency: categories range from {min(counts)} to {max(counts)} "
             f"photos ({ratio:.1f}x, over {balance_above:g}x)"
         )
-    return dataclasses.replace(cfg, epochs=epochs, batch_size=batch, balance_classes=balance), changes
+    adapted = dataclasses.replace(
+        cfg, epochs=epochs, batch_size=batch, balance_classes=balance, tune_stages=tune_stages
+    )
+    return adapted, changes
