@@ -83,7 +83,7 @@ def test_imbalance_and_json(tmp_path, capsys):
     assert few["level"] == "warning" and "under 10 photos" in few["message"]
     assert few["paths"] == ["10: 2", "2: 2"]  # train and valid together; 1 has 13
     assert finding["level"] == "warning" and "12.0x" in finding["message"]
-    assert "train weighs the loss by inverse category frequency" in finding["message"]
+    assert "train keeps the plain loss" in finding["message"] and "--balance-classes" in finding["message"]
 
 
 def test_missing_folder_is_an_error(tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 
 from flowerid.apps.cli import main
 from flowerid.model.checkpoint import load_checkpoint
-from flowerid.training.config import MIN_STEPS, TrainConfig, adapt_to_data
+from flowerid.training.config import MIN_STEPS, TUNE_FROM, TrainConfig, adapt_to_data
 from flowerid.training.loop import Stepper, class_weights
 from flowerid.training.run import train
 
@@ -49,23 +49,25 @@ def test_given_valid_folder_records_no_split(trained):
 
 def test_a_preset_takes_enough_steps_on_few_photos():
     cfg = TrainConfig.from_preset("default")
-    small, said = adapt_to_data(cfg, [8, 8])  # 16 photos: batches of 16, one step an epoch
-    assert small.batch_size == 16 and small.epochs == MIN_STEPS and len(said) == 1 and "16 training photos" in said[0]
+    small, said = adapt_to_data(cfg, [8, 8])  # 16 photos: a frozen backbone, batches of 16, one step an epoch
+    assert small.tune_stages == 0 and small.batch_size == 16 and small.epochs == MIN_STEPS
+    assert len(said) == 2 and "16 training photos" in said[0] and "100 epochs of batches of 16" in said[1]
+    assert adapt_to_data(cfg, [TUNE_FROM // 2, TUNE_FROM // 2]) == (cfg, [])  # enough to tune, as the preset does
     big, said = adapt_to_data(cfg, [3000, 3000])
-    assert (big.epochs, big.batch_size, said) == (cfg.epochs, cfg.batch_size, [])
-    middle, _ = adapt_to_data(cfg, [200, 200])  # 400 photos: smaller batches give the steps without more epochs
-    assert middle.epochs == cfg.epochs and middle.epochs * -(-400 // middle.batch_size) >= MIN_STEPS
+    assert (big, said) == (cfg, [])
+    fast = TrainConfig.from_preset("fast")
+    middle, _ = adapt_to_data(fast, [100, 100])  # smaller batches give the steps without more epochs
+    assert middle.epochs == fast.epochs and middle.batch_size == 40 and middle.epochs * 200 // 40 >= MIN_STEPS
     by_hand = dataclasses.replace(cfg, preset=None)
     assert adapt_to_data(by_hand, [8, 8]) == (by_hand, [])
     assert adapt_to_data(TrainConfig(), [8, 8]) == (TrainConfig(), [])  # settings made by hand stay
     assert adapt_to_data(TrainConfig.from_preset("default", adapt=False), [8, 8])[0].epochs == cfg.epochs
 
 
-def test_an_unbalanced_set_gets_a_balanced_loss():
+def test_an_unbalanced_set_keeps_the_plain_loss_unless_asked():
     cfg = TrainConfig.from_preset("default")
-    adapted, said = adapt_to_data(cfg, [400, 40])
-    assert adapted.balance_classes and any("inverse category frequency" in s and "10.0x" in s for s in said)
-    assert not adapt_to_data(cfg, [400, 300])[0].balance_classes
+    assert not adapt_to_data(cfg, [400, 40])[0].balance_classes  # measured: balancing costs top-1
+    assert adapt_to_data(dataclasses.replace(cfg, balance_classes=True), [400, 40])[0].balance_classes
 
 
 def test_class_weights_make_each_category_weigh_alike():
@@ -93,11 +95,11 @@ def test_balanced_training_on_an_unbalanced_folder(tmp_path):
     build_folder(tmp_path, {"train": 12, "valid": 3}, classes={"1": CLASS_COLOURS["1"]}, names=False)
     build_folder(tmp_path, {"train": 3, "valid": 3}, classes={"2": CLASS_COLOURS["2"]}, names=False)
     lines: list[str] = []
-    cfg = TrainConfig.from_preset("default", arch=TINY, tune_stages=0, learning_rate=0.02, num_workers=0)
+    cfg = TrainConfig.from_preset("default", arch=TINY, learning_rate=0.02, num_workers=0, balance_classes=True)
     result = train(tmp_path, tmp_path / "run", cfg, log=lines.append)
     training = load_checkpoint(result.checkpoint_path)["training"]
     assert training["balance_classes"] is True and training["epochs"] > cfg.epochs
-    assert any(s.startswith("small or unbalanced set: loss weighted") for s in lines)
+    assert any(s.startswith("small or unbalanced set: ") and "epochs of batches of 16" in s for s in lines)
     assert result.metrics["valid_acc"] == pytest.approx(1.0)
 
 

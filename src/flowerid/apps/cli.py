@@ -98,11 +98,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-adapt",
         action="store_true",
-        help="train a small or unbalanced set with the preset as it is (default: more steps for few photos, "
-        "a balanced loss for unbalanced categories, a frozen backbone for few photos; docs/presets.md); "
-        "--epochs or --tune-stages also turn it off",
+        help="train a small set with the preset as it is (default: under a few hundred photos the backbone stays "
+        "frozen and the head takes enough steps; docs/presets.md); --epochs or --tune-stages also turn it off",
     )
-    p.add_argument("--balance-classes", action="store_true", help="weight the loss so every category counts alike")
+    p.add_argument(
+        "--balance-classes",
+        action="store_true",
+        help="weight the loss so every category counts alike: better on rare categories, "
+        "a little worse top-1 (measured in docs/presets.md)",
+    )
     p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
     p.add_argument(
         "--tune-stages",
@@ -386,14 +390,14 @@ def run_check(args: argparse.Namespace) -> int:
     With --deep, also 1 when it lists anything: each finding is for the user to decide on.
     """
     from ..data.check import check_data
-    from ..training.config import BALANCE_ABOVE, MIN_STEPS
+    from ..training.config import MIN_STEPS, TUNE_FROM
 
     report = check_data(
         args.data_dir,
         min_size=args.min_size,
         max_imbalance=args.max_imbalance,
         valid_fraction=args.valid_fraction,
-        train_rule=(MIN_STEPS, BALANCE_ABOVE),
+        train_rule=(MIN_STEPS, TUNE_FROM),
     )
     result = report.to_dict()
     if not args.json:

@@ -192,7 +192,7 @@ def check_data(
     min_size: int = 64,
     max_imbalance: float = 10.0,
     valid_fraction: float = VALID_FRACTION,
-    train_rule: tuple[int, float] | None = None,
+    train_rule: tuple[int, int] | None = None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> DataReport:
@@ -200,8 +200,9 @@ def check_data(
 
     With no valid folder, the photos train would hold out (`valid_fraction` of each category) count as valid,
     so a copy of a photo on both sides of that split is reported as the leak it would be. `train_rule`:
-    (least optimiser steps, imbalance balanced above) of train's adapting, to say what train does about
-    few photos and imbalance (the CLI passes training.config's; data/ does not import training/).
+    (least optimiser steps of a frozen head, training photos from which it tunes) of train's adapting, to say
+    what train does about few photos and imbalance (the CLI passes training.config's; data/ does not import
+    training/).
     Raises DataError only when `data_dir` is not a folder at all.
     """
     root = Path(data_dir)
@@ -259,48 +260,44 @@ def check_data(
 
 
 def _small_and_unbalanced(
-    counts: dict[str, dict[str, int]], max_imbalance: float, rule: tuple[int, float] | None
+    counts: dict[str, dict[str, int]], max_imbalance: float, rule: tuple[int, int] | None
 ) -> list[Finding]:
-    """Categories with few photos and a large imbalance: what will hurt, and (with train's `rule`: its least
-    optimiser steps and the imbalance it balances above) what train does about it."""
+    """Categories with few photos and a large imbalance: what will hurt, and (with train's `rule`: the least
+    optimiser steps of a frozen backbone's head, and the training photos from which it tunes) what train does."""
     out = []
     train = {c: n for c, n in counts.get("train", {}).items() if n > 0}
     total = {c: n + counts.get("valid", {}).get(c, 0) for c, n in train.items()}
     few = sorted((c for c, n in total.items() if n < FEW_PHOTOS), key=lambda c: (total[c], c))
     if few:
+        does = ""
+        if rule:
+            does = (
+                f"; with fewer than {rule[1]} training photos in all, train keeps the backbone frozen and takes at "
+                f"least {rule[0]} optimiser steps (smaller batches, more epochs)"
+            )
         out.append(
             Finding(
                 WARNING,
                 f"{len(few)} categor{'y has' if len(few) == 1 else 'ies have'} under {FEW_PHOTOS} photos (train and "
-                f"valid together): expect a rough model and a noisy valid figure for them"
-                + (
-                    f"; train takes at least {rule[0]} optimiser steps (smaller batches, more epochs) so that few "
-                    "photos are still learnt"
-                    if rule
-                    else ""
-                ),
+                f"valid together): expect a rough model and a noisy valid figure for them{does}",
                 [f"{c}: {total[c]}" for c in few],
             )
         )
     if len(train) > 1:
         most, least = max(train.values()), min(train.values())
-        ratio = most / least
-        above = rule[1] if rule else max_imbalance
-        if ratio > min(max_imbalance, above):
-            small = sorted(train, key=lambda c: (train[c], c))
-            does = ""
-            if rule:
-                does = (
-                    "; train weighs the loss by inverse category frequency (--no-adapt to keep it plain)"
-                    if ratio > above
-                    else f"; train keeps the plain loss (it balances above {above:g}x; --balance-classes to force)"
-                )
+        if most > max_imbalance * least:
+            does = (
+                "; train keeps the plain loss, which scores best on top-1; --balance-classes weighs every category "
+                "alike, for better accuracy on the small ones at some cost in top-1 (docs/presets.md)"
+                if rule
+                else ""
+            )
             out.append(
                 Finding(
                     WARNING,
-                    f"class imbalance: train categories range from {least} to {most} images ({ratio:.1f}x)"
-                    f"{does}; the smallest:",
-                    [f"train/{c}: {train[c]}" for c in small],
+                    f"class imbalance: train categories range from {least} to {most} images ({most / least:.1f}x, "
+                    f"over {max_imbalance:g}x){does}; the smallest:",
+                    [f"train/{c}: {train[c]}" for c in sorted(train, key=lambda c: (train[c], c))],
                 )
             )
     return out

@@ -72,7 +72,7 @@ class Evaluation:
     best_epoch: int | None = None
 
     def summary(self) -> dict[str, Any]:
-        """The headline numbers: no per-image, per-class or matrix data."""
+        """The headline numbers: no per-image or matrix data, and per-category rows only for a few categories."""
         m = self.metrics
         out = {k: m[k] for k in SUMMARY_KEYS if k in m}
         out["ece"] = m["calibration"]["ece"]
@@ -139,12 +139,18 @@ def _scan(folder: Path, categories: list[str]) -> ImageFolder:
     try:
         return scan_folder(folder, categories)
     except DataError as exc:
-        splits = [s for s in ("valid", "test", "train") if (folder / s).is_dir()]
-        if splits:
-            raise DataError(
-                f"{exc}. {folder} looks like a data folder with splits; evaluate one of them, e.g. {folder / splits[0]}"
-            ) from None
-        raise
+        from ..data.layout import find_layout
+
+        try:
+            layout = find_layout(folder)
+        except DataError:
+            raise exc from None
+        if layout.flat:
+            raise
+        split = layout.valid or layout.test or layout.train
+        raise DataError(
+            f"{exc}. {folder} looks like a data folder with splits; evaluate one of them, e.g. {split}"
+        ) from None
 
 
 def _records(split: ImageFolder, keep: np.ndarray, out: Outcomes, categories: list[str]) -> list[dict[str, Any]]:

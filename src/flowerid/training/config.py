@@ -159,10 +159,9 @@ class TrainConfig:
 
 
 # What adapt_to_data does, as measured by benchmarks/bench_small.py (docs/presets.md, "Small sets").
-MIN_STEPS = 100  # optimiser steps a run takes at the least: 8 epochs of 16 photos are 8 steps, too few to learn
+MIN_STEPS = 100  # optimiser steps a frozen backbone's head takes at the least: 8 epochs of 16 photos are 8
 MIN_BATCH = 16  # smallest batch adapting goes down to before it adds epochs
-BALANCE_ABOVE = 3.0  # imbalance (largest over smallest category in train) above which the loss is balanced
-TUNE_FROM = 40  # training photos a category (on average) from which a preset's tuned stages train; frozen below
+TUNE_FROM = 200  # training photos from which a preset's tuned stages train; below, the backbone stays frozen
 
 
 def adapt_to_data(
@@ -171,45 +170,38 @@ def adapt_to_data(
     *,
     min_steps: int | None = None,
     min_batch: int | None = None,
-    balance_above: float | None = None,
     tune_from: int | None = None,
 ) -> tuple[TrainConfig, list[str]]:
-    """A preset's settings fitted to a data set of `counts` train photos per category, and what changed
+    """A preset's settings fitted to a data set of `counts` train photos per category, and what changed.
+
+    The loss stays plain on unbalanced sets: weighting it (`balance_classes`) cost top-1 where measured and
+    bought mean per-class accuracy (docs/presets.md), a trade the user chooses with --balance-classes.
+    Returns the settings and what changed
     (one line each, for the log). Settings made by hand (`cfg.preset` None) or `cfg.adapt` off stay as they are.
-    The keywords default to this module's MIN_STEPS, MIN_BATCH, BALANCE_ABOVE and TUNE_FROM (read at the call).
+    The keywords default to this module's MIN_STEPS, MIN_BATCH and TUNE_FROM (read at the call).
     """
     if not cfg.adapt or cfg.preset is None or not counts:
         return cfg, []
     min_steps = MIN_STEPS if min_steps is None else min_steps
     min_batch = MIN_BATCH if min_batch is None else min_batch
-    balance_above = BALANCE_ABOVE if balance_above is None else balance_above
     tune_from = TUNE_FROM if tune_from is None else tune_from
     changes: list[str] = []
     n = sum(counts)
-    tune_stages = cfg.tune_stages
-    if tune_stages and n < tune_from * len(counts):
+    tune_stages, batch, epochs = cfg.tune_stages, cfg.batch_size, cfg.epochs
+    if tune_stages and n < tune_from:
         tune_stages = 0
         changes.append(
-            f"the backbone stays frozen (a head on its features): {n / len(counts):.0f} training photos a category "
-            f"on average, and tuning its last stage pays from about {tune_from}"
+            f"the backbone stays frozen (a head on its features): {n} training photos, and tuning its last "
+            f"stage pays from about {tune_from}"
         )
-    # Smaller batches first (more steps for the same work), then more epochs.
-    batch = min(cfg.batch_size, max(min_batch, (n * cfg.epochs) // max(1, min_steps)))
-    steps_per_epoch = max(1, math.ceil(n / batch))
-    epochs = max(cfg.epochs, math.ceil(min_steps / steps_per_epoch))
+    if not tune_stages and not cfg.full_finetune:  # a head on frozen features: measured to need the steps
+        # Smaller batches first (more steps for the same work), then more epochs.
+        batch = min(cfg.batch_size, max(min_batch, (n * cfg.epochs) // max(1, min_steps)))
+        epochs = max(cfg.epochs, math.ceil(min_steps / max(1, math.ceil(n / batch))))
     if (epochs, batch) != (cfg.epochs, cfg.batch_size):
         changes.append(
             f"{epochs} epochs of batches of {batch} instead of {cfg.epochs} of {cfg.batch_size}: {n} training "
             f"photos would make {cfg.epochs * math.ceil(n / cfg.batch_size)} steps, and a run needs about {min_steps}"
         )
-    ratio = max(counts) / max(1, min(counts))
-    balance = cfg.balance_classes or ratio > balance_above
-    if balance and not cfg.balance_classes:
-        changes.append(
-            f"loss weighted by inverse category frequency: categories range from {min(counts)} to {max(counts)} "
-            f"photos ({ratio:.1f}x, over {balance_above:g}x)"
-        )
-    adapted = dataclasses.replace(
-        cfg, epochs=epochs, batch_size=batch, balance_classes=balance, tune_stages=tune_stages
-    )
+    adapted = dataclasses.replace(cfg, epochs=epochs, batch_size=batch, tune_stages=tune_stages)
     return adapted, changes
