@@ -10,7 +10,8 @@ import torch
 import flowerid
 from flowerid.backbones import engines, ensemble_spec, get_spec, register_backbone, unregister_backbone
 from flowerid.backbones.build import build_backbone
-from flowerid.backbones.engines import load_backbone, onnx_cache_path
+from flowerid.backbones.cache import CacheKey
+from flowerid.backbones.engines import load_backbone
 from flowerid.errors import CheckpointError, UsageError, WeightsUnavailableError
 from flowerid.model import _torchfile
 from flowerid.model.checkpoint import load_checkpoint
@@ -68,7 +69,7 @@ def test_stream_engines_share_the_threads_and_give_the_same_numbers():
 def test_cached_graph_is_reused_and_damage_rebuilt(monkeypatch):
     spec = get_spec("efficientnet_lite0")
     first = load_backbone(spec, "cpu", engine="onnx")
-    path = onnx_cache_path(spec, first.digest)
+    path = CacheKey.of(spec, first.digest).graph_path()
     assert path.is_file()
 
     def no_build(*a, **k):

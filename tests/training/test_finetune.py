@@ -32,7 +32,12 @@ def _tiny_effnet():
 def effnet_spec():
     """The tiny test backbone's preprocessing on a random EfficientNet-Lite0, the network tuning needs."""
     return dataclasses.replace(
-        tiny_spec(), name=TINY_EFFNET, arch="tf_efficientnet_lite0", num_features=1280, factory=_tiny_effnet
+        tiny_spec(),
+        name=TINY_EFFNET,
+        arch="tf_efficientnet_lite0",
+        num_features=1280,
+        factory=_tiny_effnet,
+        anatomy="efficientnet",
     )
 
 
@@ -156,7 +161,8 @@ def test_the_last_epoch_is_kept_unless_asked_for_the_best_on_valid(effnet, image
 
 
 def test_convolutions_and_their_frozen_batchnorms_train_fused_with_the_same_function_and_gradients():
-    from flowerid.training.tuned import _ConvFrozenBN, _freeze_batchnorm, _fused_conv_bn, split_backbone
+    from flowerid.backbones.anatomy import ANATOMIES, split_backbone
+    from flowerid.backbones.surgery import ConvFrozenBN, freeze_batchnorm, fused_conv_bn
 
     def tail_and_input():
         _, tail = split_backbone(_tiny_effnet(), effnet_spec(), 1)
@@ -168,7 +174,7 @@ def test_convolutions_and_their_frozen_batchnorms_train_fused_with_the_same_func
                 m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
         tail.requires_grad_(True)
-        _freeze_batchnorm(tail)
+        freeze_batchnorm(tail)
         first = next(m for m in tail.modules() if isinstance(m, torch.nn.Conv2d))
         return tail, torch.randn(3, first.in_channels, 7, 7, generator=g)
 
@@ -177,8 +183,8 @@ def test_convolutions_and_their_frozen_batchnorms_train_fused_with_the_same_func
     expected.square().sum().backward()
     fused, _ = tail_and_input()
     keys = list(fused.state_dict())
-    with _fused_conv_bn(fused):
-        assert sum(isinstance(m, _ConvFrozenBN) for m in fused.modules()) >= 4  # the block's three + conv_head
+    with fused_conv_bn(fused, ANATOMIES["efficientnet"]):
+        assert sum(isinstance(m, ConvFrozenBN) for m in fused.modules()) >= 4  # the block's three + conv_head
         got = fused(x)
         got.square().sum().backward()
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
@@ -186,7 +192,7 @@ def test_convolutions_and_their_frozen_batchnorms_train_fused_with_the_same_func
         if a.grad is not None or b.grad is not None:
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
     assert list(fused.state_dict()) == keys  # put back: checkpoints and the overlay see the network they know
-    assert not any(isinstance(m, _ConvFrozenBN) for m in fused.modules())
+    assert not any(isinstance(m, ConvFrozenBN) for m in fused.modules())
 
 
 TINY_ENSEMBLE = "tiny_effnet_pair_test"
@@ -214,7 +220,7 @@ def effnet_pair(effnet):
 
 
 def test_an_ensemble_tunes_each_member_and_averages_their_heads_into_one(effnet_pair, image_folder, tmp_path):
-    from flowerid.training.tuned import tuned_parts
+    from flowerid.backbones.surgery import tuned_parts
 
     lines: list[str] = []
     result = train(image_folder, tmp_path / "run", _cfg(arch=TINY_ENSEMBLE, epochs=2), log=lines.append)
@@ -289,17 +295,19 @@ def test_an_ensembles_members_train_on_the_photos_every_member_read(monkeypatch)
     """A photo one member's front could not read is left out of every member's rows, in the same order."""
     from types import SimpleNamespace
 
+    from flowerid.backbones.features import Rows
     from flowerid.training import tuned
 
-    failures = {"a": {1: "bad"}, "b": {3: "bad", 1: "bad"}, "c": {}}
+    failures = {"a": {"p1": "bad"}, "b": {"p3": "bad", "p1": "bad"}, "c": {}}
 
-    def fake(split, front, spec, digest, stages, cfg, device, name):
-        read = [i for i in range(5) if i not in failures[front]]
-        return torch.tensor(read, dtype=torch.float32)[:, None], None, failures[front], len(read)
+    def fake(split, part, ex, device, desc):
+        read = [i for i in range(5) if f"p{i}" not in failures[part.name]]
+        return Rows(torch.tensor(read, dtype=torch.float32)[:, None], None, failures[part.name], len(read))
 
-    monkeypatch.setattr(tuned, "front_activations", fake)
-    parts = [SimpleNamespace(name=n, front=n, spec=None, digest="") for n in "abc"]
-    split = SimpleNamespace(targets=[10, 11, 12, 13, 14])
-    xs, y, failed, computed = tuned.part_activations(split, parts, 1, None, "cpu", "train")
-    assert sorted(failed) == [1, 3] and y.tolist() == [10, 12, 14] and computed == 4 + 3 + 5
-    assert all(x[:, 0].tolist() == [0, 2, 4] for x in xs)
+    monkeypatch.setattr(tuned, "front_rows", fake)
+    parts = [SimpleNamespace(name=n) for n in "abc"]
+    split = SimpleNamespace(targets=[10, 11, 12, 13, 14], paths=[f"p{i}" for i in range(5)])
+    acts = tuned.part_activations(split, parts, None, "cpu", "train")
+    assert sorted(acts.failures) == ["p1", "p3"] and acts.y.tolist() == [10, 12, 14]
+    assert acts.computed == 4 + 3 + 5
+    assert all(x[:, 0].tolist() == [0, 2, 4] for x in acts.xs)

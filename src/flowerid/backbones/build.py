@@ -1,4 +1,5 @@
-"""Building a backbone: the network, its pretrained weights, its classifier cut off, frozen, in eval mode.
+"""Building a backbone: the network, its pretrained weights, its classifier cut off (as its anatomy says),
+frozen, in eval mode.
 
 torch, timm and torchvision are imported only when a network is built, so the
 predict path (an ONNX graph from the cache) never pays for them.
@@ -30,24 +31,6 @@ def _build_full(spec: BackboneSpec) -> nn.Module:
 
         return torchvision.models.get_model(spec.arch, weights=None)
     raise BackboneError(f"backbone {spec.name!r} has no builder for family {spec.family!r}")
-
-
-def _strip_classifier(spec: BackboneSpec, full: nn.Module) -> nn.Module:
-    """Turn a classifier network into one that outputs pooled features."""
-    import torch.nn as nn
-
-    if spec.family == "timm":
-        full.reset_classifier(0)
-        return full
-    if spec.arch.startswith("vgg"):
-        # Keep the pretrained fc6/fc7: 4096 features, as transfer learning on VGG does.
-        return nn.Sequential(full.features, full.avgpool, nn.Flatten(1), *list(full.classifier.children())[:-1])
-    if spec.arch.startswith("densenet"):
-        return nn.Sequential(full.features, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-    if spec.arch.startswith("resnet"):
-        full.fc = nn.Identity()
-        return full
-    raise BackboneError(f"do not know how to take features from {spec.arch!r}")
 
 
 def build_backbone(
@@ -84,7 +67,9 @@ def build_backbone(
         digest = state_dict_digest(load_online(spec, full))
     else:
         digest = state_dict_digest(full.state_dict())
-    module = _strip_classifier(spec, full)
+    from .anatomy import anatomy_of
+
+    module = anatomy_of(spec).strip(full)  # the network outputs pooled features
     for p in module.parameters():
         p.requires_grad_(False)
     return module.eval(), digest

@@ -1,9 +1,11 @@
-"""On-disk cache of per-image feature vectors (float32) and frozen-front activations (float16).
+"""On-disk cache of what a network computes from photos: two kinds of cached output, a backbone's pooled
+features (float32, under features/) and a frozen front's activations (float16, under activations/), plus the
+ONNX graphs that compute them (under onnx/).
 
-Entries live under a namespace that digests everything the features depend on
-(backbone, weights, preprocessing, loader version), keyed by the file's path,
-size and modification time. Each entry carries a CRC so a damaged one is
-detected and recomputed rather than trusted.
+`CacheKey` is the one recipe of every key: entries live under a namespace that digests everything the
+output depends on (backbone, weights, preprocessing, loader version; the cut for activations; the
+augmentation and view for augmented features), keyed by the file's path, size and modification time.
+Each entry carries a CRC so a damaged one is detected and recomputed rather than trusted.
 """
 
 from __future__ import annotations
@@ -13,12 +15,22 @@ import json
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._io import atomic_write_bytes
+from ..data.images import LOADER_VERSION
+from ..data.preprocess import Preprocessing
+
+if TYPE_CHECKING:
+    from ..data.augment import Augment
+    from .spec import BackboneSpec
+
+ONNX_EXPORT_VERSION = 1  # bump when a backbone's ONNX export changes: it is part of its graph's key
+FRONT_EXPORT_VERSION = 1  # bump when the cut or its export changes: it is part of the activations' keys
 
 # One magic per stored element type: float32 feature vectors, float16 activation maps
 # (a frozen front's output is 10-20x larger than a feature vector; half precision is
@@ -43,11 +55,61 @@ def namespace_for(parts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+@dataclass(frozen=True)
+class CacheKey:
+    """What a network's cached output depends on, and so where it and its ONNX graph are kept.
+
+    `stages` 0: the backbone's pooled features (kind "features", float32); N > 0: the activations of its
+    front before its last N stages (kind "activations", float16), what the tuned mode trains on. The
+    engine is not part of any key (its outputs agree to 1e-4). These recipes are those warm caches were
+    written under: changing one makes every cache cold.
+    """
+
+    name: str  # the backbone's (an ensemble member's front fed the ensemble's view: "ensemble.member")
+    digest: str  # its pretrained weights
+    preprocessing: Preprocessing
+    input_size: int
+    stages: int = 0
+
+    @classmethod
+    def of(cls, spec: BackboneSpec, digest: str, stages: int = 0) -> CacheKey:
+        return cls(spec.name, digest, spec.preprocessing, spec.input_size, stages)
+
+    @property
+    def kind(self) -> str:
+        return "activations" if self.stages else "features"
+
+    @property
+    def dtype(self) -> str:
+        return "float16" if self.stages else "float32"
+
+    def namespace(self, augment: Augment | None = None, view: int = 0) -> str:
+        """The entries' namespace; an augmented view of the photos (features only) has its own."""
+        parts: dict[str, Any] = {
+            "backbone": self.name,
+            "weights": self.digest,
+            "preprocessing": self.preprocessing.to_dict(),
+            "loader": LOADER_VERSION,
+        }
+        if self.stages:
+            parts.update(front_of_last_stages=self.stages, version=FRONT_EXPORT_VERSION)
+        if augment is not None:
+            parts.update(augment=augment.to_dict(), view=view)
+        return namespace_for(parts)
+
+    def graph_path(self) -> Path:
+        """Where the ONNX graph computing this output is cached."""
+        if self.stages:
+            return cache_root() / "onnx" / f"{self.name}-front-{self.namespace()}.onnx"
+        parts = {"backbone": self.name, "weights": self.digest, "size": self.input_size, "export": ONNX_EXPORT_VERSION}
+        return cache_root() / "onnx" / f"{self.name}-{namespace_for(parts)}.onnx"
+
+
 class FeatureCache:
     """Vectors for one namespace; `get` returns None for missing or damaged entries.
 
     `dtype` float32 (features) or float16 (a frozen front's activations, kept
-    under activations/ so that clearing one kind leaves the other).
+    under activations/ so that clearing one kind leaves the other): `CacheKey.dtype`.
     """
 
     def __init__(self, namespace: str, root: Path | None = None, dtype: str = "float32") -> None:

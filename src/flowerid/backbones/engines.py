@@ -4,7 +4,8 @@ An engine maps a float32 NCHW batch to a (N, F) numpy array. ONNX Runtime is
 the CPU default: faster than PyTorch here and it loads in 0.1 s instead of 2 s,
 so `predict` does not import torch at all once the backbone's ONNX graph is
 cached. That graph is exported once from the torch module and kept in the cache
-under a key that digests the backbone and its weights.
+under a key that digests the backbone and its weights (cache.CacheKey). A frozen front,
+whose activations the tuned mode trains on, runs and is cached the same way (`load_front`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from .._io import file_sha256
-from ..data.augment import Augment
-from ..data.images import LOADER_VERSION
 from ..data.preprocess import Preprocessing
 from ..distributed import world
 from ..errors import DeviceError, UsageError
 from ._platform import tune_malloc
 from .build import build_backbone
-from .cache import cache_root, namespace_for
+from .cache import CacheKey
 from .spec import BackboneSpec, get_spec
 from .weights import ensemble_digest, package_weights_path
 
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     import torch
 
 ENGINES = ("auto", "onnx", "torch")
-ONNX_EXPORT_VERSION = 1
 
 
 class Engine(Protocol):
@@ -161,7 +159,7 @@ class OnnxEngine:
 
 @dataclass
 class Backbone:
-    """A backbone ready to run: its spec, weights digest and engine."""
+    """A backbone ready to run: its spec, weights digest and engine. Its output is pooled features."""
 
     spec: BackboneSpec
     digest: str
@@ -172,17 +170,29 @@ class Backbone:
     def preprocessing(self) -> Preprocessing:
         return self.spec.preprocessing
 
-    def cache_namespace(self, augment: Augment | None = None, view: int = 0) -> str:
-        """Everything the features depend on; the engine is not part of it (outputs agree to 1e-4)."""
-        parts = {
-            "backbone": self.spec.name,
-            "weights": self.digest,
-            "preprocessing": self.preprocessing.to_dict(),
-            "loader": LOADER_VERSION,
-        }
-        if augment is not None:
-            parts.update(augment=augment.to_dict(), view=view)
-        return namespace_for(parts)
+    @property
+    def key(self) -> CacheKey:
+        """What its cached features are keyed by."""
+        return CacheKey.of(self.spec, self.digest)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One photo's output: (num_features,)."""
+        return (self.spec.num_features,)
+
+
+@dataclass
+class Front:
+    """A network's frozen front ready to run (the tuned mode's): its output, a photo's activation map, is the
+    cached kind "activations" (`key.stages` > 0); its engine gives each map as one flat row."""
+
+    key: CacheKey
+    engine: Engine
+    shape: tuple[int, ...]  # one photo's activations: (C, H, W)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.key.preprocessing
 
 
 def _known_digest(spec: BackboneSpec, weights_path: str | None) -> str | None:
@@ -198,11 +208,22 @@ def _known_digest(spec: BackboneSpec, weights_path: str | None) -> str | None:
     return None
 
 
-def onnx_cache_path(spec: BackboneSpec, digest: str) -> Path:
-    key = namespace_for(
-        {"backbone": spec.name, "weights": digest, "size": spec.input_size, "export": ONNX_EXPORT_VERSION}
-    )
-    return cache_root() / "onnx" / f"{spec.name}-{key}.onnx"
+def cached_graph(key: CacheKey) -> OnnxEngine | None:
+    """The ONNX graph of `key`'s output from the cache; None when absent (a damaged one is removed, not trusted)."""
+    path = key.graph_path()
+    if path.is_file():
+        try:
+            return OnnxEngine(path)
+        except Exception:
+            path.unlink(missing_ok=True)
+    return None
+
+
+def exported_graph(module: torch.nn.Module, key: CacheKey) -> OnnxEngine:
+    """`module` exported once as the ONNX graph of `key`'s output, into the cache (imports torch)."""
+    from .onnx import export_onnx
+
+    return OnnxEngine(export_onnx(module, key.graph_path(), key.input_size))
 
 
 def load_backbone(
@@ -212,17 +233,36 @@ def load_backbone(
     kind = choose_engine(engine, device)
     if kind == "onnx":
         digest = _known_digest(spec, weights_path)
-        if digest is not None:
-            path = onnx_cache_path(spec, digest)
-            if path.is_file():
-                try:
-                    return Backbone(spec, digest, OnnxEngine(path), weights_path)
-                except Exception:  # a damaged cached graph is rebuilt, not trusted
-                    path.unlink(missing_ok=True)
+        graph = cached_graph(CacheKey.of(spec, digest)) if digest is not None else None
+        if graph is not None:
+            return Backbone(spec, digest, graph, weights_path)  # type: ignore[arg-type]
     module, digest = build_backbone(spec, weights_path)
     if kind == "onnx":
-        from .onnx import export_onnx
-
-        path = export_onnx(module, onnx_cache_path(spec, digest), spec.input_size)
-        return Backbone(spec, digest, OnnxEngine(path), weights_path)
+        return Backbone(spec, digest, exported_graph(module, CacheKey.of(spec, digest)), weights_path)
     return Backbone(spec, digest, TorchEngine(module, device), weights_path)
+
+
+class _FlatEngine:
+    """An engine whose (N, C, H, W) output comes back as (N, C*H*W) rows, as the cache stores them."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.inner(batch).reshape(len(batch), -1)
+
+    def for_streams(self, streams: int) -> _FlatEngine:
+        return _FlatEngine(self.inner.for_streams(streams))
+
+
+def load_front(module: torch.nn.Module, key: CacheKey, device: str = "cpu", engine: str = "auto") -> Front:
+    """A frozen front (`key.stages` > 0) as a Front: on a CPU its ONNX graph, exported once, then cached."""
+    import torch
+
+    with torch.inference_mode():
+        size = key.input_size
+        shape = tuple(module.eval()(torch.zeros(1, 3, size, size)).shape[1:])
+    if choose_engine(engine, device) != "onnx":
+        return Front(key, _FlatEngine(TorchEngine(module, device)), shape)
+    return Front(key, _FlatEngine(cached_graph(key) or exported_graph(module, key)), shape)

@@ -1,8 +1,9 @@
-"""Feature extraction: the one seam through which photos become feature vectors.
+"""Extraction: the one route by which photos become cached outputs (a backbone's features, a front's activations).
 
 An engine maps a float32 NCHW batch to a (N, F) array. Photos are decoded and
-preprocessed in a worker process while the engine runs; vectors are cached on
-disk so an unchanged re-run computes nothing.
+preprocessed in a worker process while the engine runs; outputs are cached on
+disk (under the source's `CacheKey`) so an unchanged re-run computes nothing.
+`split_rows` gives a labelled split's rows as tensors; `extract_features` any list of photos.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,7 +25,10 @@ from ..data.preprocess import Preprocessing
 from ..distributed import world
 from ..errors import ImageError
 from .cache import FeatureCache
-from .engines import Backbone
+from .engines import Backbone, Front
+
+if TYPE_CHECKING:
+    from ..data.folders import ImageFolder
 
 
 class _PhotoDataset(torch.utils.data.Dataset):
@@ -108,7 +113,7 @@ class Extracted:
 
 def extract_features(
     paths: Sequence[Path],
-    backbone: Backbone,
+    source: Backbone | Front,
     *,
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -117,11 +122,10 @@ def extract_features(
     on_batch: Callable[[], None] | None = None,
     augment: Augment | None = None,
     view: int = 0,
-    dtype: str = "float32",
-    cache_namespace: str | None = None,
     known_failures: dict[str, str] | None = None,
 ) -> Extracted:
-    """Features for every path, from the cache where present; failures are reported, not raised.
+    """The source's outputs (one flat row a photo) for every path, from the cache where present; failures
+    are reported, not raised.
 
     `batch_size` defaults to 8 on ONNX Runtime: small batches keep the decode worker
     and the engine taking turns on few cores (on 2 cores, 16 and 32 were 10-20%
@@ -134,11 +138,11 @@ def extract_features(
     if (augment is None) != (view == 0):
         raise ValueError("view 0 is the plain photo; views 1, 2, ... need an augmentation")
     n = len(paths)
-    dim = backbone.spec.num_features
-    feats = np.zeros((n, dim), dtype=dtype)
+    dim = int(np.prod(source.shape))
+    key = source.key
+    feats = np.zeros((n, dim), dtype=key.dtype)
     ok = np.zeros(n, dtype=bool)
-    namespace = cache_namespace or backbone.cache_namespace(augment, view)
-    cache = FeatureCache(namespace, dtype=dtype) if use_cache else None
+    cache = FeatureCache(key.namespace(augment, view), dtype=key.dtype) if use_cache else None
     todo: list[int] = []
     result = Extracted(feats, ok)
     for i, p in enumerate(paths):
@@ -150,23 +154,41 @@ def extract_features(
             feats[i], ok[i] = vec, True
         else:
             todo.append(i)
-    if not todo:
-        return result
+    if todo:
+        _compute(paths, todo, source, result, cache, batch_size, num_workers, desc, on_batch, augment, view)
+    return result
+
+
+def _compute(
+    paths: Sequence[Path],
+    todo: list[int],
+    source: Backbone | Front,
+    result: Extracted,
+    cache: FeatureCache | None,
+    batch_size: int | None,
+    num_workers: int | None,
+    desc: str,
+    on_batch: Callable[[], None] | None,
+    augment: Augment | None,
+    view: int,
+) -> None:
+    """Decode, run and cache the photos `todo` (indices into `paths`), filling `result`."""
     workers = default_workers() if num_workers is None else num_workers
     if batch_size is None:
-        batch_size = 8 if getattr(backbone.engine, "name", "") == "onnx" else 32
+        batch_size = 8 if getattr(source.engine, "name", "") == "onnx" else 32
     if workers:
         # Collect garbage before the decode workers fork: an ONNX Runtime object collected in a forked
         # child waits forever on its thread pool's locks (seen with the tuned mode's front engine).
         gc.collect()
-    loader = photo_loader([paths[i] for i in todo], backbone.preprocessing, batch_size, workers, augment, view)
+    loader = photo_loader([paths[i] for i in todo], source.preprocessing, batch_size, workers, augment, view)
     quiet = None if world().is_main else True
+    feats, ok = result.features, result.ok
     with tqdm(total=len(todo), desc=desc, unit="img", disable=quiet, leave=False) as bar:
         for idx, batch, failed in loader:
             for j, reason in failed:
                 result.failures[todo[j]] = reason
             if batch is not None:
-                out = backbone.engine(batch)
+                out = source.engine(batch)
                 for j, vec in zip(idx, out, strict=True):
                     k = todo[j]
                     feats[k], ok[k] = vec, True
@@ -176,4 +198,44 @@ def extract_features(
             bar.update(len(idx) + len(failed))
             if on_batch:
                 on_batch()
-    return result
+
+
+@dataclass
+class Rows:
+    """A labelled split's outputs: rows of the photos that could be read, their labels, and the others."""
+
+    x: torch.Tensor  # (n, *source.shape), float32 features or float16 activations
+    y: torch.Tensor  # (n,) int64
+    failures: dict[str, str]  # path: why it could not be read
+    computed: int  # how many were computed rather than found in the cache
+
+
+def split_rows(
+    split: ImageFolder,
+    source: Backbone | Front,
+    desc: str,
+    *,
+    use_cache: bool = True,
+    num_workers: int | None = None,
+    augment: Augment | None = None,
+    view: int = 0,
+    known_failures: dict[str, str] | None = None,
+) -> Rows:
+    """The (cached) outputs of a split's photos as tensors, with their labels: every mode's route into the cache.
+
+    `known_failures`: photos other torchrun processes found unreadable, not read again.
+    """
+    ex = extract_features(
+        split.paths,
+        source,
+        num_workers=num_workers,
+        use_cache=use_cache,
+        desc=desc,
+        augment=augment,
+        view=view,
+        known_failures=known_failures,
+    )
+    keep = np.flatnonzero(ex.ok)
+    x = torch.from_numpy(ex.features[keep]).reshape(-1, *source.shape)
+    y = torch.as_tensor(np.asarray(split.targets, dtype=np.int64)[keep])
+    return Rows(x, y, {str(split.paths[i]): reason for i, reason in ex.failures.items()}, ex.computed)

@@ -85,6 +85,9 @@ class BackboneSpec:
     flip_tta: bool = False
     member_norm: float | None = None
     member_view: str = "resize"
+    # How flowerid operates on the network (anatomy.py): cutting off its classifier, its spatial feature map,
+    # splitting it for tuning. "sequential": a factory's nn.Sequential ending in global pooling and a flatten.
+    anatomy: str = "sequential"
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -167,4 +170,5 @@ def ensemble_spec(
         flip_tta=flip_tta,
         member_norm=member_norm,
         member_view=member_view,
+        anatomy="ensemble",
     )

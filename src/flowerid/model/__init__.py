@@ -1,4 +1,6 @@
 """A trained model: head shape (head), the checkpoint file (checkpoint), the built-in flower model (builtin),
-what a checkpoint is (info), exports for apps (export) and prediction (predictor).
+what a checkpoint is (info), the torch network of a checkpoint (network), exports for apps (export), prediction
+(predictor), streaming batch prediction (batch) and its result files (results), the unknown-photo score (unknown)
+and the torch-free checkpoint reader (_torchfile).
 
-Torch-free on the predict path: only export and `build_head` import torch, when used."""
+Torch-free on the predict path: only network, export and `build_head` import torch, when used."""

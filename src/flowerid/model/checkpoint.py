@@ -17,13 +17,16 @@ import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_write
 from .._text import first_line
 from .._version import __version__
 from ..errors import CheckpointError
 from . import _torchfile
+
+if TYPE_CHECKING:
+    from ..backbones.spec import BackboneSpec
 
 FORMAT = "flowerid-checkpoint"
 FORMAT_VERSION = 1
@@ -191,6 +194,27 @@ def migrate(ckpt: dict[str, Any], version: int, where: str = "checkpoint") -> di
             raise CheckpointError(f"{where}: the migration from format version {version} did not advance it")
         version = new
     return ckpt
+
+
+def backbone_spec(ckpt: dict[str, Any]) -> BackboneSpec:
+    """The registry's spec of the checkpoint's backbone; CheckpointError when it preprocesses photos otherwise."""
+    from ..backbones import get_spec
+    from ..data.preprocess import Preprocessing
+
+    spec = get_spec(ckpt["backbone"]["name"])
+    if spec.preprocessing != Preprocessing.from_dict(ckpt["preprocessing"]):
+        raise CheckpointError(f"the checkpoint's preprocessing differs from backbone {spec.name}'s")
+    return spec
+
+
+def check_weights(ckpt: dict[str, Any], digest: str) -> None:
+    """CheckpointError unless the backbone weights found here (their digest) are the ones it was trained on."""
+    info = ckpt["backbone"]
+    if digest != info["weights_digest"]:
+        raise CheckpointError(
+            f"the {info['name']} weights found here (sha256 {digest[:12]}…) are not the ones "
+            f"this checkpoint was trained on ({str(info['weights_digest'])[:12]}…)"
+        )
 
 
 _BAD = (KeyError, TypeError, ValueError, OverflowError, AttributeError, IndexError)

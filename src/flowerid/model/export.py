@@ -25,15 +25,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._io import atomic_write, atomic_write_json
-from .._text import first_line
-from ..backbones import get_spec
-from ..backbones.build import build_backbone
 from ..backbones.onnx import INPUT_NAME, contiguous, example_input, export_onnx, quiet_export
 from ..data.images import is_image_file
 from ..data.preprocess import Preprocessing
-from ..errors import CheckpointError, DataError, ImageError, UsageError
+from ..errors import DataError, ImageError, UsageError
 from .checkpoint import load_checkpoint
-from .head import HeadConfig, build_head
+from .network import build_network
 from .unknown import GEN_GAMMA, GEN_TOP, UnknownDetector
 
 MANIFEST_FORMAT = "flowerid-export"
@@ -195,28 +192,12 @@ def quantize_onnx_int8(
 def build_export_model(
     checkpoint: dict[str, Any], output: str = "probabilities", hflip: bool = False
 ) -> tuple[ExportModel, Preprocessing]:
-    """The checkpoint's backbone (checked by digest, as `Classifier` does) and head as one module."""
-    info = checkpoint["backbone"]
-    spec = get_spec(info["name"])
-    prep = Preprocessing.from_dict(checkpoint["preprocessing"])
-    if spec.preprocessing != prep:
-        raise CheckpointError(f"the checkpoint's preprocessing differs from backbone {spec.name}'s")
-    backbone, digest = build_backbone(spec, info.get("weights_path"))
-    if digest != info["weights_digest"]:
-        raise CheckpointError(
-            f"the {spec.name} weights found here (sha256 {digest[:12]}…) are not the ones "
-            f"this checkpoint was trained on ({str(info['weights_digest'])[:12]}…)"
-        )
-    head_info = checkpoint["head"]
-    head_cfg = HeadConfig.from_dict(head_info["config"])
-    head = build_head(head_cfg)
-    try:
-        head.load_state_dict(head_info["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"the head weights do not fit the recorded head: {first_line(exc)}") from None
+    """The checkpoint's network (`network.build_network`: backbone checked by digest) as one exportable module."""
+    net = build_network(checkpoint)
     detector = UnknownDetector.of_checkpoint(checkpoint)
     unknown = UnknownScore(detector) if detector is not None else None
-    return ExportModel(backbone, head.eval(), output=output, hflip=hflip, unknown=unknown).eval(), prep
+    model = ExportModel(net.backbone, net.head, output=output, hflip=hflip, unknown=unknown)
+    return model.eval(), net.preprocessing
 
 
 def build_manifest(

@@ -15,7 +15,7 @@ from ..data.folders import load_category_names
 from ..data.images import ImageSource, load_image
 from ..data.preprocess import Preprocessing
 from ..errors import CheckpointError, ImageError, UsageError
-from .checkpoint import load_checkpoint
+from .checkpoint import backbone_spec, check_weights, load_checkpoint
 from .head import HeadConfig
 from .unknown import UnknownDetector
 
@@ -104,7 +104,6 @@ class Classifier:
         category_names: dict[str, str] | None = None,
         engine: str = "auto",
     ) -> None:
-        from ..backbones import get_spec
         from ..backbones.engines import load_backbone, resolve_device
 
         self.checkpoint = checkpoint
@@ -114,17 +113,10 @@ class Classifier:
             names = [category_names.get(c, n) for c, n in zip(self.categories, names, strict=True)]
         self.names: list[str | None] = names
         self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
-        info = checkpoint["backbone"]
-        self.spec = get_spec(info["name"])
-        if self.spec.preprocessing != self.preprocessing:
-            raise CheckpointError(f"the checkpoint's preprocessing differs from backbone {self.spec.name}'s")
+        self.spec = backbone_spec(checkpoint)
         self.device = resolve_device(device)
-        self.backbone = load_backbone(self.spec, self.device, info.get("weights_path"), engine)
-        if self.backbone.digest != info["weights_digest"]:
-            raise CheckpointError(
-                f"the {self.spec.name} weights found here (sha256 {self.backbone.digest[:12]}…) are not the ones "
-                f"this checkpoint was trained on ({str(info['weights_digest'])[:12]}…)"
-            )
+        self.backbone = load_backbone(self.spec, self.device, checkpoint["backbone"].get("weights_path"), engine)
+        check_weights(checkpoint, self.backbone.digest)
         head = checkpoint["head"]
         head_cfg = HeadConfig.from_dict(head["config"])
         self.head = NumpyHead(head_cfg, head["state_dict"])

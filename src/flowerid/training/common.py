@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import distributed
@@ -19,14 +18,14 @@ from .._io import atomic_write_bytes, atomic_write_json
 from .._text import Log
 from ..backbones import get_spec
 from ..backbones.engines import Backbone, load_backbone
-from ..backbones.features import extract_features
+from ..backbones.features import Rows, split_rows
 from ..data.augment import Augment
 from ..data.folders import SKIPPED_FILE, DataSet, ImageFolder, write_skipped
 from ..errors import DataError
 from ..model.checkpoint import build_checkpoint, save_checkpoint
 from ..model.head import HeadConfig, build_head
 from .calibrate import calibrate
-from .config import TrainConfig
+from .config import Extraction, TrainConfig
 from .resume import STATE_FILE
 from .unknown import fit_for_run
 
@@ -75,37 +74,28 @@ def share_of(split: ImageFolder) -> ImageFolder:
     return dataclasses.replace(split, samples=distributed.shard_list(split.samples, w)) if w.distributed else split
 
 
-def features_for(
+def features_of(
     split: ImageFolder,
     backbone: Backbone,
-    cfg: TrainConfig,
+    ex: Extraction,
     name: str,
-    skipped: dict[str, str],
-    counts: dict[str, int],
     view: int = 0,
     known_failures: dict[str, str] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split's (cached) feature rows and labels; unreadable photos go into `skipped`.
+) -> Rows:
+    """A split's (cached) feature rows, labels and unreadable photos (view > 0: that augmented view).
 
     `known_failures`: photos other torchrun processes found unreadable, not read again.
     """
-    ex = extract_features(
-        split.paths,
+    return split_rows(
+        split,
         backbone,
-        num_workers=cfg.num_workers,
-        use_cache=cfg.use_cache,
-        desc=f"{name} features" + (f", view {view}/{cfg.views}" if view else ""),
+        f"{name} features" + (f", view {view}" if view else ""),
+        use_cache=ex.use_cache,
+        num_workers=ex.num_workers,
         augment=Augment() if view else None,
         view=view,
         known_failures=known_failures,
     )
-    counts["computed"] = counts.get("computed", 0) + ex.computed
-    for i, reason in ex.failures.items():
-        skipped[str(split.paths[i])] = reason
-    keep = np.flatnonzero(ex.ok)
-    x = torch.from_numpy(ex.features[keep])
-    y = torch.as_tensor(np.asarray(split.targets, dtype=np.int64)[keep])
-    return x, y
 
 
 def report_skipped(save_dir: Path, skipped: dict[str, str], log: Log) -> None:
@@ -242,19 +232,17 @@ def finish_trained_backbone(
         head_state = calibrate(head_state, logits_va, y_va, metrics, run.log)
     weights = save_backbone(module.cpu().eval(), run.save_dir)
     backbone = load_backbone(get_spec(cfg.arch), run.device, str(weights), cfg.engine)  # the digest later loads see
+    no_cache = dataclasses.replace(cfg.extraction, use_cache=False)  # the tuned network's features: once only
     if feats is None:
-        no_cache = dataclasses.replace(cfg, use_cache=False)
-        feats = (
-            *features_for(run.data.train, backbone, no_cache, "train", {}, {}),
-            features_for(run.data.valid, backbone, no_cache, "valid", {}, {})[0],
-        )
+        tr = features_of(run.data.train, backbone, no_cache, "train")
+        feats = (tr.x, tr.y, features_of(run.data.valid, backbone, no_cache, "valid").x)
     unknown = fit_for_run(cfg, backbone, *feats, head_cfg, head_state, metrics, run.log)
     if run.data.test is not None:
         head = build_head(head_cfg)
         head.load_state_dict(head_state)
-        no_cache = dataclasses.replace(cfg, use_cache=False)
-        x_te, y_te = features_for(run.data.test, backbone, no_cache, "test", skipped, {})
-        metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, x_te, y_te)
-        run.log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
+        te = features_of(run.data.test, backbone, no_cache, "test")
+        skipped.update(te.failures)
+        metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, te.x, te.y)
+        run.log(f"test accuracy {metrics['test_acc']:.2%} on {len(te.y)} images")
     metrics["total_seconds"] = time.perf_counter() - run.t_start
     return finish(run, backbone, BACKBONE_FILE, head_cfg, head_state, unknown, metrics, skipped, photos)

@@ -1,4 +1,8 @@
-"""Training settings, apart from torch so the CLI can show defaults without importing it."""
+"""Training settings, apart from torch so the CLI can show defaults without importing it.
+
+`TrainConfig` is what a run is asked for and what its checkpoint records; the functions that do the work
+take the small records it hands out (`Fit` for the epoch loops, `Extraction` for the route into the cache).
+"""
 
 from __future__ import annotations
 
@@ -47,6 +51,29 @@ PRESETS: dict[str, Preset] = {
     )
 }
 DEFAULT_PRESET = "default"
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What the epoch loops read: how long and how fast to train, on what batches, and which epoch to keep."""
+
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    seed: int
+    weight_decay: float
+    label_smoothing: float
+    keep_best_epoch: bool = False
+    balance_classes: bool = False  # weight the loss by inverse category frequency (loop.class_weights)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """How photos reach the cache: the engine that runs the network, decode workers, whether to use the cache."""
+
+    engine: str = "auto"
+    num_workers: int | None = None
+    use_cache: bool = True
 
 
 @dataclass
@@ -122,6 +149,25 @@ class TrainConfig:
             values["tune_stages"] = 0
         values.update(given)
         return cls(**values)
+
+    @property
+    def fit(self) -> Fit:
+        """The settings the epoch loops read."""
+        return Fit(
+            self.epochs,
+            self.learning_rate,
+            self.batch_size,
+            self.seed,
+            self.weight_decay,
+            self.label_smoothing,
+            self.keep_best_epoch,
+            self.balance_classes,
+        )
+
+    @property
+    def extraction(self) -> Extraction:
+        """The settings feature and activation extraction read."""
+        return Extraction(self.engine, self.num_workers, self.use_cache)
 
     @property
     def mode(self) -> str:

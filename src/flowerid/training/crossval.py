@@ -26,7 +26,7 @@ from ..errors import DataError
 from ..evaluation.metrics import calibration
 from ..model.head import HeadConfig, build_head
 from .calibrate import fit_temperature, softmax
-from .common import features_for
+from .common import features_of
 from .config import TrainConfig, adapt_to_data
 
 
@@ -115,8 +115,10 @@ def cross_validate(
 
     Frozen and tuned modes; features and activations come from the same cache `train()` uses.
     """
+    from ..backbones.surgery import tuned_parts
     from .frozen import _logits, fit_head
-    from .tuned import check_ensemble_recipe, fit_tail, part_activations, tuned_parts
+    from .tail import fit_tail
+    from .tuned import check_ensemble_recipe, part_activations
 
     if cfg.mode == "full" or cfg.views:
         raise DataError("cross-validation covers the frozen and tuned modes without views")
@@ -127,15 +129,15 @@ def cross_validate(
     # trains on; each fold then fits the steps and the loss to its own photos, in that mode.
     fold_counts = [round(n * (k - 1) / k) for n in photos.counts().values()]
     cfg = dataclasses.replace(cfg, tune_stages=adapt_to_data(cfg, fold_counts)[0].tune_stages)
-    skipped: dict[str, str] = {}
     if cfg.mode == "tuned":
         check_ensemble_recipe(spec, cfg)  # the recipe `train()` would refuse is not cross-validated either
         _, parts = tuned_parts(spec, cfg.weights, cfg.tune_stages)
-        xs, y, failed, _ = part_activations(photos, parts, cfg.tune_stages, cfg, device, "all")
+        acts = part_activations(photos, parts, cfg.extraction, device, "all")
+        xs, y, failed = acts.xs, acts.y, acts.failures
     else:
         backbone = load_backbone(spec, device, cfg.weights, cfg.engine)
-        x, y = features_for(photos, backbone, cfg, "all", skipped, {})
-        failed = skipped
+        rows = features_of(photos, backbone, cfg.extraction, "all")
+        x, y, failed = rows.x, rows.y, rows.failures
     if failed:
         raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
     labels = y.numpy()
@@ -155,7 +157,7 @@ def cross_validate(
             outs = []  # an ensemble's members each tuned, their logits averaged as their averaged heads give them
             for part, x in zip(tuned_parts(spec, cfg.weights, cfg.tune_stages)[1], xs, strict=True):
                 part_cfg = HeadConfig(part.num_features, num_classes, cfg.hidden_units, cfg.dropout)
-                outs.append(fit_tail(part.tail, part_cfg, (x[tr], y[tr]), (x[te], y[te]), cfg, device, quiet)[3])
+                outs.append(fit_tail(part, part_cfg, (x[tr], y[tr]), (x[te], y[te]), cfg.fit, device, quiet)[3])
             out = torch.stack(outs).mean(0)  # every fold starts from the pretrained networks
         else:
             state, history, _ = fit_head(x[tr], y[tr], x[te], y[te], head_cfg, cfg, quiet)

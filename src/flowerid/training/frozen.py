@@ -18,13 +18,11 @@ from .._text import Log
 from ..backbones import BackboneSpec, get_spec
 from ..backbones.cache import cache_root
 from ..backbones.engines import Backbone, load_backbone
-from ..backbones.features import extract_features
-from ..data.augment import Augment
 from ..data.folders import DataSet
 from ..errors import DataError, UsageError
 from ..model.head import HeadConfig, build_head
 from .calibrate import calibrate
-from .common import Run, TrainResult, best_metrics, check_left, evaluate_head, features_for, finish
+from .common import Run, TrainResult, best_metrics, check_left, evaluate_head, features_of, finish, share_of
 from .config import TrainConfig
 from .loop import Best, EpochStats, Stepper, class_weights, run_epochs
 from .resume import STATE_FILE, fingerprint, load_train_state, save_train_state
@@ -136,20 +134,18 @@ def _extract_share(data: DataSet, backbone: Backbone, cfg: TrainConfig, w: distr
     Each photo belongs to exactly one process (strided shares, no padding), so each is
     extracted once; the main process then finds them all in the cache.
     """
+    ex = dataclasses.replace(cfg.extraction, use_cache=True)
     failed: dict[str, str] = {}
-    readable: list[Path] = []
+    readable = None
     for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test)):
         if split is None:
             continue
-        paths = distributed.shard_list(split.paths, w)
-        ex = extract_features(paths, backbone, num_workers=cfg.num_workers, desc=f"{name} features, {w.label()}")
-        failed.update({str(paths[i]): reason for i, reason in ex.failures.items()})
+        share = share_of(split)
+        failed.update(features_of(share, backbone, ex, f"{name}, {w.label()}").failures)
         if name == "train":
-            readable = [p for p in paths if str(p) not in failed]
+            readable = dataclasses.replace(share, samples=[s for s in share.samples if str(s[0]) not in failed])
     for view in range(1, cfg.views + 1):
-        extract_features(
-            readable, backbone, num_workers=cfg.num_workers, desc=f"train view {view}", augment=Augment(), view=view
-        )
+        features_of(readable, backbone, ex, "train", view)
     return failed
 
 
@@ -179,8 +175,6 @@ def train_frozen(run: Run) -> TrainResult | None:
     """
     cfg, data, save_dir, log = run.cfg, run.data, run.save_dir, run.log
     spec = get_spec(cfg.arch)
-    skipped: dict[str, str] = {}
-    counts: dict[str, int] = {}
     t_feat = time.perf_counter()
     known: dict[str, str] | None = None
     w = distributed.world()
@@ -190,19 +184,24 @@ def train_frozen(run: Run) -> TrainResult | None:
             return None  # the main process trains and writes; this one's features are in the cache
     else:
         backbone = load_backbone(spec, run.device, cfg.weights, cfg.engine)
-    x_tr, y_tr = features_for(data.train, backbone, cfg, "train", skipped, counts, known_failures=known)
-    x_va, y_va = features_for(data.valid, backbone, cfg, "valid", skipped, counts, known_failures=known)
+    ex = cfg.extraction
+    tr = features_of(data.train, backbone, ex, "train", known_failures=known)
+    va = features_of(data.valid, backbone, ex, "valid", known_failures=known)
+    skipped = {**tr.failures, **va.failures}
+    computed = tr.computed + va.computed
+    x_tr, y_tr, x_va, y_va = tr.x, tr.y, va.x, va.y
     n_view_rows = 0
     if cfg.views and len(x_tr):
         readable = dataclasses.replace(data.train, samples=[s for s in data.train.samples if str(s[0]) not in skipped])
-        views = [features_for(readable, backbone, cfg, "train", {}, counts, v) for v in range(1, cfg.views + 1)]
-        n_view_rows = sum(len(x) for x, _ in views)
-        x_tr = torch.cat([x_tr, *(x for x, _ in views)])
-        y_tr = torch.cat([y_tr, *(y for _, y in views)])
+        views = [features_of(readable, backbone, ex, "train", v) for v in range(1, cfg.views + 1)]
+        n_view_rows = sum(len(v.y) for v in views)
+        computed += sum(v.computed for v in views)
+        x_tr = torch.cat([x_tr, *(v.x for v in views)])
+        y_tr = torch.cat([y_tr, *(v.y for v in views)])
     feat_seconds = time.perf_counter() - t_feat
-    if w.distributed and counts.get("computed", 0):
+    if w.distributed and computed:
         raise DataError(
-            f"{counts['computed']} photos that other processes extracted are not in this process's cache "
+            f"{computed} photos that other processes extracted are not in this process's cache "
             f"({cache_root()}): on several machines FLOWERID_CACHE must be one folder they all share, "
             "and the data must have the same path on each (see docs/scaling.md)"
         )
@@ -226,11 +225,13 @@ def train_frozen(run: Run) -> TrainResult | None:
     unknown = fit_for_run(cfg, backbone, x_tr[:n_photos], y_tr[:n_photos], x_va, head_cfg, best_state, metrics, log)
     if data.test is not None:
         head.load_state_dict(best_state)
-        x_te, y_te = features_for(data.test, backbone, cfg, "test", skipped, counts, known_failures=known)
-        metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, x_te, y_te)
-        log(f"test accuracy {metrics['test_acc']:.2%} on {len(y_te)} images")
+        te = features_of(data.test, backbone, ex, "test", known_failures=known)
+        skipped.update(te.failures)
+        computed += te.computed
+        metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, te.x, te.y)
+        log(f"test accuracy {metrics['test_acc']:.2%} on {len(te.y)} images")
     metrics["feature_seconds"] = feat_seconds
-    metrics["features_computed"] = counts.get("computed", 0)
+    metrics["features_computed"] = computed
     metrics["total_seconds"] = time.perf_counter() - run.t_start
     photos = {"train_images": n_photos, "train_rows": int(len(y_tr)), "valid_images": len(y_va)}
     weights = cfg.weights and str(Path(cfg.weights).resolve())

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .. import distributed
 from .._text import Log
-from .config import TrainConfig
+from .config import Fit
 from .schedule import warmup_cosine
 
 
@@ -111,11 +111,11 @@ def gather_shares(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def share_batch(cfg: TrainConfig) -> TrainConfig:
+def share_batch(fit: Fit) -> Fit:
     """Settings for one process's share of a batch: under torchrun a batch is split across the processes,
     so the job takes the same steps as one process would."""
     size = distributed.world().size
-    return cfg if size == 1 else dataclasses.replace(cfg, batch_size=-(-cfg.batch_size // size))
+    return fit if size == 1 else dataclasses.replace(fit, batch_size=-(-fit.batch_size // size))
 
 
 def padded_order(n: int, length: int, gen: torch.Generator) -> torch.Tensor:
@@ -137,10 +137,10 @@ def data_parallel(module: nn.Module, device: str) -> nn.Module:
     )
 
 
-def class_weights(y: torch.Tensor, num_classes: int, cfg: TrainConfig) -> torch.Tensor | None:
-    """Loss weights n / (C x count) per category with cfg.balance_classes (counted over a torchrun job):
+def class_weights(y: torch.Tensor, num_classes: int, fit: Fit) -> torch.Tensor | None:
+    """Loss weights n / (C x count) per category with fit.balance_classes (counted over a torchrun job):
     each category then weighs as much in the loss as any other. None without it."""
-    if not cfg.balance_classes:
+    if not fit.balance_classes:
         return None
     counts = distributed.all_sum(torch.bincount(y.cpu(), minlength=num_classes).tolist())
     c = torch.as_tensor(counts, dtype=torch.float32).clamp(min=1.0)
@@ -158,17 +158,17 @@ class Stepper:
         self,
         groups: list[list[nn.Parameter]],
         rates: list[float],
-        cfg: TrainConfig,
+        fit: Fit,
         n: int,
         weight: torch.Tensor | None = None,
     ) -> None:
         self.opt = torch.optim.AdamW(
-            [{"params": p, "lr": r} for p, r in zip(groups, rates, strict=True)], weight_decay=cfg.weight_decay
+            [{"params": p, "lr": r} for p, r in zip(groups, rates, strict=True)], weight_decay=fit.weight_decay
         )
         self.rates = rates
-        self.epochs = cfg.epochs
-        self.steps_per_epoch = max(1, -(-n // cfg.batch_size))
-        self.label_smoothing = cfg.label_smoothing
+        self.epochs = fit.epochs
+        self.steps_per_epoch = max(1, -(-n // fit.batch_size))
+        self.label_smoothing = fit.label_smoothing
         self.weight = weight  # per-category loss weights (class_weights), or None
         self.step = 0
 
@@ -221,7 +221,7 @@ def autocast(device: str) -> torch.autocast:
 
 
 def run_epochs(
-    cfg: TrainConfig,
+    fit: Fit,
     stepper: Stepper,
     history: list[EpochStats],
     train_epoch: Callable[[int], tuple[float, int, int]],
@@ -230,9 +230,9 @@ def run_epochs(
     after_epoch: Callable[[EpochStats], None] | None = None,
     show_seconds: bool = False,
 ) -> list[EpochStats]:
-    """Epochs len(history)+1 .. cfg.epochs: train (summed loss, correct, seen), validate (loss, accuracy,
+    """Epochs len(history)+1 .. fit.epochs: train (summed loss, correct, seen), validate (loss, accuracy,
     improved), record, then `after_epoch` (resume state) and the progress line."""
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
+    for epoch in range(len(history) + 1, fit.epochs + 1):
         t0 = time.perf_counter()
         loss_sum, correct, seen = train_epoch(epoch)
         v_loss, v_acc, improved = validate(epoch)
@@ -242,5 +242,5 @@ def run_epochs(
         history.append(stats)
         if after_epoch is not None:
             after_epoch(stats)
-        log(stats.line(cfg.epochs, improved) + (f"  ({stats.seconds:.0f}s)" if show_seconds else ""))
+        log(stats.line(fit.epochs, improved) + (f"  ({stats.seconds:.0f}s)" if show_seconds else ""))
     return history
