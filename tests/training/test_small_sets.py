@@ -10,7 +10,7 @@ import torch
 from flowerid.apps.cli import main
 from flowerid.model.checkpoint import load_checkpoint
 from flowerid.training.config import MIN_STEPS, TUNE_FROM, TrainConfig, adapt_to_data
-from flowerid.training.loop import Stepper, class_weights
+from flowerid.training.loop import Stepper
 from flowerid.training.run import train
 
 from ..conftest import CLASS_COLOURS, TINY, build_folder
@@ -72,10 +72,10 @@ def test_an_unbalanced_set_keeps_the_plain_loss_unless_asked():
 
 def test_class_weights_make_each_category_weigh_alike():
     y = torch.tensor([0] * 30 + [1] * 10 + [2] * 20)
-    w = class_weights(y, 3, TrainConfig(balance_classes=True))
+    w = Stepper.class_weights(y, 3, TrainConfig(balance_classes=True))
     counts = torch.bincount(y).float()
     assert torch.allclose(w * counts, torch.full((3,), 20.0))  # n / C each
-    assert class_weights(y, 3, TrainConfig()) is None
+    assert Stepper.class_weights(y, 3, TrainConfig()) is None
     # A batch with a common photo right and a rare one wrong: the weighted loss leans towards the rare one's.
     losses = []
     for weight in (None, w):

@@ -64,7 +64,7 @@ class Fit:
     weight_decay: float
     label_smoothing: float
     keep_best_epoch: bool = False
-    balance_classes: bool = False  # weight the loss by inverse category frequency (loop.class_weights)
+    balance_classes: bool = False  # weight the loss by inverse category frequency (loop.Stepper.class_weights)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ..model.head import HeadConfig, build_head
 from .calibrate import calibrate
 from .common import Run, TrainResult, best_metrics, check_left, evaluate_head, features_of, finish, share_of
 from .config import TrainConfig
-from .loop import Best, EpochStats, Stepper, class_weights, run_epochs
+from .loop import Best, EpochStats, Stepper, run_epochs
 from .resume import STATE_FILE, fingerprint, load_train_state, save_train_state
 from .unknown import fit_for_run
 
@@ -52,7 +52,7 @@ def fit_head(
     torch.manual_seed(cfg.seed)
     head = build_head(head_cfg).to(x_train.device)
     n = len(x_train)
-    weight = class_weights(y_train, head_cfg.num_classes, cfg)
+    weight = Stepper.class_weights(y_train, head_cfg.num_classes, cfg)
     stepper = Stepper([list(head.parameters())], [cfg.learning_rate], cfg, n, weight)
     history: list[EpochStats] = []
     best = Best(keep_last=not cfg.keep_best_epoch)

@@ -25,18 +25,7 @@ from ..errors import UsageError
 from ..model.head import HeadConfig, build_head
 from .common import Run, TrainResult, best_metrics, finish_trained_backbone, share_of
 from .config import TrainConfig
-from .loop import (
-    Best,
-    Stepper,
-    autocast,
-    class_weights,
-    data_parallel,
-    gather_shares,
-    padded_order,
-    run_epochs,
-    score,
-    share_batch,
-)
+from .loop import Best, Stepper, autocast, data_parallel, gather_shares, padded_order, run_epochs, score, share_batch
 
 BACKBONE_LR_FACTOR = 0.1  # the pretrained network at a tenth of the head's rate
 
@@ -71,7 +60,7 @@ def fit_full(
     local = share_batch(cfg)
     rates = [cfg.learning_rate * BACKBONE_LR_FACTOR, cfg.learning_rate]
     y_train = torch.as_tensor(np.asarray(train.targets, dtype=np.int64))
-    weight = class_weights(y_train, head_cfg.num_classes, cfg)  # every process holds all of train: same weights
+    weight = Stepper.class_weights(y_train, head_cfg.num_classes, cfg)  # every process holds all of train: same weights
     stepper = Stepper([list(module.parameters()), list(head.parameters())], rates, local, length, weight)
     workers = default_workers() if cfg.num_workers is None else cfg.num_workers
     amp = autocast(device)

@@ -137,16 +137,6 @@ def data_parallel(module: nn.Module, device: str) -> nn.Module:
     )
 
 
-def class_weights(y: torch.Tensor, num_classes: int, fit: Fit) -> torch.Tensor | None:
-    """Loss weights n / (C x count) per category with fit.balance_classes (counted over a torchrun job):
-    each category then weighs as much in the loss as any other. None without it."""
-    if not fit.balance_classes:
-        return None
-    counts = distributed.all_sum(torch.bincount(y.cpu(), minlength=num_classes).tolist())
-    c = torch.as_tensor(counts, dtype=torch.float32).clamp(min=1.0)
-    return c.sum() / (num_classes * c)
-
-
 class Stepper:
     """AdamW over parameter groups with their own peak rates, on the warm-up + cosine schedule.
 
@@ -169,8 +159,18 @@ class Stepper:
         self.epochs = fit.epochs
         self.steps_per_epoch = max(1, -(-n // fit.batch_size))
         self.label_smoothing = fit.label_smoothing
-        self.weight = weight  # per-category loss weights (class_weights), or None
+        self.weight = weight  # per-category loss weights (Stepper.class_weights), or None
         self.step = 0
+
+    @staticmethod
+    def class_weights(y: torch.Tensor, num_classes: int, fit: Fit) -> torch.Tensor | None:
+        """Loss weights n / (C x count) per category with fit.balance_classes (counted over a torchrun job):
+        each category then weighs as much in the loss as any other. None without it."""
+        if not fit.balance_classes:
+            return None
+        counts = distributed.all_sum(torch.bincount(y.cpu(), minlength=num_classes).tolist())
+        c = torch.as_tensor(counts, dtype=torch.float32).clamp(min=1.0)
+        return c.sum() / (num_classes * c)
 
     def factor(self, step: int) -> float:
         return warmup_cosine(step, self.steps_per_epoch, self.epochs)

@@ -19,18 +19,7 @@ from ..backbones.surgery import TunedPart, freeze_batchnorm, fused_conv_bn
 from ..errors import UsageError
 from ..model.head import HeadConfig, build_head
 from .config import Fit
-from .loop import (
-    Best,
-    Stepper,
-    autocast,
-    class_weights,
-    data_parallel,
-    gather_shares,
-    padded_order,
-    run_epochs,
-    score,
-    share_batch,
-)
+from .loop import Best, Stepper, autocast, data_parallel, gather_shares, padded_order, run_epochs, score, share_batch
 
 TAIL_LR_FACTOR = 1.0 / 3.0  # the pretrained stages learn at a third of the head's rate
 
@@ -101,7 +90,7 @@ class _TailRun:
         self.local = share_batch(fit)
         backbone_params = [p for p in tail.parameters() if p.requires_grad]
         rates = [fit.learning_rate * TAIL_LR_FACTOR, fit.learning_rate]
-        weight = class_weights(self.y, num_classes, fit)
+        weight = Stepper.class_weights(self.y, num_classes, fit)
         self.stepper = Stepper([backbone_params, list(head.parameters())], rates, self.local, self.length, weight)
         self.amp = autocast(device)
         self.best = Best(keep_last=not fit.keep_best_epoch)
