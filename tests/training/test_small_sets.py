@@ -62,6 +62,10 @@ def test_a_preset_takes_enough_steps_on_few_photos():
     assert adapt_to_data(by_hand, [8, 8]) == (by_hand, [])
     assert adapt_to_data(TrainConfig(), [8, 8]) == (TrainConfig(), [])  # settings made by hand stay
     assert adapt_to_data(TrainConfig.from_preset("default", adapt=False), [8, 8])[0].epochs == cfg.epochs
+    given = TrainConfig.from_preset("default", epochs=3)  # epochs given by hand are kept
+    assert not given.adapt and adapt_to_data(given, [8, 8])[0].epochs == 3
+    assert not TrainConfig.from_preset("default", tune_stages=1).adapt
+    assert TrainConfig.from_preset("default", epochs=3, adapt=True).adapt
 
 
 def test_an_unbalanced_set_keeps_the_plain_loss_unless_asked():

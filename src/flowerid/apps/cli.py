@@ -177,7 +177,7 @@ def run_train(args: argparse.Namespace) -> int:
         full_finetune=args.full_finetune or None,
         keep_best_epoch=args.keep_best_epoch or None,
         balance_classes=args.balance_classes or None,
-        adapt=False if args.no_adapt or args.epochs is not None or args.tune_stages is not None else None,
+        adapt=False if args.no_adapt else None,  # --epochs or --tune-stages also keep the preset (from_preset)
         calibrate=not args.no_calibrate,
         use_cache=not args.no_cache,
     )

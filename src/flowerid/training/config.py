@@ -122,6 +122,9 @@ class TrainConfig:
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
         """A preset's settings, with any field overridden (None values are ignored).
 
+        `adapt` is on (the recipe is fitted to a small set, adapt_to_data) unless `epochs` or `tune_stages`
+        are given: settings chosen by hand are kept.
+
         A preset's tuned stages belong to its backbone: with another `arch` the backbone
         stays frozen unless `tune_stages` is given too (any backbone works frozen; only
         EfficientNets can be tuned).
@@ -147,6 +150,8 @@ class TrainConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         if given.get("arch", preset.arch) != preset.arch and "tune_stages" not in given:
             values["tune_stages"] = 0
+        if {"epochs", "tune_stages"} & set(given) and "adapt" not in given:
+            values["adapt"] = False  # epochs or a mode given by hand are not adapted away
         values.update(given)
         return cls(**values)
 
