@@ -13,7 +13,11 @@ weight decay or label smoothing, batch 32, 10 epochs: TensorFlow's tutorial's in
 `default` is the default preset as `flowerid train` runs it on that set (each fold's recipe fitted to
 its training photos by `training.config.adapt_to_data`); `default-fixed` is the preset without adapting.
 
-    nice -n 5 python benchmarks/bench_small.py [--draws 3] [--recipes plain,default] [--work DIR]
+Bounded by default: the sizes where `default` keeps the backbone frozen (under 200 training photos a
+fold), about 5 minutes for 3 draws on 2 shared cores once the features are cached. `--sizes all` adds
+30 x 10, 10 x 40, 30 x 20 and 30 x 40, where the default tunes the last stage: minutes a fold there.
+
+    nice -n 5 python benchmarks/bench_small.py [--draws 3] [--recipes plain,default] [--sizes all] [--work DIR]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 SHARED = DEFAULT_DATA.parent
 FLOWER_SIZES = [(c, n) for c in (2, 5, 10, 30) for n in (10, 20, 40)]
 OTHER_SIZES = [(2, n) for n in (10, 20, 40)]
+BOUNDED = ["2x10", "2x20", "2x40", "5x10", "5x20", "5x40", "10x10", "10x20"]  # default frozen there: seconds a size
 
 
 def flower_pool() -> dict[str, list[Path]]:
@@ -157,13 +162,15 @@ def main() -> None:
         help="comma-separated: plain, default, default-fixed, or PRESET@key=value;key=value",
     )
     ap.add_argument("--domains", default="flowers,cats-dogs,not-flowers")
-    ap.add_argument("--sizes", default="", help="only these CxN sizes, e.g. 2x10,30x40")
+    ap.add_argument(
+        "--sizes", default=",".join(BOUNDED), help="CxN sizes, e.g. 2x10,30x40, or all (default: the frozen ones)"
+    )
     ap.add_argument("--unbalanced", action="store_true", help="also 10 flower categories of 40 down to 5 photos")
     ap.add_argument("--work", type=Path, default=Path("/tmp/flowerid-bench-small"), help="where the symlinks go")
     args = ap.parse_args()
     chosen = [r for r in args.recipes.split(",") if r]
     pools = {"flowers": flower_pool, "cats-dogs": cats_dogs_pool, "not-flowers": not_flowers_pool}
-    only = {s for s in args.sizes.split(",") if s}
+    only = set() if args.sizes == "all" else {s for s in args.sizes.split(",") if s}
     jobs: list[tuple[str, str, list[int]]] = []  # (domain, size label, photos per category)
     for domain in [d for d in args.domains.split(",") if d]:
         for c, n in FLOWER_SIZES if domain == "flowers" else OTHER_SIZES:
