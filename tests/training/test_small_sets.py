@@ -16,7 +16,7 @@ from flowerid.training.run import train
 from ..conftest import CLASS_COLOURS, TINY, build_folder
 
 
-def test_a_flat_folder_trains_and_its_split_is_recorded(tmp_path):
+def test_a_flat_folder_trains_and_its_split_is_recorded(tmp_path, capsys):
     build_folder(tmp_path, {"photos": 10}, names=False)
     lines: list[str] = []
     cfg = TrainConfig(arch=TINY, epochs=2, num_workers=0)
@@ -27,6 +27,10 @@ def test_a_flat_folder_trains_and_its_split_is_recorded(tmp_path):
     assert result.metrics["history"][-1] and len(result.metrics["history"]) == 2
     said = [s for s in lines if s.startswith("no valid folder")]
     assert said and split["valid_digest"][:12] in said[0] and "24 train, 6 valid" in said[0]
+    assert main(["info", str(result.checkpoint_path)]) == 0
+    assert f"held out of .: 20% of each category, seed 0, 6 photos (list digest {split['valid_digest'][:12]})" in (
+        capsys.readouterr().out
+    )
     again = train(tmp_path / "photos", tmp_path / "again", cfg, log=lambda s: None)
     assert load_checkpoint(again.checkpoint_path)["training"]["split"] == split  # the same photos every run
 

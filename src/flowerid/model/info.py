@@ -126,6 +126,15 @@ def format_info(info: dict[str, Any]) -> str:
                 f"from {t.get('data_dir', '?')} on {t.get('device', '?')}; {settings}",
             )
         )
+        if t.get("split"):
+            sp = t["split"]
+            rows.append(
+                (
+                    "valid split",
+                    f"held out of {sp['held_out_of']}: {sp['valid_fraction']:.0%} of each category, seed "
+                    f"{sp['seed']}, {sp['valid']} photos (list digest {sp['valid_digest'][:12]})",
+                )
+            )
         if t.get("selection"):
             sel = t["selection"]
             rows.append(("chosen from", f"{len(sel)} settings by valid top-1: " + "; ".join(_selection(sel))))
