@@ -28,7 +28,7 @@ from .images import load_image
 from .layout import VALID_FRACTION, find_layout, hold_out
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
-NEAR_BITS = 4  # difference hashes this close (of 64 bits) are the same picture, resized or re-encoded
+NEAR_BITS = 4  # both difference hashes this close (of 64 bits each): the same picture, resized or re-encoded
 FEW_PHOTOS = 10  # a category with fewer photos than this is warned about
 _SHOWN = 5  # examples listed per finding in the text report
 
@@ -48,7 +48,7 @@ class FileInfo:
     digest: str = ""
     size: tuple[int, int] | None = None
     error: str = ""
-    dhash: int | None = None  # 64-bit difference hash of the picture: near-identical photos are a few bits apart
+    dhash: tuple[int, int] | None = None  # 64-bit difference hashes across and down (near copies: a few bits apart)
 
 
 @dataclass
@@ -97,12 +97,15 @@ class DataReport:
         return "\n".join(lines)
 
 
-def dhash(img: Image.Image) -> int:
-    """Difference hash: whether each of 8x8 cells of a 9x8 greyscale thumbnail is brighter than its right
-    neighbour. A resized, re-encoded or slightly edited copy stays within a few bits; other photos differ in ~32."""
-    small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
+def dhash(img: Image.Image) -> tuple[int, int]:
+    """Difference hashes across and down: whether each cell of a 9x8 (and an 8x9) greyscale thumbnail is
+    brighter than its right (lower) neighbour. A resized, re-encoded or slightly edited copy stays within a few
+    bits of both; two different photos rarely come close in both at once."""
+    grey = img.convert("L")
+    across = np.asarray(grey.resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
+    down = np.asarray(grey.resize((8, 9), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = ((across[:, 1:] > across[:, :-1]).ravel(), (down[1:, :] > down[:-1, :]).ravel())
+    return int(np.packbits(bits[0]).view(">u8")[0]), int(np.packbits(bits[1]).view(">u8")[0])
 
 
 def _inspect(info: FileInfo) -> FileInfo:
@@ -347,14 +350,16 @@ def _near_duplicates(files: list[FileInfo], root: Path) -> list[Finding]:
     splits = sorted(by_split)
     for i, a in enumerate(splits):
         for b in splits[i + 1 :]:
-            ha = np.array([f.dhash for f in by_split[a]], dtype=np.uint64)
-            hb = np.array([f.dhash for f in by_split[b]], dtype=np.uint64)
+            ha = np.array([f.dhash for f in by_split[a]], dtype=np.uint64).reshape(-1, 2)
+            hb = np.array([f.dhash for f in by_split[b]], dtype=np.uint64).reshape(-1, 2)
             for start in range(0, len(ha), 512):
-                close = np.bitwise_count(ha[start : start + 512, None] ^ hb[None, :]) <= NEAR_BITS
+                bits = np.bitwise_count(ha[start : start + 512, None, :] ^ hb[None, :, :])
+                close = (bits <= NEAR_BITS).all(axis=2)
                 for r, c in zip(*np.nonzero(close), strict=True):
                     fa, fb = by_split[a][start + int(r)], by_split[b][int(c)]
                     if fa.digest != fb.digest:  # exact copies are reported by _duplicates
-                        pairs.append(f"{fa.path.relative_to(root)} ~ {fb.path.relative_to(root)}")
+                        labels = " (two categories)" if fa.category != fb.category else ""
+                        pairs.append(f"{fa.path.relative_to(root)} ~ {fb.path.relative_to(root)}{labels}")
     if not pairs:
         return []
     return [
