@@ -4,7 +4,8 @@ It starts `flowerid serve` as a child process on 127.0.0.1 (or uses --url, which
 loopback address), sends at most --requests requests for at most --duration seconds from
 --clients threads, then stops the server and reports requests/s, latency percentiles,
 errors and, for photos in ImageFolder layout, how many were named right. Exit status 1
-when any request failed.
+when any request failed. `--token` sends every request with the server's token (`auto`:
+start the server with a new one), to measure what the token check costs.
 
     python benchmarks/load_serve.py --checkpoint /tmp/runfull/checkpoint.pth \\
         --images /work/shared/data/flowers102/valid --clients 8 --requests 400
@@ -17,6 +18,7 @@ import http.client
 import ipaddress
 import json
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -110,13 +112,21 @@ class Load:
             return self.next - 1
 
 
-def client(load: Load, host: str, port: int, photos: list[tuple[str | None, bytes, bytes, str]], top_k: int) -> None:
+def client(
+    load: Load,
+    host: str,
+    port: int,
+    photos: list[tuple[str | None, bytes, bytes, str]],
+    top_k: int,
+    token: str | None = None,
+) -> None:
     conn = http.client.HTTPConnection(host, port, timeout=60)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     while (n := load.take()) is not None:
         expected, _, body, ctype = photos[n % len(photos)]
         t0 = time.perf_counter()
         try:
-            conn.request("POST", f"/predict?top_k={top_k}", body=body, headers={"Content-Type": ctype})
+            conn.request("POST", f"/predict?top_k={top_k}", body=body, headers={"Content-Type": ctype, **auth})
             resp = conn.getresponse()
             payload = resp.read()
             dt = time.perf_counter() - t0
@@ -156,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=4, help="untimed requests first (default: %(default)s)")
     ap.add_argument("--threads", type=int, help="server --threads when started here (default: the server's)")
     ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--token", help="send this token with every request; `auto`: start the server with a new one")
     ap.add_argument("--json-out", type=Path, help="also write the report here as JSON")
     args = ap.parse_args(argv)
     if not 1 <= args.clients <= 64 or not 1 <= args.requests <= 100_000 or not 0 < args.duration <= 900:
@@ -163,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.checkpoint) == bool(args.url):
         ap.error("give --checkpoint (start a server here) or --url (use a running one), not both")
 
+    if args.token == "auto":
+        if args.url:
+            ap.error("--token auto starts a server with a new token; with --url give the server's token")
+        args.token = secrets.token_urlsafe(32)
     proc = server_log = None
     if args.url:
         parts = urllib.parse.urlsplit(args.url)
@@ -173,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         host, port = "127.0.0.1", free_port()
         cmd = [sys.executable, "-m", "flowerid", "serve", "--checkpoint", args.checkpoint]
         cmd += ["--host", host, "--port", str(port)] + (["--threads", str(args.threads)] if args.threads else [])
+        cmd += [f"--token={args.token}"] if args.token else []  # = : a token may start with "-"
         server_log = tempfile.TemporaryFile()  # noqa: SIM115 - closed after the server stops, below
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=server_log)
     try:
@@ -189,14 +205,15 @@ def main(argv: list[str] | None = None) -> int:
         if not photos:
             ap.error(f"no photos found in {args.images}")
         warm = Load(args.warmup, time.monotonic() + 60)
-        client(warm, host, port, photos, args.top_k)
+        client(warm, host, port, photos, args.top_k, args.token)
         if warm.errors:
             print("warm-up failed:", *warm.errors[:3], sep="\n  ", file=sys.stderr)
             return 1
 
         load = Load(args.requests, time.monotonic() + args.duration)
         threads = [
-            threading.Thread(target=client, args=(load, host, port, photos, args.top_k)) for _ in range(args.clients)
+            threading.Thread(target=client, args=(load, host, port, photos, args.top_k, args.token))
+            for _ in range(args.clients)
         ]
         t0 = time.perf_counter()
         for t in threads:
@@ -222,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_threads": health.get("threads"),
         "server_startup_s": round(startup, 2) if proc else None,
         "clients": args.clients,
+        "token": bool(args.token),
         "photos": len(photos),
         "mean_upload_kb": round(statistics.mean(len(p[1]) for p in photos) / 1024, 1),
         "requests": done,

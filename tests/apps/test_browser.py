@@ -148,3 +148,38 @@ def test_the_page_says_when_a_photo_is_not_a_flower_it_knows(browser, trained, t
         page.set_input_files("#picker", str(thistle))  # then a flower it knows: unsure, not unknown
         page.wait_for_function("document.querySelector('#answer').textContent.startsWith('Maybe ')")
         assert page.is_visible("#unsure") and not page.is_visible("#unknown")
+
+
+TOKEN = "browser-token-0123456789abcdef"
+
+
+def test_the_page_works_through_the_token_link(browser, trained, tmp_path):
+    """The printed link sets the cookie and lands on the clean address; the page then names photos."""
+    photo = tmp_path / "thistle.jpg"
+    make_photo(CLASS_COLOURS["10"], 4242, size=(300, 240)).save(photo, quality=90)
+    app = create_app(flowerid.load(trained[1].checkpoint_path), ServeConfig(token=TOKEN))
+    with background_server(app) as url:
+        ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        try:
+            page = ctx.new_page()
+            page.goto(url + "?token=" + TOKEN)
+            assert page.url == url, "the token must not stay in the address bar or the history"
+            [cookie] = ctx.cookies()
+            assert cookie["value"] == TOKEN and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert page.evaluate("document.cookie") == "", "the page's scripts must not read the token"
+            page.set_input_files("#camera", str(photo))
+            assert "globe thistle" in _answer(page)
+        finally:
+            ctx.close()
+
+
+def test_the_page_says_how_to_get_in_without_the_token(browser, trained, tmp_path):
+    app = create_app(flowerid.load(trained[1].checkpoint_path), ServeConfig(token=TOKEN))
+    with background_server(app) as url:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        try:
+            page.goto(url + "?token=not-the-right-token-at-all")
+            page.wait_for_selector("#error:not([hidden])", timeout=20_000)  # said at once, before any photo
+            assert "needs its token" in page.inner_text("#error") and "?token=" in page.inner_text("#error")
+        finally:
+            page.close()

@@ -329,6 +329,30 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unsure-below", type=float, default=DEFAULT_UNSURE_BELOW, help=unsure)
     _category_names(p, "checkpoint's")
     _device(p)
+    _serve_access_args(p)
+
+
+def _serve_access_args(p: argparse.ArgumentParser) -> None:
+    """Who may use the server and how it is reached: token, rate limit, HTTPS."""
+    from .serve_config import DEFAULT_RATE_LIMIT, TOKEN_ENV
+
+    g = p.add_argument_group("access (docs/web-app.md)")
+    g.add_argument(
+        "--token",
+        default=None,
+        help=f"the token every request needs (default: {TOKEN_ENV}, else a new one beyond loopback, none on it)",
+    )
+    g.add_argument("--no-token", action="store_true", help="serve beyond loopback without a token (warns)")
+    g.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"requests a minute per client, 0 = none (default: {DEFAULT_RATE_LIMIT} beyond loopback, none on it)",
+    )
+    g.add_argument("--https", action="store_true", help="HTTPS with a self-signed certificate kept in the cache")
+    g.add_argument("--cert", default=None, metavar="PEM", help="HTTPS with this certificate (with --key)")
+    g.add_argument("--key", default=None, metavar="PEM", help="the certificate's private key, unencrypted")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -338,13 +362,21 @@ def run_serve(args: argparse.Namespace) -> int:
     from .server import create_app, run_server
 
     threads = default_threads() if args.threads is None else args.threads
-    cfg = ServeConfig(int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below)
+    from .serve_config import choose_token, default_rate_limit
+    from .tls import choose_tls
+
+    token, warnings = choose_token(args.host, args.token, args.no_token)
+    rate = default_rate_limit(args.host) if args.rate_limit is None else args.rate_limit
+    tls = choose_tls(args.host, args.https, args.cert, args.key)
+    cfg = ServeConfig(
+        int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below, token=token, rate_limit=rate
+    )
     from ..model.builtin import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)
     clf = Classifier.load(checkpoint, device=args.device, category_names=args.category_names)
     with one_blas_thread():  # the server owns its process: numpy's BLAS keeps off the engine's cores for good
-        return run_server(create_app(clf, cfg, str(checkpoint)), args.host, args.port)
+        return run_server(create_app(clf, cfg, str(checkpoint)), args.host, args.port, tls, warnings)
 
 
 # check --deep compares frozen features of this pair (its figures in docs/data-check.md were measured with it).

@@ -4,7 +4,8 @@
 requests and runs decoding and inference in a small thread pool, so the event
 loop keeps answering while a photo is being named. Uploads are counted while
 they arrive and refused (413) as soon as they pass the limit; every bad request
-gets a JSON 4xx of the form {"error": code, "detail": message}.
+gets a JSON 4xx of the form {"error": code, "detail": message}. Who may ask at all
+(the token, the rate limit) is decided around every route at once, in `access.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import FastAPI, Query, Request
@@ -29,7 +30,11 @@ from .._version import __version__
 from ..data.images import load_image, max_pixels_default
 from ..errors import DecompressionBombError, ImageError, NotAnImageError, UsageError
 from ..model.predictor import Classifier, Prediction, photo_fields
+from .access import protect
 from .serve_config import ServeConfig
+
+if TYPE_CHECKING:
+    from .tls import TLSFiles
 
 FIELD = "file"
 
@@ -209,6 +214,8 @@ def create_app(
             "max_upload_bytes": cfg.max_upload_bytes,
             "max_pixels": max_pixels,
             "threads": cfg.inference_threads,
+            "token_required": cfg.token is not None,
+            "rate_limit_per_minute": cfg.rate_limit or None,
         }
 
     @app.get("/labels", summary="Every category the model knows, in the model's order")
@@ -254,6 +261,7 @@ def create_app(
             "model": info,
         }
 
+    protect(app, cfg.token, cfg.rate_limit)  # around every route, those added above and any added later
     return app
 
 
@@ -280,17 +288,6 @@ def _page_html() -> str:
     return resources.files("flowerid").joinpath("web/index.html").read_text(encoding="utf-8")
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _bind(host: str, port: int) -> socket.socket:
     """A socket bound to host:port, so a taken port is a clear UsageError before the server starts."""
     if not 0 <= port <= 65535:
@@ -311,36 +308,59 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(sock: socket.socket) -> str:
+def _url(sock: socket.socket, scheme: str = "http") -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
 
 
-def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> int:
-    """Serve `app` on uvicorn until Ctrl-C; a port that cannot be had is a UsageError."""
+def _uvicorn_config(app: FastAPI, tls: TLSFiles | None, **kwargs: Any) -> Any:
     import uvicorn
 
+    files = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
+    return uvicorn.Config(app, **files, **kwargs)
+
+
+def _serve(server: Any, sock: socket.socket) -> None:
+    """Run until Ctrl-C (a separate step so tests can run it in a thread and stop it)."""
+    server.run(sockets=[sock])
+
+
+def run_server(
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tls: TLSFiles | None = None,
+    warnings: tuple[str, ...] | list[str] = (),
+) -> int:
+    """Serve `app` on uvicorn (over HTTPS with `tls`) until Ctrl-C; a port that cannot be had is a UsageError."""
+    import uvicorn
+
+    from .access import hide_tokens_in_access_log
+    from .announce import announce
+
     sock = _bind(host, port)
-    print(f"flowerid: serving {app.state.model_info['backbone']} on {_url(sock)}", flush=True)
-    if _is_loopback(host):
-        print("flowerid: only this computer can reach it; --host 0.0.0.0 opens it to your network", flush=True)
-    else:
-        print(
-            "flowerid: anyone who can reach this address can use it (plain HTTP, no login); "
-            "only do this on a network you trust",
-            flush=True,
-        )
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
+    announce(
+        backbone=app.state.model_info["backbone"],
+        bound=host,
+        port=sock.getsockname()[1],
+        token=app.state.config.token,
+        tls=tls,
+        warnings=warnings,
+    )
+    server = uvicorn.Server(_uvicorn_config(app, tls, log_level="info", timeout_graceful_shutdown=5))
+    hide_tokens_in_access_log()
     try:
-        server.run(sockets=[sock])
+        _serve(server, sock)
     finally:
         sock.close()
     return 0
 
 
 @contextlib.contextmanager
-def background_server(app: FastAPI, host: str = "127.0.0.1", timeout: float = 20.0) -> Iterator[str]:
-    """Run `app` on uvicorn in a thread on a free port of `host`; yields its base URL, stops on exit.
+def background_server(
+    app: FastAPI, host: str = "127.0.0.1", timeout: float = 20.0, tls: TLSFiles | None = None
+) -> Iterator[str]:
+    """Run `app` on uvicorn in a thread on a free port of `host` (HTTPS with `tls`); yields its base URL.
 
     For tests, benchmarks and embedding: the socket is bound before the thread starts,
     so there is no race for the port.
@@ -351,7 +371,8 @@ def background_server(app: FastAPI, host: str = "127.0.0.1", timeout: float = 20
     import uvicorn
 
     sock = _bind(host, 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
+    config = _uvicorn_config(app, tls, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="flowerid-server")
     thread.start()
     deadline = time.monotonic() + timeout
@@ -361,7 +382,7 @@ def background_server(app: FastAPI, host: str = "127.0.0.1", timeout: float = 20
             raise RuntimeError("the background server did not start")
         time.sleep(0.02)
     try:
-        yield _url(sock)
+        yield _url(sock, "https" if tls else "http")
     finally:
         server.should_exit = True
         thread.join(timeout)
