@@ -60,6 +60,13 @@ def _checkpoint_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _valid_fraction(p: argparse.ArgumentParser) -> None:
+    from ..training.config import TrainConfig
+
+    share = "with no valid folder, the share of each category train holds out as valid (default: %(default)s)"
+    p.add_argument("--valid-fraction", type=float, default=TrainConfig().valid_fraction, metavar="F", help=share)
+
+
 DATA_DIR_HELP = (
     "labelled photos: train/ and val/ (or valid/, validation/, dev/; maybe test/), each with one folder per "
     "category; or train/ (training_set/...) alone or with test/; or just one folder per category. Without a "
@@ -88,13 +95,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--epochs", type=int, default=None, help="training epochs, the last one kept (default: the preset's)"
     )
     p.add_argument("--keep-best-epoch", action="store_true", help="keep the epoch best on valid, not the last one")
-    p.add_argument(
-        "--valid-fraction",
-        type=float,
-        default=None,
-        metavar="F",
-        help=f"with no valid folder, the share of each category held out as valid (default: {d.valid_fraction})",
-    )
+    _valid_fraction(p)
     p.add_argument(
         "--no-adapt",
         action="store_true",
@@ -389,13 +390,7 @@ def add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-imbalance", type=float, default=10.0, help="warn when train categories differ more than this factor"
     )
-    p.add_argument(
-        "--valid-fraction",
-        type=float,
-        default=0.2,
-        metavar="F",
-        help="with no valid folder, the share of each category train holds out (default: %(default)s)",
-    )
+    _valid_fraction(p)
     p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
     _json(p, "the report as JSON")
     p.add_argument(
