@@ -150,6 +150,38 @@ def test_the_page_says_when_a_photo_is_not_a_flower_it_knows(browser, trained, t
         assert page.is_visible("#unsure") and not page.is_visible("#unknown")
 
 
+def test_the_answer_card_shows_why_over_the_photo_on_a_phone(phone, tmp_path):
+    photo = tmp_path / "thistle.jpg"
+    make_photo(CLASS_COLOURS["10"], 99, size=(600, 800)).save(photo, quality=90)  # a portrait photo
+    phone.set_input_files("#picker", str(photo))
+    assert "globe thistle" in _answer(phone)
+    assert phone.is_visible("#why") and not phone.is_visible("#why-view")
+    assert not [u for u in phone.requests if "explain=1" in u]  # the answer alone costs no explanation
+
+    phone.click("#why")
+    phone.wait_for_selector("#why-map[data-drawn]", timeout=20_000)
+    assert phone.get_attribute("#why", "aria-pressed") == "true"
+    assert "globe thistle" in phone.inner_text("#why-caption").lower()
+    assert [u for u in phone.requests if u.endswith("predict?top_k=5&explain=1")]
+    # The map lies over the photo, both inside the phone's width, and something was drawn on it.
+    photo_box = phone.locator("#why-photo").bounding_box()
+    map_box = phone.locator("#why-map").bounding_box()
+    for key in ("x", "y", "width", "height"):
+        assert abs(photo_box[key] - map_box[key]) < 1.5, (photo_box, map_box)
+    assert photo_box["x"] >= 0 and photo_box["x"] + photo_box["width"] <= 390
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    painted = phone.evaluate(
+        "(() => { const c = document.querySelector('#why-map');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n / (c.width * c.height); })()"
+    )
+    assert painted > 0.9, painted
+    phone.screenshot(path=str(tmp_path / "why.png"))
+
+    phone.click("#why")  # and away again
+    assert not phone.is_visible("#why-view") and phone.get_attribute("#why", "aria-pressed") == "false"
+
+
 TOKEN = "browser-token-0123456789abcdef"
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .._version import __version__
 from ..distributed import shutdown, world
 from ..errors import FlowerIdError, UsageError
+from .explain import add_explain_args, check_explain_args, run_explained
 
 if TYPE_CHECKING:
     from ..model.predictor import Classifier
@@ -205,6 +206,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
         help="also draw each photo beside a bar chart of its top-K (one image: PATH; several: PATH-<image>.png, "
         "or <image>.png inside PATH when it is a folder)",
     )
+    add_explain_args(p)
     p.set_defaults(interrupt_hint="with --out, run the same command again to go on where it stopped")
 
 
@@ -239,10 +241,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
         if resolve_device(device).startswith("cuda"):
             device = f"cuda:{w.local_rank}"  # one GPU per process
+    check_explain_args(args)
     checkpoint = resolve_checkpoint(args.checkpoint)
     clf = Classifier.load(checkpoint, device=device, category_names=args.category_names, engine=args.engine)
     if args.out is not None:
         return _predict_to_file(clf, args)
+    if args.explain is not None:
+        return run_explained(clf, args)
     results = clf.predict_many(args.images, top_k=args.top_k)
     failed = 0
     records = []
@@ -255,12 +260,7 @@ def run_predict(args: argparse.Namespace) -> int:
         else:
             records.append({"image": image, **photo_fields(res), "predictions": [p.to_dict() for p in res]})
     if args.json:
-        text = json.dumps(records, indent=2, ensure_ascii=False)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a file name that is not UTF-8: \u escapes keep the JSON valid
-            text = json.dumps(records, indent=2)
-        print(text)
+        print_json(records)
     else:
         for rec in records:
             if "predictions" in rec:
@@ -271,6 +271,15 @@ def run_predict(args: argparse.Namespace) -> int:
         for path in write_prediction_plots(clf, args.images, results, args.plot):
             print(f"plot: {path}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def print_json(records: list[dict]) -> None:
+    text = json.dumps(records, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8: \u escapes keep the JSON valid
+        text = json.dumps(records, indent=2)
+    print(text)
 
 
 def _predict_to_file(clf: Classifier, args: argparse.Namespace) -> int:

@@ -55,6 +55,15 @@ class PredictionOut(BaseModel):
     probability: float
 
 
+class ExplanationOut(BaseModel):
+    category: str = Field(description="the category explained: the top one")
+    grid: list[list[float]] = Field(description="the category's logit contribution per cell of the last feature map")
+    box: list[float] = Field(description="x0, y0, x1, y1: the part of the photo (its pixels, EXIF-rotated) it covers")
+    logit: float
+    bias: float = Field(description="mean(grid) + bias == logit")
+    exact: bool = Field(description="false: a head with a hidden layer, whose map is Grad-CAM's")
+
+
 class PredictResponse(BaseModel):
     known: bool | None = Field(
         description="false: the photo does not look like any category the model knows "
@@ -64,6 +73,7 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
     unsure: bool = Field(description="a category it knows, but the best guess is under the unsure threshold")
     model: dict[str, Any]
+    explanation: ExplanationOut | None = Field(None, description="with explain=1: why the top category")
 
 
 class ErrorResponse(BaseModel):
@@ -200,6 +210,12 @@ def create_app(
         probs, scores = classifier.forward(classifier.preprocessing(image)[None])
         return classifier.top_k(probs[0], top_k, None if scores is None else scores[0])
 
+    def _explained(data: bytes, top_k: int) -> tuple[list[Prediction], dict[str, Any]]:
+        # The same loader and limit as _predict; the spatial graph gives the answer and its map at once.
+        array, box = classifier.explainer.of_image(load_image(data, min_size=min_size, max_pixels=max_pixels))
+        done = classifier.explainer.explain_arrays([array], [box], top_k, 1)[0]
+        return done.predictions, done.explanations[0].to_dict()
+
     _mount_docs(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -228,6 +244,7 @@ def create_app(
     @app.post(
         "/predict",
         response_model=PredictResponse,
+        response_model_exclude_unset=True,  # `explanation` only when asked for
         summary="Name the flower in a photo",
         responses={400: bad, 413: bad, 415: bad, 422: bad},
         openapi_extra={
@@ -247,11 +264,17 @@ def create_app(
         },
     )
     async def predict(
-        request: Request, top_k: int = Query(5, ge=1, description="how many categories to return")
+        request: Request,
+        top_k: int = Query(5, ge=1, description="how many categories to return"),
+        explain: bool = Query(False, description="also return why: the top category's map over the photo"),
     ) -> dict[str, Any]:
         data = await read_upload(request, cfg.max_upload_bytes)
+        extra: dict[str, Any] = {}
         try:
-            preds = await anyio.to_thread.run_sync(_predict, data, top_k, limiter=limiter)
+            if explain:
+                preds, extra["explanation"] = await anyio.to_thread.run_sync(_explained, data, top_k, limiter=limiter)
+            else:
+                preds = await anyio.to_thread.run_sync(_predict, data, top_k, limiter=limiter)
         except ImageError as exc:
             raise _image_rejection(exc) from None
         return {
@@ -259,6 +282,7 @@ def create_app(
             "predictions": [p.to_dict() for p in preds],
             "unsure": preds[0].known is not False and preds[0].probability < cfg.unsure_below,
             "model": info,
+            **extra,
         }
 
     protect(app, cfg.token, cfg.rate_limit)  # around every route, those added above and any added later

@@ -52,7 +52,7 @@ SUMMARY_KEYS = (
 )
 
 FEW_CATEGORIES = 10  # up to this many, the summary lists each category's precision and recall
-
+WHY_LIMIT = 12  # mistakes shown with their maps in report.html
 FIGURES = ("confusion", "per_class", "mistakes", "reliability", "curves", "unknown", "roc")
 
 
@@ -70,6 +70,8 @@ class Evaluation:
     files: list[Path] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
+    why: list[Any] = field(default_factory=list)  # why.MistakePicture: the mistakes' maps, for report.html
+    why_note: str = ""
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers: no per-image or matrix data, and per-category rows only for a few categories."""
@@ -254,6 +256,10 @@ def evaluate(
             }
             metrics["skipped"] = len(skipped)
     result = Evaluation(metrics, skipped, history=history, best_epoch=ck.get("metrics", {}).get("best_epoch"))
+    if out_dir is not None and figures and mistakes > 0:
+        from .why import mistake_pictures
+
+        result.why, result.why_note = mistake_pictures(clf, metrics, min(mistakes, WHY_LIMIT))
     if out_dir is not None:
         write_outputs(result, Path(out_dir), figures=figures, mistakes=mistakes, checkpoint_info=_describe(ck))
     log(format_summary(result))
@@ -335,7 +341,7 @@ def write_outputs(
             with Image.open(io.BytesIO(pngs["mistakes"])) as im:
                 im.convert("RGB").save(buf, format="JPEG", quality=85)
             pngs = {**pngs, "mistakes": buf.getvalue()}
-        html = render_report(result.metrics, pngs, checkpoint_info or {}, result.skipped)
+        html = render_report(result.metrics, pngs, checkpoint_info or {}, result.skipped, (result.why, result.why_note))
         files.append(atomic_write_bytes(out_dir / "report.html", html.encode("utf-8")))
     result.files = files
     return files
