@@ -61,11 +61,25 @@ def _checkpoint_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _valid_fraction(p: argparse.ArgumentParser) -> None:
+    from ..training.config import TrainConfig
+
+    share = "with no valid folder, the share of each category train holds out as valid (default: %(default)s)"
+    p.add_argument("--valid-fraction", type=float, default=TrainConfig().valid_fraction, metavar="F", help=share)
+
+
+DATA_DIR_HELP = (
+    "labelled photos: train/ and val/ (or valid/, validation/, dev/; maybe test/), each with one folder per "
+    "category; or train/ (training_set/...) alone or with test/; or just one folder per category. Without a "
+    "valid folder a share of each category is held out as valid"
+)
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     from ..training.config import DEFAULT_PRESET, PRESETS, TrainConfig
 
     d = TrainConfig()
-    p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
+    p.add_argument("data_dir", help=DATA_DIR_HELP)
     p.add_argument(
         "--save-dir", default="runs/flowers", help="where checkpoint.pth and metrics.json go (default: %(default)s)"
     )
@@ -82,6 +96,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--epochs", type=int, default=None, help="training epochs, the last one kept (default: the preset's)"
     )
     p.add_argument("--keep-best-epoch", action="store_true", help="keep the epoch best on valid, not the last one")
+    _valid_fraction(p)
+    p.add_argument(
+        "--no-adapt",
+        action="store_true",
+        help="train a small set with the preset as it is (default: under a few hundred photos the backbone stays "
+        "frozen and the head takes enough steps; docs/presets.md); --epochs or --tune-stages also turn it off",
+    )
+    p.add_argument(
+        "--balance-classes",
+        action="store_true",
+        help="weight the loss so every category counts alike: better on rare categories, "
+        "a little worse top-1 (measured in docs/presets.md)",
+    )
     p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
     p.add_argument(
         "--tune-stages",
@@ -158,11 +185,14 @@ def run_train(args: argparse.Namespace) -> int:
     same = ("arch", "epochs", "views", "tune_stages", "accept_rate", "negatives", "learning_rate", "hidden_units")
     same += ("batch_size", "seed", "device", "weights", "category_names", "engine", "resume", "exclude")
     same += ("teacher", "distill_temperature", "distill_alpha")
+    same += ("valid_fraction",)
     cfg = TrainConfig.from_preset(
         args.preset,
         **{name: getattr(args, name) for name in same},
         full_finetune=args.full_finetune or None,
         keep_best_epoch=args.keep_best_epoch or None,
+        balance_classes=args.balance_classes or None,
+        adapt=False if args.no_adapt else None,  # --epochs or --tune-stages also keep the preset (from_preset)
         calibrate=not args.no_calibrate,
         use_cache=not args.no_cache,
     )
@@ -394,11 +424,12 @@ DEEP_CHECK_ARCH = "efficientnet_lite0_lite2"
 
 
 def add_check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
+    p.add_argument("data_dir", help=DATA_DIR_HELP)
     p.add_argument("--min-size", type=int, default=64, help="warn about images with a shorter side under this")
     p.add_argument(
         "--max-imbalance", type=float, default=10.0, help="warn when train categories differ more than this factor"
     )
+    _valid_fraction(p)
     p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
     _json(p, "the report as JSON")
     p.add_argument(
@@ -425,8 +456,15 @@ def run_check(args: argparse.Namespace) -> int:
     With --deep, also 1 when it lists anything: each finding is for the user to decide on.
     """
     from ..data.check import check_data
+    from ..training.config import MIN_STEPS, TUNE_FROM
 
-    report = check_data(args.data_dir, min_size=args.min_size, max_imbalance=args.max_imbalance)
+    report = check_data(
+        args.data_dir,
+        min_size=args.min_size,
+        max_imbalance=args.max_imbalance,
+        valid_fraction=args.valid_fraction,
+        train_rule=(MIN_STEPS, TUNE_FROM),
+    )
     result = report.to_dict()
     if not args.json:
         print(report.format(), flush=True)

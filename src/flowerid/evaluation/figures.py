@@ -454,11 +454,34 @@ def unknown_figure(unknown: dict[str, Any]) -> Figure:
         left.set_yscale("symlog", linthresh=1)
     left.legend(fontsize=8)
     left.set_title("Scores", fontsize=10)
-    right.plot(roc["known_rejected"], roc["unknown_rejected"], color=RED)
-    right.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1)
-    right.set_xlabel("known photos called unknown")
-    right.set_ylabel("other things called unknown")
-    right.set_xlim(0, 1)
-    right.set_ylim(0, 1.01)
-    right.set_title(f"ROC: AUROC {unknown['auroc']:.4f}", fontsize=10)
+    _roc_panel(right, roc["known_rejected"], roc["unknown_rejected"], "known photos called unknown",
+               "other things called unknown", f"ROC: AUROC {unknown['auroc']:.4f}")  # fmt: skip
+    return fig
+
+
+def _roc_panel(ax: Any, fpr: Sequence[float], tpr: Sequence[float], xlabel: str, ylabel: str, title: str) -> None:
+    ax.plot(fpr, tpr, color=RED, drawstyle="default")
+    ax.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(title, fontsize=10)
+
+
+def roc_figure(metrics: dict[str, Any]) -> Figure | None:
+    """ROC curve of a two-category model (the second category positive), its area, and where the model's
+    own decision sits on it; None when the data hold photos of one category only."""
+    b = metrics.get("binary")
+    if not b or b["roc"] is None:
+        return None
+    labels = _labels(metrics)
+    fig = Figure(figsize=(5.2, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    title = f"ROC, {labels[1]} as positive: AUC {b['auc']:.4f} ({b['n_positive']} + {b['n_negative']} photos)"
+    xlabel, ylabel = f"{labels[0]} called {labels[1]} (false-positive rate)", f"{labels[1]} found (true-positive rate)"
+    _roc_panel(ax, b["roc"]["fpr"], b["roc"]["tpr"], xlabel, ylabel, title)
+    at = b["at_half"]
+    ax.scatter([at["fpr"]], [at["tpr"]], color=BLUE, zorder=3, label="the model's decision (the likelier category)")
+    ax.legend(loc="lower right", fontsize=8)
     return fig

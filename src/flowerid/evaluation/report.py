@@ -121,11 +121,23 @@ def render_report(
         f'<td class="n">{_pct(p["f1"])}</td><td class="n">{p["support"]}</td><td class="n">{p["predicted"]}</td></tr>'
         for p in ranked
     )
+    few = len(m["per_class"]) <= 10  # a small model's user reads every row: the table is open
     parts.append(
-        '<details><summary>Per-class table (lowest F1 first)</summary><div class="scroll"><table>'
+        f'<details{" open" * few}><summary>Per-class table (lowest F1 first)</summary><div class="scroll"><table>'
         "<tr><th>name</th><th>category</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>"
         f"<th>predicted</th></tr>{rows}</table></div></details>"
     )
+    b = m.get("binary")
+    if b and b["auc"] is not None:
+        name = escape(b["positive_name"] or b["positive"])
+        at = b["at_half"]
+        parts += [
+            "<h2>ROC curve</h2>",
+            f"<p>With {name} as the positive category: AUC {b['auc']:.4f} over {b['n_positive']} + "
+            f"{b['n_negative']} photos. The model's own decision (the likelier category) finds {_pct(at['tpr'])} "
+            f"of {name} and calls {_pct(at['fpr'])} of the others {name}.</p>",
+            _img(pngs, "roc", "ROC curve"),
+        ]
     parts += [
         "<h2>Calibration</h2>",
         f"<p>Expected calibration error {ece} over {cal['n_bins']} "

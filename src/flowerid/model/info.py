@@ -128,6 +128,10 @@ def format_info(info: dict[str, Any]) -> str:
                 f"from {t.get('data_dir', '?')} on {t.get('device', '?')}; {settings}",
             )
         )
+        if t.get("split"):
+            sp = t["split"]
+            held = f"held out of {sp['held_out_of']}: {sp['valid_fraction']:.0%} of each category, seed {sp['seed']}"
+            rows.append(("valid split", f"{held}, {sp['valid']} photos (list digest {sp['valid_digest'][:12]})"))
         if t.get("selection"):
             sel = t["selection"]
             rows.append(("chosen from", f"{len(sel)} settings by valid top-1: " + "; ".join(_selection(sel))))

@@ -182,6 +182,8 @@ def finish(
             "device": run.device,
             "engine": backbone.engine.name,
             "world_size": distributed.world().size,
+            "layout": data.layout.describe() if data.layout is not None else None,
+            "split": data.split,  # the valid split held out of train, or None when valid/ was given
         },
         metrics=metrics,
         **extras,

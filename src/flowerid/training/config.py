@@ -90,6 +90,8 @@ class Fit:
     distill_temperature: float = 1.0  # with a teacher's logits (training/distill.py)
     distill_alpha: float = 1.0
 
+    balance_classes: bool = False  # weight the loss by inverse category frequency (loop.Stepper.class_weights)
+
 
 @dataclass(frozen=True)
 class Extraction:
@@ -139,9 +141,21 @@ class TrainConfig:
     distill_temperature: float = 1.0  # both sides' logits divided by it before they are compared
     distill_alpha: float = 1.0  # the teacher's share of the loss; the rest is the labels' cross-entropy
 
+    # A data folder with no valid split: this share of each category is held out as valid (data/layout.py).
+    valid_fraction: float = 0.2
+    split_seed: int = 0
+    # Weight the loss by inverse category frequency, so a rare category counts as much as a common one.
+    balance_classes: bool = False
+    # Fit a preset's recipe to a small or unbalanced set (adapt_to_data; docs/presets.md) before training.
+    # Off for settings made by hand; from_preset turns it on.
+    adapt: bool = False
+
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
         """A preset's settings, with any field overridden (None values are ignored).
+
+        `adapt` is on (the recipe is fitted to a small set, adapt_to_data) unless `epochs` or `tune_stages`
+        are given: settings chosen by hand are kept.
 
         A preset's tuned stages belong to its backbone: with another `arch` the backbone
         stays frozen unless `tune_stages` is given too (any backbone works frozen; only
@@ -166,10 +180,13 @@ class TrainConfig:
             "distill_temperature": preset.distill_temperature,
             "distill_alpha": preset.distill_alpha,
             "preset": name,
+            "adapt": True,
         }
         given = {k: v for k, v in overrides.items() if v is not None}
         if given.get("arch", preset.arch) != preset.arch and "tune_stages" not in given:
             values["tune_stages"] = 0
+        if {"epochs", "tune_stages"} & set(given) and "adapt" not in given:
+            values["adapt"] = False  # epochs or a mode given by hand are not adapted away
         values.update(given)
         return cls(**values)
 
@@ -186,6 +203,7 @@ class TrainConfig:
             self.keep_best_epoch,
             self.distill_temperature,
             self.distill_alpha,
+            self.balance_classes,
         )
 
     @property
@@ -225,8 +243,63 @@ class TrainConfig:
             raise UsageError(
                 "distill_alpha must be between 0 (labels only) and 1 (teacher only)", setting="distill_alpha"
             )
+        if not 0.0 < self.valid_fraction <= 0.5:
+            raise UsageError(
+                "valid_fraction must be above 0 and at most 0.5 (0.2 holds out a fifth of each category)",
+                setting="valid_fraction",
+            )
         if not 0.5 <= self.accept_rate <= 1.0:
             raise UsageError(
                 "accept_rate must be a fraction between 0.5 and 1 (0.95 keeps 95% of valid photos)",
                 setting="accept_rate",
             )
+
+
+# What adapt_to_data does, as measured by benchmarks/bench_small.py (docs/presets.md, "Small sets").
+MIN_STEPS = 100  # optimiser steps a frozen backbone's head takes at the least: 8 epochs of 16 photos are 8
+MIN_BATCH = 16  # smallest batch adapting goes down to before it adds epochs
+TUNE_FROM = 200  # training photos from which a preset's tuned stages train; below, the backbone stays frozen
+
+
+def adapt_to_data(
+    cfg: TrainConfig,
+    counts: list[int],
+    *,
+    min_steps: int | None = None,
+    min_batch: int | None = None,
+    tune_from: int | None = None,
+) -> tuple[TrainConfig, list[str]]:
+    """A preset's settings fitted to a data set of `counts` train photos per category, and what changed.
+
+    The loss stays plain on unbalanced sets: weighting it (`balance_classes`) cost top-1 where measured and
+    bought mean per-class accuracy (docs/presets.md), a trade the user chooses with --balance-classes.
+    Returns the settings and what changed
+    (one line each, for the log). Settings made by hand (`cfg.preset` None) or `cfg.adapt` off stay as they are,
+    and so does a distilled recipe (its student must be the tuned network its teacher's logits were made for).
+    The keywords default to this module's MIN_STEPS, MIN_BATCH and TUNE_FROM (read at the call).
+    """
+    if not cfg.adapt or cfg.preset is None or not counts or cfg.teacher:
+        return cfg, []
+    min_steps = MIN_STEPS if min_steps is None else min_steps
+    min_batch = MIN_BATCH if min_batch is None else min_batch
+    tune_from = TUNE_FROM if tune_from is None else tune_from
+    changes: list[str] = []
+    n = sum(counts)
+    tune_stages, batch, epochs = cfg.tune_stages, cfg.batch_size, cfg.epochs
+    if tune_stages and n < tune_from:
+        tune_stages = 0
+        changes.append(
+            f"the backbone stays frozen (a head on its features): {n} training photos, and tuning its last "
+            f"stage pays from about {tune_from}"
+        )
+    if not tune_stages and not cfg.full_finetune:  # a head on frozen features: measured to need the steps
+        # Smaller batches first (more steps for the same work), then more epochs.
+        batch = min(cfg.batch_size, max(min_batch, (n * cfg.epochs) // max(1, min_steps)))
+        epochs = max(cfg.epochs, math.ceil(min_steps / max(1, math.ceil(n / batch))))
+    if (epochs, batch) != (cfg.epochs, cfg.batch_size):
+        changes.append(
+            f"{epochs} epochs of batches of {batch} instead of {cfg.epochs} of {cfg.batch_size}: {n} training "
+            f"photos would make {cfg.epochs * math.ceil(n / cfg.batch_size)} steps, and a run needs about {min_steps}"
+        )
+    adapted = dataclasses.replace(cfg, epochs=epochs, batch_size=batch, tune_stages=tune_stages)
+    return adapted, changes

@@ -27,7 +27,7 @@ from ..evaluation.metrics import calibration
 from ..model.head import HeadConfig, build_head
 from .calibrate import fit_temperature, softmax
 from .common import features_of
-from .config import TrainConfig
+from .config import TrainConfig, adapt_to_data
 
 
 @dataclass
@@ -146,6 +146,10 @@ def cross_validate(
     device = resolve_device(cfg.device)
     spec = get_spec(cfg.arch)
     photos = pooled(data_dir)
+    # The mode a run on this much data takes (adapt_to_data may keep the backbone frozen), from what a fold
+    # trains on; each fold then fits the steps and the loss to its own photos, in that mode.
+    fold_counts = [round(n * (k - 1) / k) for n in photos.counts().values()]
+    cfg = dataclasses.replace(cfg, tune_stages=adapt_to_data(cfg, fold_counts)[0].tune_stages)
     if cfg.mode == "tuned":
         check_ensemble_recipe(spec, cfg)  # the recipe `train()` would refuse is not cross-validated either
         _, parts = tuned_parts(spec, cfg.weights, cfg.tune_stages)
@@ -160,9 +164,13 @@ def cross_validate(
     head_cfg = HeadConfig(spec.num_features, num_classes, cfg.hidden_units, cfg.dropout)
     logits = np.zeros((len(labels), num_classes), dtype=np.float32)
     quiet: Log = lambda s: None  # noqa: E731
+    preset_cfg = cfg
     for f in only if only is not None else range(k):
         tr = torch.from_numpy(np.flatnonzero(folds != f))
         te = torch.from_numpy(np.flatnonzero(folds == f))
+        # As train() fits the preset to its train split, each fold's recipe is fitted to its training photos.
+        fold = adapt_to_data(preset_cfg, np.bincount(labels[tr.numpy()], minlength=num_classes).tolist())[0]
+        cfg = dataclasses.replace(fold, tune_stages=preset_cfg.tune_stages)
         if cfg.mode == "tuned":
             outs = []  # an ensemble's members each tuned, their logits averaged as their averaged heads give them
             for part, x in zip(tuned_parts(spec, cfg.weights, cfg.tune_stages)[1], xs, strict=True):

@@ -52,7 +52,8 @@ def fit_head(
     torch.manual_seed(cfg.seed)
     head = build_head(head_cfg).to(x_train.device)
     n = len(x_train)
-    stepper = Stepper([list(head.parameters())], [cfg.learning_rate], cfg, n)
+    weight = Stepper.class_weights(y_train, head_cfg.num_classes, cfg)
+    stepper = Stepper([list(head.parameters())], [cfg.learning_rate], cfg, n, weight)
     history: list[EpochStats] = []
     best = Best(keep_last=not cfg.keep_best_epoch)
     digest = ""
@@ -65,6 +66,7 @@ def fit_head(
             head=head_cfg.to_dict(),
             **{k: getattr(cfg, k) for k in ("epochs", "learning_rate", "batch_size", "seed", "weight_decay")},
             label_smoothing=cfg.label_smoothing,
+            balance_classes=cfg.balance_classes,
         )
         saved = load_train_state(state_path, digest) if resume else None
         if saved is not None:

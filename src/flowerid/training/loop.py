@@ -144,7 +144,14 @@ class Stepper:
     across epochs, so a resumed run continues the schedule where it stopped.
     """
 
-    def __init__(self, groups: list[list[nn.Parameter]], rates: list[float], fit: Fit, n: int) -> None:
+    def __init__(
+        self,
+        groups: list[list[nn.Parameter]],
+        rates: list[float],
+        fit: Fit,
+        n: int,
+        weight: torch.Tensor | None = None,
+    ) -> None:
         self.opt = torch.optim.AdamW(
             [{"params": p, "lr": r} for p, r in zip(groups, rates, strict=True)], weight_decay=fit.weight_decay
         )
@@ -153,7 +160,18 @@ class Stepper:
         self.steps_per_epoch = max(1, -(-n // fit.batch_size))
         self.label_smoothing = fit.label_smoothing
         self.temperature, self.alpha = fit.distill_temperature, fit.distill_alpha
+        self.weight = weight  # per-category loss weights (Stepper.class_weights), or None
         self.step = 0
+
+    @staticmethod
+    def class_weights(y: torch.Tensor, num_classes: int, fit: Fit) -> torch.Tensor | None:
+        """Loss weights n / (C x count) per category with fit.balance_classes (counted over a torchrun job):
+        each category then weighs as much in the loss as any other. None without it."""
+        if not fit.balance_classes:
+            return None
+        counts = distributed.all_sum(torch.bincount(y.cpu(), minlength=num_classes).tolist())
+        c = torch.as_tensor(counts, dtype=torch.float32).clamp(min=1.0)
+        return c.sum() / (num_classes * c)
 
     def factor(self, step: int) -> float:
         return warmup_cosine(step, self.steps_per_epoch, self.epochs)
@@ -163,7 +181,8 @@ class Stepper:
         logits for the same rows, whose probabilities the student learns (distill_loss)."""
         for group, rate in zip(self.opt.param_groups, self.rates, strict=True):
             group["lr"] = rate * self.factor(self.step)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        weight = None if self.weight is None else self.weight.to(logits.device)
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.label_smoothing)
         if teacher is not None:
             loss = distill_loss(logits, teacher, self.temperature, self.alpha, loss)
         self.opt.zero_grad(set_to_none=True)

@@ -18,9 +18,10 @@ from .._text import Log
 from ..backbones import get_spec
 from ..backbones.engines import resolve_device
 from ..data.folders import CATEGORY_NAMES_FILE, exclude_photos, load_category_names, load_dataset, names_for
+from ..data.layout import describe_split
 from ..errors import UsageError
 from .common import Run, TrainResult, silent
-from .config import TrainConfig
+from .config import TrainConfig, adapt_to_data
 from .distill import train_distilled
 from .frozen import train_frozen
 from .full import train_full
@@ -63,7 +64,7 @@ def train(
             device = f"cuda:{w.local_rank}"
         if not w.is_main:
             log = silent
-    data = load_dataset(data_dir)
+    data = load_dataset(data_dir, cfg.valid_fraction, cfg.split_seed)
     if cfg.exclude:
         from ..data.deep_check import read_exclude_list
 
@@ -71,6 +72,13 @@ def train(
         log(f"left out {left_out} photo{'s' * (left_out != 1)} listed in {cfg.exclude}")
         if unknown:
             log(f"{len(unknown)} listed path(s) match no photo in {data_dir} and were ignored, e.g. {unknown[0]}")
+    if data.layout is not None and not data.layout.flat and data.layout.train.name != "train":
+        log(f"layout: {data.layout.describe()}")
+    if data.split is not None:
+        log(describe_split(data.split))
+    cfg, changes = adapt_to_data(cfg, list(data.train.counts().values()))
+    for change in changes:
+        log(f"small or unbalanced set: {change} (docs/presets.md; --no-adapt keeps the preset as it is)")
     names_path = Path(cfg.category_names) if cfg.category_names else Path(data_dir) / CATEGORY_NAMES_FILE
     mapping = load_category_names(names_path) if (cfg.category_names or names_path.exists()) else None
     names = names_for(data.categories, mapping)

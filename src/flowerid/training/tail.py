@@ -94,7 +94,8 @@ class _TailRun:
         self.local = share_batch(fit)
         backbone_params = [p for p in tail.parameters() if p.requires_grad]
         rates = [fit.learning_rate * TAIL_LR_FACTOR, fit.learning_rate]
-        self.stepper = Stepper([backbone_params, list(head.parameters())], rates, self.local, self.length)
+        weight = Stepper.class_weights(self.y, num_classes, fit)
+        self.stepper = Stepper([backbone_params, list(head.parameters())], rates, self.local, self.length, weight)
         self.amp = autocast(device)
         self.best = Best(keep_last=not fit.keep_best_epoch)
 
