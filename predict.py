@@ -11,7 +11,7 @@ except ImportError:  # a plain checkout: use the source tree
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
 
 from flowerid.apps.cli import run  # noqa: E402
-from flowerid.apps.model_commands import format_predictions  # noqa: E402
+from flowerid.apps.printing import format_predictions  # noqa: E402
 
 
 def main(argv=None) -> int:

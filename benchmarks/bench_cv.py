@@ -10,7 +10,11 @@ the 10-category check: a subset whose valid split is classified perfectly must n
 call photos of other things flowers with certainty (median top probability on
 ../shared/data/not-flowers). The hidden test split is never used.
 
-    python benchmarks/bench_cv.py [--presets fast,default,best] [--folds 0,1] [--no-timing] [--save DIR]
+A distilled recipe (`--presets distilled`) trains its teacher's recipe inside each fold on that
+fold's training photos only (its logits kept under teachers/ in the cache, so a second student
+costs only its own training); its timing runs need a trained teacher (`--teacher CHECKPOINT`).
+
+    python benchmarks/bench_cv.py [--presets fast,default,best,distilled] [--folds 0,1] [--no-timing] [--save DIR]
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def main() -> None:
     ap.add_argument("--no-ten", action="store_true", help="skip the 10-category not-flowers check")
     ap.add_argument("--save", type=Path, help="keep each preset's out-of-fold logits here (NAME.npz)")
     ap.add_argument("--ensemble", action="append", default=[], metavar="A+B", help="also score saved results averaged")
+    ap.add_argument("--teacher", type=Path, help="a trained teacher for the distilled preset's timing runs")
     args = ap.parse_args()
     if not (args.data / "train").is_dir():
         raise SystemExit(f"no data at {args.data}; pass --data")
@@ -75,7 +80,8 @@ def main() -> None:
     for preset in [p for p in args.presets.split(",") if p and not args.no_cv]:
         cfg = TrainConfig.from_preset(preset)
         t0 = time.perf_counter()
-        print(f"== {preset}: {cfg.arch}, tune_stages {cfg.tune_stages}, {cfg.epochs} epochs", flush=True)
+        taught = f", {cfg.views} views, taught by {cfg.teacher} trained in each fold" if cfg.teacher else ""
+        print(f"== {preset}: {cfg.arch}, tune_stages {cfg.tune_stages}, {cfg.epochs} epochs{taught}", flush=True)
         result = cross_validate(args.data, cfg, only=only, log=lambda s: print("  " + s, flush=True))
         results[preset] = result
         if args.save:
@@ -84,7 +90,9 @@ def main() -> None:
         rows.append(
             (
                 preset,
-                f"{cfg.arch}" + (f", last {cfg.tune_stages} stage(s) tuned" if cfg.tune_stages else ""),
+                f"{cfg.arch}"
+                + (f", last {cfg.tune_stages} stage(s) tuned" if cfg.tune_stages else "")
+                + (f", taught by {cfg.teacher}" if cfg.teacher else ""),
                 result,
                 time.perf_counter() - t0,
             )
@@ -99,9 +107,15 @@ def main() -> None:
         work = Path(tmp)
         if not args.no_timing:
             for preset in [p for p in args.presets.split(",") if p]:
+                argv = ["train", str(args.data), "--preset", preset, "--save-dir", str(work / preset)]
+                if TrainConfig.from_preset(preset).teacher:
+                    if args.teacher is None:
+                        print(f"{preset}: not timed (it needs --teacher CHECKPOINT)", flush=True)
+                        continue
+                    argv += ["--teacher", str(args.teacher)]
                 env = {"FLOWERID_CACHE": str(work / f"cache-{preset}")}  # empty: a cold run
-                cold, _ = run_cli(["train", str(args.data), "--preset", preset, "--save-dir", str(work / preset)], env)
-                warm, _ = run_cli(["train", str(args.data), "--preset", preset, "--save-dir", str(work / preset)], env)
+                cold, _ = run_cli(argv, env)
+                warm, _ = run_cli(argv, env)
                 timings[preset] = (cold, warm)
                 print(f"{preset}: cold {cold / 60:.1f} min, warm {warm / 60:.1f} min", flush=True)
         if not args.no_ten:

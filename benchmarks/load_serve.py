@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import ipaddress
 import json
 import os
 import secrets
@@ -30,16 +29,9 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
+from flowerid.apps.serve_config import is_loopback  # the server's own rule for what stays on this computer
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def pick_photos(root: Path, limit: int) -> list[tuple[str | None, bytes]]:

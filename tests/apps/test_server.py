@@ -332,7 +332,7 @@ def _load_script():
 
 
 def test_load_script_runs_bounded_on_loopback(clf, trained, tmp_path, capsys):
-    from flowerid.apps.server import background_server
+    from flowerid.apps.listen import background_server
 
     load_serve = _load_script()
     out = tmp_path / "load.json"
@@ -365,7 +365,7 @@ def test_a_taken_port_is_a_clear_error(trained, capsys):
 
 def test_real_http_round_trip_on_loopback(clf):
     """uvicorn itself, not only the test client: a photo over a real socket, and a declared-too-large body."""
-    from flowerid.apps.server import background_server
+    from flowerid.apps.listen import background_server
 
     with background_server(create_app(clf, ServeConfig(max_upload_bytes=50_000))) as url:
         assert url.startswith("http://127.0.0.1:")
@@ -373,3 +373,84 @@ def test_real_http_round_trip_on_loopback(clf):
         assert ok.status_code == 200 and ok.json()["predictions"][0]["category"] == "2"
         big = httpx.post(url + "predict", content=bytes(200_000), headers={"content-type": "image/jpeg"})
         assert big.status_code == 413 and big.json()["error"] == "upload_too_large"
+
+
+# "Not right? Tell me what it is": POST /correct keeps the photo for `flowerid add`, only with --corrections.
+
+
+@pytest.fixture
+def fixing(clf, trained, tmp_path):
+    app = create_app(clf, ServeConfig(max_upload_bytes=64 * 1024, corrections=str(tmp_path / "fixes")))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c, tmp_path / "fixes"
+
+
+def test_corrections_are_off_unless_asked_for(client):
+    assert client.get("/health").json()["model"]["takes_corrections"] is False
+    detail = _error(client.post("/correct?category=1", files={"file": _jpeg()}), 404, "corrections_off")
+    assert "--corrections DIR" in detail
+
+
+def test_a_correction_to_a_known_category_is_kept_in_its_folder(fixing):
+    c, root = fixing
+    assert c.get("/health").json()["model"]["takes_corrections"] is True
+    r = c.post("/correct?category=2", files={"file": ("a.jpg", _jpeg(), "image/jpeg")})
+    assert r.status_code == 200 and r.json() == {"saved": True, "category": "2"}
+    again = c.post("/correct?category=2", content=_jpeg())  # the same photo as a raw body: one file
+    assert again.status_code == 200
+    files = list((root / "2").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".jpg" and files[0].read_bytes() == _jpeg()
+
+
+def test_a_new_name_gets_a_safe_folder_and_its_name_recorded(fixing):
+    c, root = fixing
+    r = c.post("/correct", params={"name": "../../Blue  Poppy/"}, files={"file": _jpeg()})
+    assert r.status_code == 200 and r.json()["category"] == "blue_poppy"
+    assert json.loads((root / "cat_to_name.json").read_text()) == {"blue_poppy": "../../Blue Poppy/"}
+    assert sorted(p.name for p in root.iterdir()) == ["blue_poppy", "cat_to_name.json"]
+    r = c.post("/correct", params={"name": "Globe Thistle"}, files={"file": _jpeg(seed=8)})
+    assert r.json()["category"] == "10"  # a typed name the model knows is that category: no clash for `add`
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "code"),
+    [
+        ("", 400, "bad_correction"),
+        ("?category=1&name=x", 400, "bad_correction"),
+        ("?category=99", 400, "bad_correction"),
+        ("?name=%20..%20", 400, "bad_correction"),
+        ("?name=" + "x" * 61, 400, "bad_correction"),
+    ],
+)
+def test_bad_corrections_are_refused_and_nothing_is_written(fixing, query, status, code):
+    c, root = fixing
+    _error(c.post("/correct" + query, files={"file": _jpeg()}), status, code)
+    assert not root.exists() or not any(root.rglob("*.jpg"))
+
+
+def test_a_correction_must_be_a_readable_photo_under_the_limit(fixing):
+    c, root = fixing
+    _error(c.post("/correct?category=1", files={"file": ("x.jpg", b"<html>", "image/jpeg")}), 415, "not_an_image")
+    _error(c.post("/correct?category=1", content=b"\xff" * (65 * 1024)), 413, "upload_too_large")
+    assert not root.exists() or not any(root.rglob("*.*"))
+
+
+def test_the_corrections_folder_teaches_the_model(fixing, trained, tmp_path):
+    c, root = fixing
+    for seed in range(3):
+        c.post("/correct", params={"name": "Sunflower"}, files={"file": _jpeg((220, 220, 30), seed)})
+    res = flowerid.add(trained[1].checkpoint_path, root, tmp_path / "taught.pth", log=lambda s: None)
+    assert res.added == {"sunflower": 3}
+    clf = flowerid.load(res.path)
+    assert clf.names[-1] == "Sunflower"
+    assert clf.predict(make_photo((220, 220, 30), 77), top_k=1)[0].category == "sunflower"
+
+
+def test_corrections_need_the_token_like_every_other_route(clf, tmp_path):
+    token = "server-token-0123456789abcdef"
+    app = create_app(clf, ServeConfig(corrections=str(tmp_path / "fixes"), token=token))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.post("/correct?category=1", files={"file": _jpeg()}).status_code == 401
+        assert not (tmp_path / "fixes").exists()
+        ok = c.post("/correct?category=1", files={"file": _jpeg()}, headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200, ok.text

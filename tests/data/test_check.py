@@ -57,7 +57,7 @@ def test_leakage_and_label_conflicts_are_errors(image_folder, capsys):
     [
         (lambda r: (r / "train" / "7").mkdir(), "empty category folder(s) in train/"),
         (lambda r: (r / "train" / "10" / "img_000.jpg").rename(r / "train" / "99.jpg"), None),
-        (lambda r: shutil.rmtree(r / "valid"), "no valid/ folder"),
+        (lambda r: shutil.rmtree(r / "valid"), "too few photos to hold out a valid split in: 1 (2), 10 (2), 2 (2)"),
         (lambda r: build_folder(r, {"valid": 1}, classes={"99": (1, 2, 3)}, names=False), "train/ lacks"),
         (lambda r: [p.write_bytes(b"") for p in (r / "train" / "2").iterdir()], "no readable image"),
     ],
@@ -79,8 +79,11 @@ def test_imbalance_and_json(tmp_path, capsys):
     assert code == 0
     report = json.loads(out)
     assert report["ok"] is True and report["counts"]["train"] == {"1": 12, "10": 1, "2": 1}
-    [finding] = report["findings"]
+    few, finding = report["findings"]
+    assert few["level"] == "warning" and "under 10 photos" in few["message"]
+    assert few["paths"] == ["10: 2", "2: 2"]  # train and valid together; 1 has 13
     assert finding["level"] == "warning" and "12.0x" in finding["message"]
+    assert "train keeps the plain loss" in finding["message"] and "--balance-classes" in finding["message"]
 
 
 def test_missing_folder_is_an_error(tmp_path, capsys):
@@ -96,3 +99,34 @@ def test_flowers102_has_one_image_in_both_train_and_valid():
     assert not report.unreadable
     [leak] = [f for f in report.errors if "more than one split" in f.message]
     assert leak.paths == ["train/31/image_08077.jpg = valid/31/image_08067.jpg"]
+
+
+def test_no_valid_folder_counts_what_train_holds_out(tmp_path, capsys):
+    root = build_folder(tmp_path / "d", {"training_set": 10, "test_set": 2}, names=False)
+    code, out = _run(capsys, str(root), "--min-size", "16")
+    assert code == 0, out
+    assert "note: no valid folder: train holds out 20% of each category of training_set/ as valid (6 photos" in out
+    assert "  1              8       2       2" in out  # train, valid (held out), test
+    assert "check: 0 errors, 0 warnings; ready to train" in out
+
+
+def test_a_copy_on_both_sides_of_the_held_out_split_is_a_leak(tmp_path, capsys):
+    from flowerid.data.folders import load_dataset
+
+    root = build_folder(tmp_path / "d", {"photos": 10}, names=False) / "photos"
+    data = load_dataset(root)
+    held, kept = data.valid.paths[0], data.train.paths[-1]
+    shutil.copy(held, kept)  # the same bytes under a name that stays in train
+    code, out = _run(capsys, str(root), "--min-size", "16")
+    assert code == 1 and "1 image(s) in more than one split" in out, out
+
+
+def test_near_duplicates_across_splits(image_folder, capsys):
+    from PIL import Image
+
+    src = image_folder / "train" / "1" / "img_000.jpg"
+    with Image.open(src) as im:  # resized and re-encoded: other bytes, the same picture
+        im.resize((im.width * 2, im.height * 2)).save(image_folder / "valid" / "1" / "bigger.jpg", quality=70)
+    code, out = _run(capsys, str(image_folder), "--min-size", "16")
+    assert "1 near-duplicate pair(s) across splits" in out, out
+    assert "train/1/img_000.jpg ~ valid/1/bigger.jpg" in out

@@ -300,7 +300,7 @@ def test_an_ensembles_members_train_on_the_photos_every_member_read(monkeypatch)
 
     failures = {"a": {"p1": "bad"}, "b": {"p3": "bad", "p1": "bad"}, "c": {}}
 
-    def fake(split, part, ex, device, desc):
+    def fake(split, part, ex, device, desc, view=0):
         read = [i for i in range(5) if f"p{i}" not in failures[part.name]]
         return Rows(torch.tensor(read, dtype=torch.float32)[:, None], None, failures[part.name], len(read))
 

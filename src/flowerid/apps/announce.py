@@ -11,10 +11,12 @@ import contextlib
 import socket
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .serve_config import is_loopback
-from .tls import TLSFiles
+
+if TYPE_CHECKING:  # tls asks this module which hosts to certify; the type alone comes back
+    from .tls import TLSFiles
 
 _WILDCARDS = {"0.0.0.0", "::", ""}
 

@@ -1,4 +1,4 @@
-"""Command line: `flowerid train|predict|evaluate|show|check|serve|info|export|backbones`: the command table,
+"""Command line: `flowerid train|predict|evaluate|add|show|check|serve|info|export|backbones`: the command table,
 the parser and the one place errors become exit codes. The commands live in train_commands.py and
 model_commands.py, the options they share in options.py."""
 
@@ -26,7 +26,16 @@ from .model_commands import (
     run_show,
 )
 from .options import err, no_args
-from .train_commands import add_check_args, add_evaluate_args, add_train_args, run_check, run_evaluate, run_train
+from .train_commands import (
+    add_add_args,
+    add_check_args,
+    add_evaluate_args,
+    add_train_args,
+    run_add,
+    run_check,
+    run_evaluate,
+    run_train,
+)
 
 EXIT_INTERRUPTED = 130
 
@@ -44,6 +53,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         "measure a checkpoint on labelled photos: metrics, figures and a report",
         add_evaluate_args,
         run_evaluate,
+    ),
+    "add": (
+        "teach a checkpoint new categories, or more photos of old ones, without retraining",
+        add_add_args,
+        run_add,
     ),
     "show": ("draw a random batch of labelled photos as the model sees them", add_show_args, run_show),
     "info": (

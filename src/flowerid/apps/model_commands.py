@@ -6,11 +6,14 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..distributed import world
 from ..errors import UsageError
+from .explain import add_explain_args, check_explain_args, run_explained
 from .options import add_category_names, add_checkpoint, add_device, add_engine, add_json, err
+from .printing import format_predictions, print_json
 
 if TYPE_CHECKING:
     from ..model.predictor import Classifier
@@ -35,6 +38,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
         help="also draw each photo beside a bar chart of its top-K (one image: PATH; several: PATH-<image>.png, "
         "or <image>.png inside PATH when it is a folder)",
     )
+    add_explain_args(p)
     p.set_defaults(interrupt_hint="with --out, run the same command again to go on where it stopped")
 
 
@@ -67,10 +71,13 @@ def run_predict(args: argparse.Namespace) -> int:
         from ..backbones.engines import resolve_device
 
         device = w.device_for(resolve_device(device))
+    check_explain_args(args)
     checkpoint = resolve_checkpoint(args.checkpoint)
     clf = Classifier.load(checkpoint, device=device, category_names=args.category_names, engine=args.engine)
     if args.out is not None:
         return _predict_to_file(clf, args)
+    if args.explain is not None:
+        return run_explained(clf, args)
     results = clf.predict_many(args.images, top_k=args.top_k)
     failed = 0
     records = []
@@ -83,18 +90,13 @@ def run_predict(args: argparse.Namespace) -> int:
         else:
             records.append({"image": image, **photo_fields(res), "predictions": [p.to_dict() for p in res]})
     if args.json:
-        text = json.dumps(records, indent=2, ensure_ascii=False)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a file name that is not UTF-8: \u escapes keep the JSON valid
-            text = json.dumps(records, indent=2)
-        print(text)
+        print_json(records)
     else:
         for rec in records:
             if "predictions" in rec:
                 print(format_predictions(rec["image"], rec["predictions"], rec["known"], clf.num_classes))
     if args.plot:
-        from ..evaluation.figures import write_prediction_plots
+        from ..evaluation.photo_figures import write_prediction_plots
 
         for path in write_prediction_plots(clf, args.images, results, args.plot):
             print(f"plot: {path}", file=sys.stderr)
@@ -119,23 +121,6 @@ def _predict_to_file(clf: Classifier, args: argparse.Namespace) -> int:
     return 0
 
 
-def format_predictions(image: str, preds: list[dict], known: bool | None = None, num_classes: int = 0) -> str:
-    """A photo's top-K as a table; a photo unlike anything trained on says so first, plainly."""
-    width = max(len(p["name"] or p["category"]) for p in preds)
-    lines = [image]
-    if known is False:
-        closest = preds[0]["name"] or preds[0]["category"]
-        lines.append(f"  not one of the {num_classes} categories I know (closest: {closest})")
-    for rank, p in enumerate(preds, 1):
-        label = p["name"] or p["category"]
-        bar = "█" * int(round(p["probability"] * 20))
-        lines.append(
-            f"  {rank}. {label:<{width}}  {p['probability']:7.2%}  {bar}"
-            + (f"  [{p['category']}]" if p["name"] else "")
-        )
-    return "\n".join(lines)
-
-
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     from .serve_config import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_UNSURE_BELOW
 
@@ -156,6 +141,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="photos named at once (default: one per core, 1-4)")
     unsure = "top probability called unsure (default: %(default)s)"
     p.add_argument("--unsure-below", type=float, default=DEFAULT_UNSURE_BELOW, help=unsure)
+    p.add_argument(
+        "--corrections",
+        metavar="DIR",
+        default=None,
+        help='let the page keep photos it named wrong ("Not right?") in DIR, for `flowerid add` (default: off)',
+    )
     add_category_names(p, "checkpoint's")
     add_device(p)
     _serve_access_args(p)
@@ -187,10 +178,16 @@ def _serve_access_args(p: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from .._numeric import one_blas_thread
     from ..model.predictor import Classifier
+    from .listen import run_server
     from .serve_config import ServeConfig, default_threads
-    from .server import create_app, run_server
+    from .server import create_app
 
     threads = default_threads() if args.threads is None else args.threads
+    if args.corrections is not None:
+        try:
+            Path(args.corrections).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--corrections {args.corrections} cannot be made ({exc.strerror or exc})") from None
     from .serve_config import choose_token, default_rate_limit
     from .tls import choose_tls
 
@@ -198,7 +195,13 @@ def run_serve(args: argparse.Namespace) -> int:
     rate = default_rate_limit(args.host) if args.rate_limit is None else args.rate_limit
     tls = choose_tls(args.host, args.https, args.cert, args.key)
     cfg = ServeConfig(
-        int(args.max_upload_mb * 2**20), args.max_pixels, threads, args.unsure_below, token=token, rate_limit=rate
+        int(args.max_upload_mb * 2**20),
+        args.max_pixels,
+        threads,
+        args.unsure_below,
+        token=token,
+        rate_limit=rate,
+        corrections=args.corrections,
     )
     from ..model.builtin import resolve_checkpoint
 

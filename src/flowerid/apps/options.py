@@ -44,6 +44,20 @@ def add_checkpoint(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_valid_fraction(p: argparse.ArgumentParser) -> None:
+    from ..training.config import TrainConfig
+
+    share = "with no valid folder, the share of each category train holds out as valid (default: %(default)s)"
+    p.add_argument("--valid-fraction", type=float, default=TrainConfig().valid_fraction, metavar="F", help=share)
+
+
+DATA_DIR_HELP = (
+    "labelled photos: train/ and val/ (or valid/, validation/, dev/; maybe test/), each with one folder per "
+    "category; or train/ (training_set/...) alone or with test/; or just one folder per category. Without a "
+    "valid folder a share of each category is held out as valid"
+)
+
+
 def no_args(p: argparse.ArgumentParser) -> None:
     pass
 

@@ -42,6 +42,7 @@ class ServeConfig:
     unsure_below: float = DEFAULT_UNSURE_BELOW
     token: str | None = None  # None: no token asked for (see choose_token)
     rate_limit: int = 0  # requests a minute per client; 0: no limit
+    corrections: str | None = None  # folder the page's "Not right?" photos go to (NEWDATA layout); None: off
 
     def __post_init__(self) -> None:
         if self.token is not None:

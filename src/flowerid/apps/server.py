@@ -10,10 +10,8 @@ gets a JSON 4xx of the form {"error": code, "detail": message}. Who may ask at a
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +32,7 @@ from .access import protect
 from .serve_config import ServeConfig
 
 if TYPE_CHECKING:
-    from .tls import TLSFiles
+    pass
 
 FIELD = "file"
 
@@ -55,6 +53,15 @@ class PredictionOut(BaseModel):
     probability: float
 
 
+class ExplanationOut(BaseModel):
+    category: str = Field(description="the category explained: the top one")
+    grid: list[list[float]] = Field(description="the category's logit contribution per cell of the last feature map")
+    box: list[float] = Field(description="x0, y0, x1, y1: the part of the photo (its pixels, EXIF-rotated) it covers")
+    logit: float
+    bias: float = Field(description="mean(grid) + bias == logit")
+    exact: bool = Field(description="false: a head with a hidden layer, whose map is Grad-CAM's")
+
+
 class PredictResponse(BaseModel):
     known: bool | None = Field(
         description="false: the photo does not look like any category the model knows "
@@ -64,6 +71,7 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
     unsure: bool = Field(description="a category it knows, but the best guess is under the unsure threshold")
     model: dict[str, Any]
+    explanation: ExplanationOut | None = Field(None, description="with explain=1: why the top category")
 
 
 class ErrorResponse(BaseModel):
@@ -87,6 +95,7 @@ def model_info(clf: Classifier, config: ServeConfig, checkpoint: str | os.PathLi
         "flowerid_version": __version__,
         "unsure_below": config.unsure_below,
         "tells_unknown": clf.unknown is not None,
+        "takes_corrections": config.corrections is not None,
     }
     return info
 
@@ -200,6 +209,12 @@ def create_app(
         probs, scores = classifier.forward(classifier.preprocessing(image)[None])
         return classifier.top_k(probs[0], top_k, None if scores is None else scores[0])
 
+    def _explained(data: bytes, top_k: int) -> tuple[list[Prediction], dict[str, Any]]:
+        # The same loader and limit as _predict; the spatial graph gives the answer and its map at once.
+        array, box = classifier.explainer.of_image(load_image(data, min_size=min_size, max_pixels=max_pixels))
+        done = classifier.explainer.explain_arrays([array], [box], top_k, 1)[0]
+        return done.predictions, done.explanations[0].to_dict()
+
     _mount_docs(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -228,6 +243,7 @@ def create_app(
     @app.post(
         "/predict",
         response_model=PredictResponse,
+        response_model_exclude_unset=True,  # `explanation` only when asked for
         summary="Name the flower in a photo",
         responses={400: bad, 413: bad, 415: bad, 422: bad},
         openapi_extra={
@@ -247,11 +263,17 @@ def create_app(
         },
     )
     async def predict(
-        request: Request, top_k: int = Query(5, ge=1, description="how many categories to return")
+        request: Request,
+        top_k: int = Query(5, ge=1, description="how many categories to return"),
+        explain: bool = Query(False, description="also return why: the top category's map over the photo"),
     ) -> dict[str, Any]:
         data = await read_upload(request, cfg.max_upload_bytes)
+        extra: dict[str, Any] = {}
         try:
-            preds = await anyio.to_thread.run_sync(_predict, data, top_k, limiter=limiter)
+            if explain:
+                preds, extra["explanation"] = await anyio.to_thread.run_sync(_explained, data, top_k, limiter=limiter)
+            else:
+                preds = await anyio.to_thread.run_sync(_predict, data, top_k, limiter=limiter)
         except ImageError as exc:
             raise _image_rejection(exc) from None
         return {
@@ -259,7 +281,45 @@ def create_app(
             "predictions": [p.to_dict() for p in preds],
             "unsure": preds[0].known is not False and preds[0].probability < cfg.unsure_below,
             "model": info,
+            **extra,
         }
+
+    @app.post(
+        "/correct",
+        summary='Keep a photo the model named wrong, under what it really is ("Not right?")',
+        responses={400: bad, 404: bad, 413: bad, 415: bad, 422: bad},
+    )
+    async def correct(
+        request: Request,
+        category: str | None = Query(None, description="an existing category's id"),
+        name: str | None = Query(None, description="or the name of a category the model does not know yet"),
+    ) -> dict[str, Any]:
+        if cfg.corrections is None:
+            raise Rejected(
+                404, "corrections_off", "this server keeps no corrections; start it with `serve --corrections DIR`"
+            )
+        data = await read_upload(request, cfg.max_upload_bytes)
+        try:
+            path = await anyio.to_thread.run_sync(_save_correction, data, category, name, limiter=limiter)
+        except ImageError as exc:
+            raise _image_rejection(exc) from None
+        except UsageError as exc:
+            raise Rejected(400, "bad_correction", str(exc)) from None
+        return {"saved": True, "category": path.parent.name}
+
+    def _save_correction(data: bytes, category: str | None, name: str | None) -> Path:
+        from .corrections import save_correction
+
+        return save_correction(
+            cfg.corrections or "",
+            data,
+            classifier.categories,
+            classifier.names,
+            category=category,
+            name=name,
+            min_size=min_size,
+            max_pixels=max_pixels,
+        )
 
     protect(app, cfg.token, cfg.rate_limit)  # around every route, those added above and any added later
     return app
@@ -286,104 +346,3 @@ def _mount_docs(app: FastAPI) -> None:
 
 def _page_html() -> str:
     return resources.files("flowerid").joinpath("web/index.html").read_text(encoding="utf-8")
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port, so a taken port is a clear UsageError before the server starts."""
-    if not 0 <= port <= 65535:
-        raise UsageError(f"port {port} is not a port; use 1-65535 (8000 is the default)")
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
-            0
-        ]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host") from None
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); try another --port") from None
-    return sock
-
-
-def _url(sock: socket.socket, scheme: str = "http") -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
-
-
-def _uvicorn_config(app: FastAPI, tls: TLSFiles | None, **kwargs: Any) -> Any:
-    import uvicorn
-
-    files = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
-    return uvicorn.Config(app, **files, **kwargs)
-
-
-def _serve(server: Any, sock: socket.socket) -> None:
-    """Run until Ctrl-C (a separate step so tests can run it in a thread and stop it)."""
-    server.run(sockets=[sock])
-
-
-def run_server(
-    app: FastAPI,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    tls: TLSFiles | None = None,
-    warnings: tuple[str, ...] | list[str] = (),
-) -> int:
-    """Serve `app` on uvicorn (over HTTPS with `tls`) until Ctrl-C; a port that cannot be had is a UsageError."""
-    import uvicorn
-
-    from .access import hide_tokens_in_access_log
-    from .announce import announce
-
-    sock = _bind(host, port)
-    announce(
-        backbone=app.state.model_info["backbone"],
-        bound=host,
-        port=sock.getsockname()[1],
-        token=app.state.config.token,
-        tls=tls,
-        warnings=warnings,
-    )
-    server = uvicorn.Server(_uvicorn_config(app, tls, log_level="info", timeout_graceful_shutdown=5))
-    hide_tokens_in_access_log()
-    try:
-        _serve(server, sock)
-    finally:
-        sock.close()
-    return 0
-
-
-@contextlib.contextmanager
-def background_server(
-    app: FastAPI, host: str = "127.0.0.1", timeout: float = 20.0, tls: TLSFiles | None = None
-) -> Iterator[str]:
-    """Run `app` on uvicorn in a thread on a free port of `host` (HTTPS with `tls`); yields its base URL.
-
-    For tests, benchmarks and embedding: the socket is bound before the thread starts,
-    so there is no race for the port.
-    """
-    import threading
-    import time
-
-    import uvicorn
-
-    sock = _bind(host, 0)
-    config = _uvicorn_config(app, tls, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="flowerid-server")
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            raise RuntimeError("the background server did not start")
-        time.sleep(0.02)
-    try:
-        yield _url(sock, "https" if tls else "http")
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
-        sock.close()

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from ..backbones import DEFAULT_BACKBONE, get_spec
 from ..data.folders import default_category_names, load_category_names
+from ..data.layout import find_layout
 from ..data.preprocess import Preprocessing
 from ..errors import DataError
-from ..evaluation.figures import batch_figure, sample_batch, save_figure
+from ..evaluation.figures import save_figure
+from ..evaluation.photo_figures import batch_figure, sample_batch
 from ..model.checkpoint import load_checkpoint
 
 
@@ -26,14 +28,18 @@ def show_folder(
 ) -> tuple[Path, dict[str, str]]:
     """Draw a random batch of FOLDER as `arch`'s (or a checkpoint's) preprocessing shows it to the model.
 
-    A data folder with train/ and valid/ shows its train/ split. Names come from
+    A data folder with splits (train/ and val/, training_set/...) shows its training split. Names come from
     `category_names`, else the checkpoint, else cat_to_name.json in or beside FOLDER.
     Returns the picture's path and the unreadable files skipped.
     """
 
     folder = Path(folder)
-    if (folder / "train").is_dir() and (folder / "valid").is_dir():
-        folder = folder / "train"
+    try:
+        layout = find_layout(folder)
+        if not layout.flat:
+            folder = layout.train  # a data folder with splits shows its training photos
+    except DataError:
+        pass  # sample_batch says what is wrong with the folder
     names: dict[str, str] | None = None
     if checkpoint is not None:
         ck = load_checkpoint(checkpoint)

@@ -1,4 +1,4 @@
-"""The data and training commands: `flowerid train`, `check` (and `check --deep`) and `evaluate`."""
+"""The data and training commands: `flowerid train`, `check` (and `check --deep`), `evaluate` and `add`."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from .options import add_category_names, add_device, add_engine, add_json
+from .options import DATA_DIR_HELP, add_category_names, add_device, add_engine, add_json, add_valid_fraction
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     from ..training.config import DEFAULT_PRESET, PRESETS, TrainConfig
 
     d = TrainConfig()
-    p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
+    p.add_argument("data_dir", help=DATA_DIR_HELP)
     p.add_argument(
         "--save-dir", default="runs/flowers", help="where checkpoint.pth and metrics.json go (default: %(default)s)"
     )
@@ -32,6 +32,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--epochs", type=int, default=None, help="training epochs, the last one kept (default: the preset's)"
     )
     p.add_argument("--keep-best-epoch", action="store_true", help="keep the epoch best on valid, not the last one")
+    add_valid_fraction(p)
+    p.add_argument(
+        "--no-adapt",
+        action="store_true",
+        help="train a small set with the preset as it is (default: under a few hundred photos the backbone stays "
+        "frozen and the head takes enough steps; docs/presets.md); --epochs or --tune-stages also turn it off",
+    )
+    p.add_argument(
+        "--balance-classes",
+        action="store_true",
+        help="weight the loss so every category counts alike: better on rare categories, "
+        "a little worse top-1 (measured in docs/presets.md)",
+    )
     p.add_argument("--views", type=int, default=None, help="augmented views per training photo (default: the preset's)")
     p.add_argument(
         "--tune-stages",
@@ -57,6 +70,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help='the share of valid photos the "not one of my categories" threshold accepts (default: %(default)s)',
     )
     p.add_argument("--negatives", metavar="DIR", help="photos of none of the categories: sharpen the unknown score")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        metavar="CHECKPOINT",
+        help="learn this trained model's probabilities on the same views (distillation; e.g. a --preset best run)",
+    )
+    p.add_argument(
+        "--distill-temperature", type=float, default=None, help="distillation temperature (default: the preset's)"
+    )
+    p.add_argument(
+        "--distill-alpha", type=float, default=None, help="the teacher's share of the loss (default: the preset's)"
+    )
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)")
     p.add_argument(
         "--hidden-units",
@@ -95,11 +120,14 @@ def run_train(args: argparse.Namespace) -> int:
     # Flags whose value is the setting of the same name (None: the preset's).
     same = ("arch", "epochs", "views", "tune_stages", "accept_rate", "negatives", "learning_rate", "hidden_units")
     same += ("batch_size", "seed", "device", "weights", "category_names", "engine", "resume", "exclude")
+    same += ("teacher", "distill_temperature", "distill_alpha", "valid_fraction")
     cfg = TrainConfig.from_preset(
         args.preset,
         **{name: getattr(args, name) for name in same},
         full_finetune=args.full_finetune or None,
         keep_best_epoch=args.keep_best_epoch or None,
+        balance_classes=args.balance_classes or None,
+        adapt=False if args.no_adapt else None,  # --epochs or --tune-stages also keep the preset (from_preset)
         calibrate=not args.no_calibrate,
         use_cache=not args.no_cache,
     )
@@ -112,11 +140,12 @@ DEEP_CHECK_ARCH = "efficientnet_lite0_lite2"
 
 
 def add_check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data_dir", help="folder with train/ and valid/ (and optionally test/) in ImageFolder layout")
+    p.add_argument("data_dir", help=DATA_DIR_HELP)
     p.add_argument("--min-size", type=int, default=64, help="warn about images with a shorter side under this")
     p.add_argument(
         "--max-imbalance", type=float, default=10.0, help="warn when train categories differ more than this factor"
     )
+    add_valid_fraction(p)
     p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
     add_json(p, "the report as JSON")
     p.add_argument(
@@ -143,8 +172,15 @@ def run_check(args: argparse.Namespace) -> int:
     With --deep, also 1 when it lists anything: each finding is for the user to decide on.
     """
     from ..data.check import check_data
+    from ..training.config import MIN_STEPS, TUNE_FROM
 
-    report = check_data(args.data_dir, min_size=args.min_size, max_imbalance=args.max_imbalance)
+    report = check_data(
+        args.data_dir,
+        min_size=args.min_size,
+        max_imbalance=args.max_imbalance,
+        valid_fraction=args.valid_fraction,
+        train_rule=(MIN_STEPS, TUNE_FROM),
+    )
     result = report.to_dict()
     if not args.json:
         print(report.format(), flush=True)
@@ -247,4 +283,36 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(result.summary(), indent=2, ensure_ascii=False))
+    return 0
+
+
+NEWDATA_HELP = (
+    "one folder of photos per category (cat_to_name.json beside them optional): a new name adds a category, "
+    "an existing one adds photos to it; e.g. the folder `serve --corrections` fills"
+)
+
+
+def add_add_args(p: argparse.ArgumentParser) -> None:
+    from ..model.teach import DEFAULT_METHOD, METHODS
+
+    p.add_argument("checkpoint", help="a checkpoint.pth written by `flowerid train` (or by an earlier add)")
+    p.add_argument("new_data", metavar="NEWDATA", help=NEWDATA_HELP)
+    p.add_argument("--out", required=True, metavar="PATH", help="the new checkpoint to write (or a folder)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help="default: %(default)s")
+    add_device(p)
+    add_engine(p)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from ..model.add import add
+    from ..model.builtin import resolve_checkpoint
+
+    add(
+        resolve_checkpoint(args.checkpoint),
+        args.new_data,
+        args.out,
+        method=args.method,
+        device=args.device,
+        engine=args.engine,
+    )
     return 0

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 ONNX_EXPORT_VERSION = 1  # bump when a backbone's ONNX export changes: it is part of its graph's key
 FRONT_EXPORT_VERSION = 1  # bump when the cut or its export changes: it is part of the activations' keys
+SPATIAL_EXPORT_VERSION = 1  # bump when the spatial graph (feature maps beside pooled features) changes
 
 # One magic per stored element type: float32 feature vectors, float16 activation maps
 # (a frozen front's output is 10-20x larger than a feature vector; half precision is
@@ -103,6 +104,12 @@ class CacheKey:
             return cache_root() / "onnx" / f"{self.name}-front-{self.namespace()}.onnx"
         parts = {"backbone": self.name, "weights": self.digest, "size": self.input_size, "export": ONNX_EXPORT_VERSION}
         return cache_root() / "onnx" / f"{self.name}-{namespace_for(parts)}.onnx"
+
+    def spatial_graph_path(self) -> Path:
+        """Where the graph giving the network's feature maps beside its pooled features is cached (explanations)."""
+        parts = {"backbone": self.name, "weights": self.digest, "size": self.input_size, "graph": "spatial",
+                 "export": SPATIAL_EXPORT_VERSION}  # fmt: skip
+        return cache_root() / "onnx" / f"{self.name}-spatial-{namespace_for(parts)}.onnx"
 
 
 class FeatureCache:

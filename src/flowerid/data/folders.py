@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .._io import atomic_write_bytes
 from ..errors import DataError, UsageError
 from .images import looks_like_image
+from .layout import SPLIT_SEED, VALID_FRACTION, Layout, find_layout, hold_out
 
 SPLITS = ("train", "valid", "test")
 CATEGORY_NAMES_FILE = "cat_to_name.json"
@@ -94,29 +97,40 @@ def scan_folder(root: str | os.PathLike, categories: list[str] | None = None) ->
 
 @dataclass
 class DataSet:
-    """A data folder with train/ and valid/ (and maybe test/) splits sharing one category order."""
+    """A data folder's train and valid (and maybe test) splits sharing one category order.
+
+    `split`: the record of a valid split held out of train (layout.hold_out), None when valid/ was given.
+    """
 
     root: Path
     categories: list[str]
     train: ImageFolder
     valid: ImageFolder
     test: ImageFolder | None
+    layout: Layout | None = None
+    split: dict[str, Any] | None = None
 
 
-def load_dataset(data_dir: str | os.PathLike) -> DataSet:
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist")
-    missing = [s for s in ("train", "valid") if not (root / s).is_dir()]
-    if missing:
-        raise DataError(
-            f"{root} lacks {' and '.join(s + '/' for s in missing)}; expected train/ and valid/ "
-            "(and optionally test/), each with one folder of images per category"
-        )
-    train = scan_folder(root / "train")
-    valid = scan_folder(root / "valid", train.categories)
-    test = scan_folder(root / "test", train.categories) if (root / "test").is_dir() else None
-    return DataSet(root, train.categories, train, valid, test)
+def load_dataset(
+    data_dir: str | os.PathLike, valid_fraction: float = VALID_FRACTION, split_seed: int = SPLIT_SEED
+) -> DataSet:
+    """The splits of a data folder in any layout `layout.find_layout` recognises.
+
+    With no valid folder, `valid_fraction` of each category (seeded by `split_seed`) is held out of train.
+    """
+    layout = find_layout(data_dir)
+    root = layout.root
+    train = scan_folder(layout.train)
+    split = None
+    if layout.valid is not None:
+        valid = scan_folder(layout.valid, train.categories)
+    else:
+        kept, held, split = hold_out(train.samples, train.categories, layout.train, valid_fraction, split_seed)
+        split["held_out_of"] = layout.train.relative_to(root).as_posix()  # "." for one folder per category
+        valid = ImageFolder(train.root, train.categories, held)
+        train = ImageFolder(train.root, train.categories, kept)
+    test = scan_folder(layout.test, train.categories) if layout.test is not None else None
+    return DataSet(root, train.categories, train, valid, test, layout, split)
 
 
 def exclude_photos(data: DataSet, listed: list[str]) -> tuple[DataSet, int, list[str]]:
@@ -154,7 +168,7 @@ def exclude_photos(data: DataSet, listed: list[str]) -> tuple[DataSet, int, list
             + "; keep some of them, or remove those category folders"
         )
     unknown = sorted(str(p) for k, p in wanted.items() if k not in matched)
-    return DataSet(data.root, data.categories, train, valid, test), len(matched), unknown
+    return dataclasses.replace(data, train=train, valid=valid, test=test), len(matched), unknown
 
 
 SKIPPED_FILE = "skipped.tsv"

@@ -33,6 +33,10 @@ _BOMB_HINT = "refused as a possible decompression bomb; raise FLOWERID_MAX_PIXEL
 LOADER_VERSION = 1
 
 
+#: Where `load_image` notes the photo's own size when it decoded fewer pixels (`photo_size` reads it).
+FULL_SIZE = "flowerid.full_size"
+_ORIENTATION = 0x0112  # the EXIF tag
+
 #: Leading bytes of the formats above, to find images whatever their name.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
 
@@ -173,12 +177,27 @@ def _decode(img: Image.Image, name: str, min_size: int | None, limit: int) -> Im
         raise DecompressionBombError(name, f"over the pixel limit ({first_line(exc)}); {_BOMB_HINT}") from None
     except Exception as exc:  # truncated data, broken chunks, odd codecs, MemoryError...
         raise ImageError(name, f"cannot be decoded ({first_line(exc)})") from None
+    full = (width, height)
     with contextlib.suppress(Exception):  # a broken EXIF block must not lose the photo
+        if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+            full = (height, width)  # turned a quarter: the photo's own pixels are the other way round
         img = ImageOps.exif_transpose(img) or img
     try:
-        return to_rgb(img)
+        rgb = to_rgb(img)
     except Exception as exc:
         raise ImageError(name, f"cannot be converted to RGB ({first_line(exc)})") from None
+    if rgb.size != full:
+        rgb.info[FULL_SIZE] = (full, rgb.size)  # with the size it was noted at: a resized copy keeps `info`
+    return rgb
+
+
+def photo_size(img: Image.Image) -> tuple[int, int]:
+    """The size of the photo `img` was loaded from, in its own pixels after EXIF rotation: a large JPEG is
+    decoded at reduced scale, so `img.size` may be a half or a quarter of it."""
+    noted = img.info.get(FULL_SIZE)
+    if isinstance(noted, tuple) and len(noted) == 2 and noted[1] == img.size:
+        return (int(noted[0][0]), int(noted[0][1]))
+    return img.size
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

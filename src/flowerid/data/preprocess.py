@@ -69,19 +69,32 @@ class Preprocessing:
         The whole photo is resized, then cropped, exactly as an export's manifest tells an
         app to do it. (Resampling only the crop's box is faster but not pixel-identical.)
         """
-        w, h = img.size
-        size = self.resize_size
+        (nw, nh), (left, top) = self._resized(img.size)
+        if (nw, nh) != img.size:
+            img = img.resize((nw, nh), _RESAMPLE[self.interpolation])
+        crop = self.crop_size
+        return img.crop((left, top, left + crop, top + crop))
+
+    def _resized(self, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The resized photo's size and the crop's top-left corner in it, for a photo of `size` (w, h)."""
+        w, h = size
+        side = self.resize_size
         if w <= h:
-            nw, nh = size, max(1, int(size * h / w))
+            nw, nh = side, max(1, int(side * h / w))
         else:
-            nw, nh = max(1, int(size * w / h)), size
+            nw, nh = max(1, int(side * w / h)), side
         crop = self.crop_size
         nw, nh = max(nw, crop), max(nh, crop)
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), _RESAMPLE[self.interpolation])
-        left = int(round((nw - crop) / 2.0))
-        top = int(round((nh - crop) / 2.0))
-        return img.crop((left, top, left + crop, top + crop))
+        return (nw, nh), (int(round((nw - crop) / 2.0)), int(round((nh - crop) / 2.0)))
+
+    def crop_box(self, size: tuple[int, int], photo_size: tuple[int, int] | None = None) -> tuple[float, ...]:
+        """The part of a photo of `size` (w, h) the crop shows, as (x0, y0, x1, y1) in its pixels; with
+        `photo_size`, in those of the photo it was decoded from at reduced scale (draft JPEG decoding)."""
+        (nw, nh), (left, top) = self._resized(size)
+        fw, fh = photo_size or size
+        sx, sy = fw / nw, fh / nh
+        crop = self.crop_size
+        return (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
 
     def to_array(self, img: Image.Image) -> np.ndarray:
         """RGB crop to a normalised float32 CHW array: (x / 255 - mean) / std in two passes."""

@@ -1,2 +1,3 @@
-"""Measuring a checkpoint: metrics (numpy), figures (matplotlib, imported only here), the HTML report
-(report), and `evaluate()` (run); `check --deep` on a data folder (data_check) and its review page (review)."""
+"""Measuring a checkpoint: metrics (numpy), figures of the evaluation and of photos (figures, photo_figures:
+matplotlib, imported only there), the HTML report (report) with its mistakes and their maps (why), and
+`evaluate()` (run); `check --deep` on a data folder (data_check) and its review page (review)."""

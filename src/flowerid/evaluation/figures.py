@@ -1,4 +1,4 @@
-"""Figures as matplotlib objects: evaluation pictures, training curves, predictions, batches.
+"""Figures as matplotlib objects: evaluation pictures and training curves (photos: photo_figures.py).
 
 Importing this module imports matplotlib, so nothing else imports it at module
 level: prediction never pays for plotting. Figures are built on
@@ -37,16 +37,16 @@ def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     return buf.getvalue()
 
 
-def _label(category: str, name: str | None) -> str:
+def label_of(category: str, name: str | None) -> str:
     return name or category
 
 
 def _labels(metrics: dict[str, Any]) -> list[str]:
     names = metrics.get("names") or [None] * len(metrics["categories"])
-    return [_label(c, n) for c, n in zip(metrics["categories"], names, strict=True)]
+    return [label_of(c, n) for c, n in zip(metrics["categories"], names, strict=True)]
 
 
-def _wrap(text: str, width: int) -> str:
+def wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width)) or text
 
 
@@ -116,7 +116,7 @@ def confusion_figure(metrics: dict[str, Any], order: str = "name") -> Figure:
 def per_class_figure(metrics: dict[str, Any]) -> Figure:
     """Recall (per-class accuracy) as bars, worst class first, with precision as dots and support as text."""
     rows = [p for p in metrics["per_class"] if p["support"] > 0]
-    rows.sort(key=lambda p: (p["recall"], p["f1"] if p["f1"] is not None else 0.0, _label(p["category"], p["name"])))
+    rows.sort(key=lambda p: (p["recall"], p["f1"] if p["f1"] is not None else 0.0, label_of(p["category"], p["name"])))
     n = len(rows)
     fig = Figure(figsize=(8.5, max(3.0, 0.17 * n + 1.4)), layout="constrained")
     ax = fig.add_subplot()
@@ -127,7 +127,7 @@ def per_class_figure(metrics: dict[str, Any]) -> Figure:
     has_prec = [i for i, p in enumerate(rows) if p["precision"] is not None]  # never predicted: no precision
     ax.scatter([rows[i]["precision"] for i in has_prec], has_prec, marker="D", s=12, color="black", zorder=3)
     font = 8 if n <= 40 else 6.5
-    ax.set_yticks(y, [_label(p["category"], p["name"]) for p in rows], fontsize=font)
+    ax.set_yticks(y, [label_of(p["category"], p["name"]) for p in rows], fontsize=font)
     for i, p in enumerate(rows):
         ax.text(1.035, i, f"{p['recall']:.0%} of {p['support']}", va="center", fontsize=font, color=GREY)
     ax.set_ylim(n - 0.5, -0.5)
@@ -246,10 +246,10 @@ def mistakes_figure(
         else:
             ax.imshow(img)
         ax.set_title(
-            _wrap(f"predicted: {names[rec['predicted']]} {rec['probability']:.0%}", 28), color=RED, fontsize=7.5
+            wrap(f"predicted: {names[rec['predicted']]} {rec['probability']:.0%}", 28), color=RED, fontsize=7.5
         )
         ax.text(
-            0.5, -0.03, _wrap(f"true: {names[rec['true']]}", 28), color=GREEN, fontsize=7.5,
+            0.5, -0.03, wrap(f"true: {names[rec['true']]}", 28), color=GREEN, fontsize=7.5,
             ha="center", va="top", transform=ax.transAxes,
         )  # fmt: skip
     fig.suptitle(
@@ -282,61 +282,6 @@ def curves_figure(history: Sequence[dict[str, Any]], best_epoch: int | None = No
     return fig
 
 
-# ---------------------------------------------------------------- prediction and data
-
-
-def prediction_figure(
-    image: np.ndarray, predictions: Sequence[Any], title: str | None = None, true_label: str | None = None
-) -> Figure:
-    """The sanity-check figure: the photo as the model saw it beside a bar chart of its top-K names.
-
-    `image` is HWC in 0..1 (see `Preprocessing.denormalize`); `predictions` are
-    Prediction objects or their dicts, most probable first.
-    """
-    preds = [p if isinstance(p, dict) else p.to_dict() for p in predictions]
-    k = len(preds)
-    fig = Figure(figsize=(9, max(3.4, 0.45 * k + 1.6)), layout="constrained")
-    img_ax, bar_ax = fig.subplots(1, 2, width_ratios=[1, 1.25])
-    img_ax.imshow(image)
-    img_ax.set_axis_off()
-    if title:
-        img_ax.set_title(_wrap(title, 40), fontsize=9)
-    labels = [_wrap(_label(p["category"], p["name"]), 26) for p in preds]
-    probs = [p["probability"] for p in preds]
-    colours = [GREEN if true_label is not None and p["category"] == true_label else BLUE for p in preds]
-    y = np.arange(k)
-    bar_ax.barh(y, probs, color=colours)
-    bar_ax.set_yticks(y, labels, fontsize=9)
-    bar_ax.set_ylim(k - 0.5, -0.5)
-    bar_ax.set_xlim(0, 1.18)
-    bar_ax.set_xticks(np.linspace(0, 1, 6))
-    bar_ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    for i, p in enumerate(probs):
-        bar_ax.text(p + 0.01, i, f"{p:.1%}", va="center", fontsize=8)
-    bar_ax.set_title(f"top {k}: {labels[0].replace(chr(10), ' ')}" if k else "no predictions", fontsize=10)
-    bar_ax.spines[["top", "right"]].set_visible(False)
-    return fig
-
-
-def batch_figure(
-    images: Sequence[np.ndarray], labels: Sequence[str], ncols: int = 4, title: str | None = None
-) -> Figure:
-    """A grid of photos (HWC, 0..1) with their category names."""
-    n = len(images)
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, -(-n // ncols))
-    fig = Figure(figsize=(2.4 * ncols, 2.6 * nrows + (0.4 if title else 0)), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, img, label in zip(axes, images, labels, strict=False):
-        ax.imshow(img)
-        ax.set_title(_wrap(label, 26), fontsize=8.5)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return fig
-
-
 # ---------------------------------------------------------------- files
 
 
@@ -352,89 +297,6 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=dpi)
     return atomic_write_bytes(path, buf.getvalue(), fsync=False)
-
-
-def plot_paths(images: Sequence[Any], target: str | os.PathLike) -> list[Path]:
-    """Where each image's figure goes: TARGET itself for one image; for several, TARGET-<image stem>.png,
-    or <image stem>.png inside TARGET when it is a folder (ends with a slash or exists)."""
-    raw = str(target)
-    target = Path(target)
-    as_dir = target.is_dir() or raw.endswith(("/", os.sep))
-    if len(images) == 1 and not as_dir:
-        return [target]
-    stems = [Path(str(i)).stem if isinstance(i, str | os.PathLike) else f"image{n + 1}" for n, i in enumerate(images)]
-    if as_dir:
-        paths = [target / f"{s}.png" for s in stems]
-    else:
-        suffix = target.suffix or ".png"
-        paths = [target.with_name(f"{target.stem}-{s}{suffix}") for s in stems]
-    seen: dict[Path, int] = {}
-    out = []
-    for p in paths:
-        seen[p] = seen.get(p, 0) + 1
-        out.append(p if seen[p] == 1 else p.with_name(f"{p.stem}-{seen[p]}{p.suffix}"))
-    return out
-
-
-def write_prediction_plots(
-    classifier: Any, images: Sequence[Any], results: Sequence[Any], target: str | os.PathLike
-) -> list[Path]:
-    """One sanity-check figure per successfully predicted image; returns the files written."""
-    written = []
-    for image, res, path in zip(images, results, plot_paths(images, target), strict=True):
-        if isinstance(res, ImageError):
-            continue
-        view = classifier.preprocessing.denormalize(classifier.preprocess(image))
-        title = Path(str(image)).name if isinstance(image, str | os.PathLike) else None
-        written.append(save_figure(prediction_figure(view, res, title), path))
-    return written
-
-
-def classifier_figure(classifier: Any, image: Any, top_k: int = 5) -> Figure:
-    """Predict one photo and return the sanity-check figure (for notebooks)."""
-    preds = classifier.predict(image, top_k=top_k)
-    view = classifier.preprocessing.denormalize(classifier.preprocess(image))
-    title = Path(str(image)).name if isinstance(image, str | os.PathLike) else None
-    return prediction_figure(view, preds, title)
-
-
-def sample_batch(
-    folder: str | os.PathLike,
-    n: int = 16,
-    seed: int | None = 0,
-    preprocessing: Preprocessing | None = None,
-    names: dict[str, str] | None = None,
-) -> tuple[list[np.ndarray], list[str], dict[str, str]]:
-    """A random batch from an ImageFolder split as the model sees it (normalisation undone).
-
-    Returns the images, their labels (names where known, else the category) and
-    the unreadable files met on the way ({path: reason}), which are replaced.
-    """
-    from ..data.folders import scan_folder
-
-    split = scan_folder(folder)
-    rng = np.random.default_rng(seed)
-    images: list[np.ndarray] = []
-    labels: list[str] = []
-    skipped: dict[str, str] = {}
-    for i in rng.permutation(len(split.samples)).tolist():
-        if len(images) >= n:
-            break
-        path, target = split.samples[i]
-        try:
-            if preprocessing is None:
-                from ..data.images import load_image
-
-                img = np.asarray(load_image(path), dtype=np.float32) / 255.0
-            else:
-                img = preprocessing.denormalize(preprocessing.load(path))
-        except ImageError as exc:
-            skipped[str(path)] = exc.reason
-            continue
-        cat = split.categories[target]
-        images.append(img)
-        labels.append((names or {}).get(cat) or cat)
-    return images, labels, skipped
 
 
 def unknown_figure(unknown: dict[str, Any]) -> Figure:
@@ -454,11 +316,34 @@ def unknown_figure(unknown: dict[str, Any]) -> Figure:
         left.set_yscale("symlog", linthresh=1)
     left.legend(fontsize=8)
     left.set_title("Scores", fontsize=10)
-    right.plot(roc["known_rejected"], roc["unknown_rejected"], color=RED)
-    right.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1)
-    right.set_xlabel("known photos called unknown")
-    right.set_ylabel("other things called unknown")
-    right.set_xlim(0, 1)
-    right.set_ylim(0, 1.01)
-    right.set_title(f"ROC: AUROC {unknown['auroc']:.4f}", fontsize=10)
+    _roc_panel(right, roc["known_rejected"], roc["unknown_rejected"], "known photos called unknown",
+               "other things called unknown", f"ROC: AUROC {unknown['auroc']:.4f}")  # fmt: skip
+    return fig
+
+
+def _roc_panel(ax: Any, fpr: Sequence[float], tpr: Sequence[float], xlabel: str, ylabel: str, title: str) -> None:
+    ax.plot(fpr, tpr, color=RED, drawstyle="default")
+    ax.plot([0, 1], [0, 1], color=GREY, linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(title, fontsize=10)
+
+
+def roc_figure(metrics: dict[str, Any]) -> Figure | None:
+    """ROC curve of a two-category model (the second category positive), its area, and where the model's
+    own decision sits on it; None when the data hold photos of one category only."""
+    b = metrics.get("binary")
+    if not b or b["roc"] is None:
+        return None
+    labels = _labels(metrics)
+    fig = Figure(figsize=(5.2, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    title = f"ROC, {labels[1]} as positive: AUC {b['auc']:.4f} ({b['n_positive']} + {b['n_negative']} photos)"
+    xlabel, ylabel = f"{labels[0]} called {labels[1]} (false-positive rate)", f"{labels[1]} found (true-positive rate)"
+    _roc_panel(ax, b["roc"]["fpr"], b["roc"]["tpr"], xlabel, ylabel, title)
+    at = b["at_half"]
+    ax.scatter([at["fpr"]], [at["tpr"]], color=BLUE, zorder=3, label="the model's decision (the likelier category)")
+    ax.legend(loc="lower right", fontsize=8)
     return fig

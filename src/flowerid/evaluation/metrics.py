@@ -184,6 +184,7 @@ def compute_metrics(
         for t, p, cnt in most_confused(cm, confused_limit)
     ]
     nll = float(-np.mean(np.log(np.clip(out.true_prob, 1e-12, 1.0)))) if n else None
+    binary = {"binary": binary_roc(out, categories, names)} if c == 2 else {}
     return {
         "n": n,
         "num_classes": c,
@@ -202,6 +203,55 @@ def compute_metrics(
         "most_confused": confused,
         "per_class": per_class,
         "confusion": cm.tolist(),
+        **binary,
+    }
+
+
+def positive_scores(out: Outcomes) -> np.ndarray:
+    """The probability of the second category (the positive one) for each photo of a two-category model.
+
+    From the top-k records: with k = 1 the other category's probability is one minus the top one's.
+    """
+    hit = out.topk == 1
+    p = np.where(hit.any(axis=1), (out.topk_prob * hit).sum(axis=1), np.nan)
+    missing = np.isnan(p)
+    p[missing] = 1.0 - out.topk_prob[missing, 0]
+    return p
+
+
+def binary_roc(
+    out: Outcomes, categories: Sequence[str], names: Sequence[str | None], max_points: int = 400
+) -> dict[str, Any]:
+    """ROC curve and its area for a two-category model, the second category taken as the positive one.
+
+    AUC is the chance that a photo of the positive category scores higher than one of the other (ties
+    half); None when the data hold photos of only one of them. The curve runs from (0, 0) to (1, 1),
+    one point per distinct score (at most `max_points`); `at_half` is the operating point of the
+    model's own decision (the more probable category).
+    """
+    scores = positive_scores(out)
+    pos, neg = scores[out.y_true == 1], scores[out.y_true == 0]
+    cuts = np.unique(scores)[::-1]
+    if len(cuts) > max_points:
+        cuts = np.quantile(cuts, np.linspace(1, 0, max_points))
+    both = len(pos) > 0 and len(neg) > 0
+    rate = lambda xs, t: float((xs >= t).mean()) if len(xs) else None  # noqa: E731
+    return {
+        "positive": categories[1],
+        "positive_name": names[1] if names else None,
+        "n_positive": len(pos),
+        "n_negative": len(neg),
+        "auc": auroc(neg, pos) if both else None,
+        "roc": {
+            "fpr": [0.0] + [rate(neg, t) for t in cuts] + [1.0],
+            "tpr": [0.0] + [rate(pos, t) for t in cuts] + [1.0],
+        }
+        if both
+        else None,
+        "at_half": {
+            "fpr": float((out.y_pred[out.y_true == 0] == 1).mean()) if len(neg) else None,
+            "tpr": float((out.y_pred[out.y_true == 1] == 1).mean()) if len(pos) else None,
+        },
     }
 
 

@@ -19,6 +19,7 @@ th{background:#f6f6f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .card{border:1px solid #ddd;border-radius:8px;padding:.6rem 1rem;min-width:10rem}
 .card b{display:block;font-size:1.5rem}.card span{color:#666;font-size:.8rem}
 img{max-width:100%;height:auto;border:1px solid #eee}.bad{color:#c0392b}.scroll{max-height:32rem;overflow:auto}
+figure{margin:.8rem 0}figcaption{color:#666;font-size:.8rem}
 """
 
 
@@ -39,10 +40,36 @@ def _card(value: str, label: str) -> str:
     return f'<div class="card"><b>{escape(value)}</b><span>{escape(label)}</span></div>'
 
 
+def _why(why: tuple[list[Any], str] | None) -> list[str]:
+    """The mistakes' maps: what it said and what was right, side by side (evaluation/why.py)."""
+    if why is None or (not why[0] and not why[1]):
+        return []
+    pictures, note = why
+    parts = [
+        "<h2>Mistakes: where it looked</h2>",
+        "<p>Each photo twice: the map of the category it said (left) and of the right one (right), brighter where "
+        "a cell pushed that category's score up (docs/explanations.md).</p>",
+    ]
+    if note:
+        parts.append(f"<p>{escape(note)}</p>")
+    for pic in pictures:
+        data = base64.b64encode(pic.jpeg).decode("ascii")
+        parts.append(
+            f'<figure><img src="data:image/jpeg;base64,{data}" alt="maps of {escape(pic.said)} and {escape(pic.true)}">'
+            f"<figcaption>{escape(pic.path)}</figcaption></figure>"
+        )
+    return parts
+
+
 def render_report(
-    metrics: dict[str, Any], pngs: dict[str, bytes], checkpoint: dict[str, Any], skipped: dict[str, str]
+    metrics: dict[str, Any],
+    pngs: dict[str, bytes],
+    checkpoint: dict[str, Any],
+    skipped: dict[str, str],
+    why: tuple[list[Any], str] | None = None,
 ) -> str:
-    """The HTML page for an evaluation; `pngs` maps figure names to PNG (or JPEG, for photos) bytes."""
+    """The HTML page for an evaluation; `pngs` maps figure names to PNG (or JPEG, for photos) bytes; `why` the
+    mistakes' maps and a note."""
     m = metrics
     cal = m["calibration"]
     lo1, hi1 = m["top1_ci"]
@@ -94,11 +121,23 @@ def render_report(
         f'<td class="n">{_pct(p["f1"])}</td><td class="n">{p["support"]}</td><td class="n">{p["predicted"]}</td></tr>'
         for p in ranked
     )
+    few = len(m["per_class"]) <= 10  # a small model's user reads every row: the table is open
     parts.append(
-        '<details><summary>Per-class table (lowest F1 first)</summary><div class="scroll"><table>'
+        f'<details{" open" * few}><summary>Per-class table (lowest F1 first)</summary><div class="scroll"><table>'
         "<tr><th>name</th><th>category</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>"
         f"<th>predicted</th></tr>{rows}</table></div></details>"
     )
+    b = m.get("binary")
+    if b and b["auc"] is not None:
+        name = escape(b["positive_name"] or b["positive"])
+        at = b["at_half"]
+        parts += [
+            "<h2>ROC curve</h2>",
+            f"<p>With {name} as the positive category: AUC {b['auc']:.4f} over {b['n_positive']} + "
+            f"{b['n_negative']} photos. The model's own decision (the likelier category) finds {_pct(at['tpr'])} "
+            f"of {name} and calls {_pct(at['fpr'])} of the others {name}.</p>",
+            _img(pngs, "roc", "ROC curve"),
+        ]
     parts += [
         "<h2>Calibration</h2>",
         f"<p>Expected calibration error {ece} over {cal['n_bins']} "
@@ -107,6 +146,7 @@ def render_report(
         _img(pngs, "reliability", "reliability diagram"),
         "<h2>Mistakes</h2>",
         _img(pngs, "mistakes", "misclassified photos"),
+        *_why(why),
     ]
     if "unknown" in m:
         u = m["unknown"]

@@ -51,7 +51,9 @@ SUMMARY_KEYS = (
     "seconds",
 )
 
-FIGURES = ("confusion", "per_class", "mistakes", "reliability", "curves", "unknown")
+FEW_CATEGORIES = 10  # up to this many, the summary lists each category's precision and recall
+WHY_LIMIT = 12  # mistakes shown with their maps in report.html
+FIGURES = ("confusion", "per_class", "mistakes", "reliability", "curves", "unknown", "roc")
 
 
 @dataclass
@@ -68,9 +70,11 @@ class Evaluation:
     files: list[Path] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
+    why: list[Any] = field(default_factory=list)  # why.MistakePicture: the mistakes' maps, for report.html
+    why_note: str = ""
 
     def summary(self) -> dict[str, Any]:
-        """The headline numbers: no per-image, per-class or matrix data."""
+        """The headline numbers: no per-image or matrix data, and per-category rows only for a few categories."""
         m = self.metrics
         out = {k: m[k] for k in SUMMARY_KEYS if k in m}
         out["ece"] = m["calibration"]["ece"]
@@ -80,6 +84,10 @@ class Evaluation:
             out["known_rejected"] = m["known_rejected"]
         if "unknown" in m:
             out["unknown"] = {k: v for k, v in m["unknown"].items() if k not in ("roc", "histogram")}
+        if "binary" in m:
+            out["binary"] = {k: v for k, v in m["binary"].items() if k != "roc"}
+        if m["num_classes"] <= FEW_CATEGORIES:
+            out["per_class"] = m["per_class"]
         if self.out_dir is not None:
             out["out_dir"] = str(self.out_dir)
         return out
@@ -116,6 +124,12 @@ class Evaluation:
 
         return unknown_figure(self.metrics["unknown"]) if "unknown" in self.metrics else None
 
+    def roc_figure(self) -> Figure | None:
+        """ROC curve of a two-category model (second category positive), or None for more categories."""
+        from .figures import roc_figure
+
+        return roc_figure(self.metrics)
+
     def curves_figure(self) -> Figure | None:
         """Training curves from the checkpoint's history, or None when it has none."""
         from .figures import curves_figure
@@ -127,12 +141,18 @@ def _scan(folder: Path, categories: list[str]) -> ImageFolder:
     try:
         return scan_folder(folder, categories)
     except DataError as exc:
-        splits = [s for s in ("valid", "test", "train") if (folder / s).is_dir()]
-        if splits:
-            raise DataError(
-                f"{exc}. {folder} looks like a data folder with splits; evaluate one of them, e.g. {folder / splits[0]}"
-            ) from None
-        raise
+        from ..data.layout import find_layout
+
+        try:
+            layout = find_layout(folder)
+        except DataError:
+            raise exc from None
+        if layout.flat:
+            raise
+        split = layout.valid or layout.test or layout.train
+        raise DataError(
+            f"{exc}. {folder} looks like a data folder with splits; evaluate one of them, e.g. {split}"
+        ) from None
 
 
 def _records(split: ImageFolder, keep: np.ndarray, out: Outcomes, categories: list[str]) -> list[dict[str, Any]]:
@@ -236,6 +256,10 @@ def evaluate(
             }
             metrics["skipped"] = len(skipped)
     result = Evaluation(metrics, skipped, history=history, best_epoch=ck.get("metrics", {}).get("best_epoch"))
+    if out_dir is not None and figures and mistakes > 0:
+        from .why import mistake_pictures
+
+        result.why, result.why_note = mistake_pictures(clf, metrics, min(mistakes, WHY_LIMIT))
     if out_dir is not None:
         write_outputs(result, Path(out_dir), figures=figures, mistakes=mistakes, checkpoint_info=_describe(ck))
     log(format_summary(result))
@@ -302,6 +326,7 @@ def write_outputs(
             "reliability": result.reliability_figure,
             "curves": result.curves_figure,
             "unknown": result.unknown_figure,
+            "roc": result.roc_figure,
         }
         for name, make in makers.items():
             fig = make()
@@ -316,7 +341,7 @@ def write_outputs(
             with Image.open(io.BytesIO(pngs["mistakes"])) as im:
                 im.convert("RGB").save(buf, format="JPEG", quality=85)
             pngs = {**pngs, "mistakes": buf.getvalue()}
-        html = render_report(result.metrics, pngs, checkpoint_info or {}, result.skipped)
+        html = render_report(result.metrics, pngs, checkpoint_info or {}, result.skipped, (result.why, result.why_note))
         files.append(atomic_write_bytes(out_dir / "report.html", html.encode("utf-8")))
     result.files = files
     return files
@@ -338,6 +363,8 @@ def format_summary(result: Evaluation) -> str:
         f"  calibration error (ECE) {m['calibration']['ece']:7.3f}"
         f"   mean confidence {pct(m['calibration']['mean_confidence'])}",
     ]
+    if m["num_classes"] <= FEW_CATEGORIES:
+        lines += _per_class_lines(m)
     if "known_rejected" in m:
         lines.append(f"  called unknown          {pct(m['known_rejected']):>7}   of these photos (stored threshold)")
     if "unknown" in m:
@@ -364,3 +391,24 @@ def format_summary(result: Evaluation) -> str:
     if result.out_dir is not None:
         lines.append(f"wrote {', '.join(p.name for p in result.files)} to {result.out_dir}")
     return "\n".join(lines)
+
+
+def _per_class_lines(m: dict[str, Any]) -> list[str]:
+    """Each category's precision and recall, the confusion matrix for a few, and for two the ROC area:
+    what the user of a small model looks at."""
+    labels = [p["name"] or p["category"] for p in m["per_class"]]
+    width = max(8, *(len(label) for label in labels))
+    lines = [f"  {'category':<{width}}  {'precision':>9}  {'recall':>7}  {'photos':>6}"]
+    for label, p in zip(labels, m["per_class"], strict=True):
+        lines.append(f"  {label:<{width}}  {pct(p['precision'], 1):>9}  {pct(p['recall'], 1):>7}  {p['support']:>6}")
+    if m["num_classes"] <= 5:
+        cell = max(6, *(len(label) for label in labels))
+        lines.append("  confusion matrix (rows true, columns predicted):")
+        lines.append(f"  {'':<{width}}  " + "  ".join(f"{label:>{cell}}" for label in labels))
+        for label, row in zip(labels, m["confusion"], strict=True):
+            lines.append(f"  {label:<{width}}  " + "  ".join(f"{v:>{cell}}" for v in row))
+    b = m.get("binary")
+    if b and b["auc"] is not None:
+        name = b["positive_name"] or b["positive"]
+        lines.append(f"  ROC AUC                 {b['auc']:7.4f}   ({name} as the positive category)")
+    return lines

@@ -47,12 +47,14 @@ def build_checkpoint(
     training: dict[str, Any],
     metrics: dict[str, Any],
     unknown: dict[str, Any] | None = None,
+    class_stats: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A checkpoint dict in the layout `validate` checks (format fields are added by `save_checkpoint`).
 
     `backbone`: name, weights_digest, weights_path (None, or relative to the checkpoint's
     folder for a tuned backbone saved beside it) and num_features. `unknown`: the
     unknown-photo detector's state (model/unknown.py); a checkpoint without it names every photo.
+    `class_stats`: per-category feature statistics (model/class_stats.py) that `flowerid add` needs.
     """
     return {
         "flowerid_version": __version__,
@@ -64,6 +66,7 @@ def build_checkpoint(
         "class_to_idx": {c: i for i, c in enumerate(categories)},
         "head": {"config": head_config, "state_dict": head_state},
         "unknown": unknown,
+        "class_stats": class_stats,
         "training": training,
         "metrics": metrics,
     }
@@ -170,6 +173,12 @@ def validate(ckpt: Any, where: str = "checkpoint") -> dict[str, Any]:
 
         cfg = HeadConfig.from_dict(head["config"])
         UnknownDetector.from_state(ckpt["unknown"], cfg.num_classes, cfg.in_features, where)
+    if ckpt.get("class_stats") is not None:  # absent: trained before `flowerid add`; it predicts as ever
+        from .class_stats import ClassStats
+        from .head import HeadConfig
+
+        cfg = HeadConfig.from_dict(head["config"])
+        ClassStats.from_state(ckpt["class_stats"], cfg.num_classes, cfg.hidden_units or cfg.in_features, where)
     return ckpt
 
 

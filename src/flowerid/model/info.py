@@ -44,6 +44,8 @@ def checkpoint_info(path: str | os.PathLike, shipped: bool = False) -> dict[str,
         "training": ckpt.get("training", {}),
         "metrics": metrics,
         "unknown": _unknown_info(ckpt),
+        "additions": list(ckpt.get("additions") or []),
+        "can_add": ckpt.get("class_stats") is not None,
     }
 
 
@@ -126,6 +128,10 @@ def format_info(info: dict[str, Any]) -> str:
                 f"from {t.get('data_dir', '?')} on {t.get('device', '?')}; {settings}",
             )
         )
+        if t.get("split"):
+            sp = t["split"]
+            held = f"held out of {sp['held_out_of']}: {sp['valid_fraction']:.0%} of each category, seed {sp['seed']}"
+            rows.append(("valid split", f"{held}, {sp['valid']} photos (list digest {sp['valid_digest'][:12]})"))
         if t.get("selection"):
             sel = t["selection"]
             rows.append(("chosen from", f"{len(sel)} settings by valid top-1: " + "; ".join(_selection(sel))))
@@ -153,6 +159,18 @@ def format_info(info: dict[str, Any]) -> str:
                     + ", ".join(f"{x.get('backbone', '?')} {pct(x.get('valid_acc'))}" for x in m["members"]),
                 )
             )
+        if isinstance(m.get("teacher"), dict):
+            tr, te = info.get("training", {}), m["teacher"]
+            rows.append(
+                (
+                    "taught by",
+                    f"{te.get('preset') or te.get('backbone', '?')} (sha256 {str(te.get('digest'))[:12]}…, valid top-1 "
+                    f"{pct(te.get('valid_acc'))}"
+                    + (f", its recipe {pct(te['cv_top1'])} by cross-validation" if te.get("cv_top1") else "")
+                    + f"), its probabilities at temperature {tr.get('distill_temperature', '?')}, "
+                    f"share {tr.get('distill_alpha', '?')}, on the photos and {tr.get('views', 0)} view(s) of each",
+                )
+            )
         if "test_acc" in m:
             rows.append(("test", f"top-1 {pct(m['test_acc'])}, loss {m.get('test_loss', float('nan')):.4f}"))
     u = info.get("unknown")
@@ -167,6 +185,7 @@ def format_info(info: dict[str, Any]) -> str:
             "retrain to get it (every photo gets one of the categories)",
         )
     )
+    rows += _additions_rows(info)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -176,4 +195,25 @@ def _selection(sel: list[dict[str, Any]]) -> list[str]:
     for run in sel:
         settings = " ".join(f"{k}={v}" for k, v in run.get("settings", {}).items())
         out.append(f"{settings or 'defaults'} → {pct(run.get('valid_acc'))}")
+    return out
+
+
+def _additions_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """What `flowerid add` taught the model since training, one line per run, and whether it can."""
+    out = []
+    for a in info.get("additions", []):
+        parts = [
+            f"{len(v)} {k} ({sum(v.values())} photos: {', '.join(list(v)[:4])}{' …' if len(v) > 4 else ''})"
+            for k, v in (("added", a.get("added") or {}), ("corrected", a.get("corrected") or {}))
+            if v
+        ]
+        out.append(
+            (
+                "added",
+                f"{a.get('when', '?')}: {'; '.join(parts) or 'nothing'} from {a.get('from', '?')}"
+                f" ({a.get('method', '?')}" + (f", {a['skipped']} unreadable skipped)" if a.get("skipped") else ")"),
+            )
+        )
+    if not info.get("can_add"):
+        out.append(("add", "no per-category statistics: retrain to be able to `flowerid add` categories"))
     return out

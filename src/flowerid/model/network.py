@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -68,8 +69,13 @@ def build_head_of(checkpoint: dict[str, Any]) -> nn.Module:
     """The checkpoint's trained head as a torch module in eval mode."""
     head_info = checkpoint["head"]
     head = build_head(HeadConfig.from_dict(head_info["config"]))
+    # A checkpoint read before torch was imported holds numpy arrays (model/_torchfile.py): tensors for torch.
+    state = {
+        k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
+        for k, v in head_info["state_dict"].items()
+    }
     try:
-        head.load_state_dict(head_info["state_dict"])
+        head.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"the head weights do not fit the recorded head: {first_line(exc)}") from None
     return head.eval()

@@ -21,6 +21,8 @@ from .unknown import UnknownDetector
 
 if TYPE_CHECKING:
     from ..backbones.engines import Engine
+    from .explain import Explanation
+    from .spatial import Explainer
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Classifier:
         self.head = NumpyHead(head_cfg, head["state_dict"])
         # None: a checkpoint from before flowerid could tell photos of other things; it names every photo.
         self.unknown = UnknownDetector.of_checkpoint(checkpoint)
+        self._explainer: Explainer | None = None
 
     @classmethod
     def load(
@@ -170,6 +173,21 @@ class Classifier:
             raise UsageError("top_k must be at least 1")
         probs, scores = self.forward(self.preprocess(image)[None])
         return self.top_k(probs[0], top_k, None if scores is None else scores[0])
+
+    @property
+    def explainer(self) -> Explainer:
+        """Explanations of this model's answers (model/spatial.py); its graph loads on first use only."""
+        if self._explainer is None:
+            from .spatial import Explainer
+
+            self._explainer = Explainer(self)
+        return self._explainer
+
+    def explain(self, image: ImageSource, category: str | int | None = None) -> Explanation:
+        """Why the photo is (or would be) named `category` (None: its top category): the category's logit per
+        cell of the photo (`grid`, numpy), the part of the photo the grid covers (`box`), the logit and bias
+        (grid.mean() + bias == logit) and whether that split is exact (a linear head) or Grad-CAM's."""
+        return self.explainer.explain(image, category)
 
     def forward_photos(
         self, images: Sequence[ImageSource], engine: Engine | None = None

@@ -1,7 +1,8 @@
-"""Training: settings, presets and the small records functions take (config), the learning-rate schedule
-(schedule), the shared epoch loop (loop), the three modes (frozen, tuned with its tail training in tail, full)
-and their table (modes), what they share (common), calibration (calibrate), the unknown-photo detector's fit
-(unknown), cross-validation (crossval), resume state (resume), and `train()` (run), which picks the mode.
+"""Training: settings, presets and the small records functions take (config), the learning-rate schedule (schedule),
+the shared epoch loop (loop), the four modes (frozen, tuned with its tail training in tail, full, distilled in
+distill with its cross-validation in distill_cv) and their table (modes), what they share (common), calibration
+(calibrate), the unknown-photo detector's fit (unknown), cross-validation (crossval), resume state (resume), and
+`train()` (run), which picks the mode.
 
 `from flowerid.training.run import train`; this package itself imports nothing, so reading the
 settings (config) costs no torch."""

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import distributed
@@ -26,7 +27,7 @@ from ..errors import DataError
 from ..model.checkpoint import build_checkpoint, save_checkpoint
 from ..model.head import HeadConfig, build_head
 from .calibrate import calibrate
-from .config import Extraction, TrainConfig
+from .config import Extraction, Fit, TrainConfig
 from .resume import STATE_FILE
 from .unknown import fit_for_run
 
@@ -41,12 +42,13 @@ class TrainResult:
 @dataclass
 class Folds:
     """What cross-validating a mode needs (modes.Mode.folds): the pooled photos' labels, the unreadable ones,
-    and `held_out(train_rows, held_rows)`: one fold's fit from the pretrained network, giving the held-out
-    rows' logits, one tensor per network trained (an ensemble's members; their mean is the ensemble's)."""
+    and `held_out(folds, f, fit)`: fold `f`'s fit (`fit`: the recipe fitted to the fold's training photos)
+    from the pretrained network, trained on the rows with `folds != f`, giving the logits of the rows with
+    `folds == f`, one tensor per network trained (an ensemble's members; their mean is the ensemble's)."""
 
     labels: torch.Tensor
     failures: dict[str, str]
-    held_out: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]
+    held_out: Callable[[np.ndarray, int, Fit], list[torch.Tensor]]
 
 
 @dataclass
@@ -163,13 +165,14 @@ def finish(
     weights_path: str | None,
     head_cfg: HeadConfig,
     head_state: dict[str, torch.Tensor],
-    unknown: dict[str, Any],
+    extras: dict[str, Any],
     metrics: dict[str, Any],
     skipped: dict[str, str],
     photos: dict[str, int],
 ) -> TrainResult:
     """Write checkpoint.pth, metrics.json, curves.png and skipped.tsv; say where.
 
+    `extras`: the optional checkpoint keys `fit_for_run` fills (unknown, class_stats).
     `photos`: train_images (photos), train_rows (views add rows, not photos), valid_images.
     """
     spec, data = backbone.spec, run.data
@@ -193,9 +196,11 @@ def finish(
             "device": run.device,
             "engine": backbone.engine.name,
             "world_size": distributed.world().size,
+            "layout": data.layout.describe() if data.layout is not None else None,
+            "split": data.split,  # the valid split held out of train, or None when valid/ was given
         },
         metrics=metrics,
-        unknown=unknown,
+        **extras,
     )
     path = save_checkpoint(ckpt, run.save_dir / "checkpoint.pth")
     atomic_write_json(run.save_dir / "metrics.json", metrics)
@@ -246,9 +251,7 @@ def finish_trained_backbone(
     if feats is None:
         tr = features_of(run.data.train, backbone, no_cache, "train")
         feats = (tr.x, tr.y, features_of(run.data.valid, backbone, no_cache, "valid").x)
-    unknown = fit_for_run(
-        cfg.unknown_settings, cfg.extraction, backbone, *feats, head_cfg, head_state, metrics, run.log
-    )
+    extras = fit_for_run(cfg.unknown_settings, cfg.extraction, backbone, *feats, head_cfg, head_state, metrics, run.log)
     if run.data.test is not None:
         head = build_head(head_cfg)
         head.load_state_dict(head_state)
@@ -257,4 +260,4 @@ def finish_trained_backbone(
         metrics["test_loss"], metrics["test_acc"] = evaluate_head(head, te.x, te.y)
         run.log(f"test accuracy {metrics['test_acc']:.2%} on {len(te.y)} images")
     metrics["total_seconds"] = time.perf_counter() - run.t_start
-    return finish(run, backbone, BACKBONE_FILE, head_cfg, head_state, unknown, metrics, skipped, photos)
+    return finish(run, backbone, BACKBONE_FILE, head_cfg, head_state, extras, metrics, skipped, photos)

@@ -26,12 +26,21 @@ class Preset:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     tune_stages: int = 0  # backbone stages fine-tuned with the head (training/tuned.py); 0 = frozen
+    # Distillation (training/distill.py): the recipe whose model teaches (trained inside each fold by
+    # cross-validation; `flowerid train` takes a finished run of it, --teacher CHECKPOINT), the
+    # temperature of the teacher's and the student's probabilities, and the teacher's share of the loss.
+    teacher: str | None = None
+    distill_temperature: float = 1.0
+    distill_alpha: float = 1.0
+    cv_top1: float | None = None  # mean top-1 over the 5 folds of benchmarks/bench_cv.py (docs/presets.md)
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("fast", "efficientnet_lite0", 0, 20, "one small frozen backbone: the quickest useful model"),
+        Preset(
+            "fast", "efficientnet_lite0", 0, 20, "one small frozen backbone: the quickest useful model", cv_top1=0.9554
+        ),
         Preset(
             "default",
             "efficientnet_lite0",
@@ -39,6 +48,7 @@ PRESETS: dict[str, Preset] = {
             8,
             "one small backbone whose last stage fine-tunes with the head on cached activations",
             tune_stages=1,
+            cv_top1=0.9788,
         ),
         Preset(
             "best",
@@ -47,6 +57,19 @@ PRESETS: dict[str, Preset] = {
             12,
             "three backbones (Lite0, Lite1, Lite2), each one's last stage fine-tuned with a head, heads averaged",
             tune_stages=1,
+            cv_top1=0.9881,
+        ),
+        Preset(  # provisional: views, epochs, temperature and mixing not yet chosen by cross-validation
+            "distilled",
+            "efficientnet_lite0",
+            1,
+            8,
+            "default's network learning a trained `best` model's probabilities (--teacher CHECKPOINT) on the "
+            "photos and an augmented view of each; predicts at default's cost",
+            tune_stages=1,
+            teacher="best",
+            distill_temperature=1.0,
+            distill_alpha=1.0,
         ),
     )
 }
@@ -64,6 +87,10 @@ class Fit:
     weight_decay: float
     label_smoothing: float
     keep_best_epoch: bool = False
+    distill_temperature: float = 1.0  # with a teacher's logits (training/distill.py)
+    distill_alpha: float = 1.0
+
+    balance_classes: bool = False  # weight the loss by inverse category frequency (loop.Stepper.class_weights)
 
 
 @dataclass(frozen=True)
@@ -116,10 +143,27 @@ class TrainConfig:
     keep_best_epoch: bool = False
     accept_rate: float = 0.95  # share of valid photos the unknown-photo threshold accepts as known
     negatives: str | None = None  # folder of photos of other things: sharpens the unknown-photo score
+    # Distillation (training/distill.py): a checkpoint whose probabilities the network learns (`flowerid
+    # train`), or a preset's name, whose recipe cross-validation trains inside each fold as the teacher.
+    teacher: str | None = None
+    distill_temperature: float = 1.0  # both sides' logits divided by it before they are compared
+    distill_alpha: float = 1.0  # the teacher's share of the loss; the rest is the labels' cross-entropy
+
+    # A data folder with no valid split: this share of each category is held out as valid (data/layout.py).
+    valid_fraction: float = 0.2
+    split_seed: int = 0
+    # Weight the loss by inverse category frequency, so a rare category counts as much as a common one.
+    balance_classes: bool = False
+    # Fit a preset's recipe to a small or unbalanced set (adapt_to_data; docs/presets.md) before training.
+    # Off for settings made by hand; from_preset turns it on.
+    adapt: bool = False
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
         """A preset's settings, with any field overridden (None values are ignored).
+
+        `adapt` is on (the recipe is fitted to a small set, adapt_to_data) unless `epochs` or `tune_stages`
+        are given: settings chosen by hand are kept.
 
         A preset's tuned stages belong to its backbone: with another `arch` the backbone
         stays frozen unless `tune_stages` is given too (any backbone works frozen; only
@@ -140,11 +184,17 @@ class TrainConfig:
             "learning_rate": preset.learning_rate,
             "weight_decay": preset.weight_decay,
             "tune_stages": preset.tune_stages,
+            "teacher": preset.teacher,
+            "distill_temperature": preset.distill_temperature,
+            "distill_alpha": preset.distill_alpha,
             "preset": name,
+            "adapt": True,
         }
         given = {k: v for k, v in overrides.items() if v is not None}
         if given.get("arch", preset.arch) != preset.arch and "tune_stages" not in given:
             values["tune_stages"] = 0
+        if {"epochs", "tune_stages"} & set(given) and "adapt" not in given:
+            values["adapt"] = False  # epochs or a mode given by hand are not adapted away
         values.update(given)
         return cls(**values)
 
@@ -159,6 +209,9 @@ class TrainConfig:
             self.weight_decay,
             self.label_smoothing,
             self.keep_best_epoch,
+            self.distill_temperature,
+            self.distill_alpha,
+            self.balance_classes,
         )
 
     @property
@@ -173,9 +226,12 @@ class TrainConfig:
 
     @property
     def mode(self) -> str:
-        """The training mode these settings ask for: full (full_finetune), tuned (tune_stages > 0) or frozen."""
+        """The training mode these settings ask for: full (full_finetune), distilled (a teacher),
+        tuned (tune_stages > 0) or frozen."""
         if self.full_finetune:
             return "full"
+        if self.teacher:
+            return "distilled"
         return "tuned" if self.tune_stages else "frozen"
 
     def check(self) -> None:
@@ -194,8 +250,69 @@ class TrainConfig:
             raise UsageError("views must be 0 (the photos only) or more", setting="views")
         if self.tune_stages < 0:
             raise UsageError("tune_stages must be 0 (a frozen backbone) or more", setting="tune_stages")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise UsageError("distill_temperature must be a positive number", setting="distill_temperature")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise UsageError(
+                "distill_alpha must be between 0 (labels only) and 1 (teacher only)", setting="distill_alpha"
+            )
+        if not 0.0 < self.valid_fraction <= 0.5:
+            raise UsageError(
+                "valid_fraction must be above 0 and at most 0.5 (0.2 holds out a fifth of each category)",
+                setting="valid_fraction",
+            )
         if not 0.5 <= self.accept_rate <= 1.0:
             raise UsageError(
                 "accept_rate must be a fraction between 0.5 and 1 (0.95 keeps 95% of valid photos)",
                 setting="accept_rate",
             )
+
+
+# What adapt_to_data does, as measured by benchmarks/bench_small.py (docs/presets.md, "Small sets").
+MIN_STEPS = 100  # optimiser steps a frozen backbone's head takes at the least: 8 epochs of 16 photos are 8
+MIN_BATCH = 16  # smallest batch adapting goes down to before it adds epochs
+TUNE_FROM = 200  # training photos from which a preset's tuned stages train; below, the backbone stays frozen
+
+
+def adapt_to_data(
+    cfg: TrainConfig,
+    counts: list[int],
+    *,
+    min_steps: int | None = None,
+    min_batch: int | None = None,
+    tune_from: int | None = None,
+) -> tuple[TrainConfig, list[str]]:
+    """A preset's settings fitted to a data set of `counts` train photos per category, and what changed.
+
+    The loss stays plain on unbalanced sets: weighting it (`balance_classes`) cost top-1 where measured and
+    bought mean per-class accuracy (docs/presets.md), a trade the user chooses with --balance-classes.
+    Returns the settings and what changed
+    (one line each, for the log). Settings made by hand (`cfg.preset` None) or `cfg.adapt` off stay as they are,
+    and so does a distilled recipe (its student must be the tuned network its teacher's logits were made for).
+    The keywords default to this module's MIN_STEPS, MIN_BATCH and TUNE_FROM (read at the call).
+    """
+    if not cfg.adapt or cfg.preset is None or not counts or cfg.teacher:
+        return cfg, []
+    min_steps = MIN_STEPS if min_steps is None else min_steps
+    min_batch = MIN_BATCH if min_batch is None else min_batch
+    tune_from = TUNE_FROM if tune_from is None else tune_from
+    changes: list[str] = []
+    n = sum(counts)
+    tune_stages, batch, epochs = cfg.tune_stages, cfg.batch_size, cfg.epochs
+    if tune_stages and n < tune_from:
+        tune_stages = 0
+        changes.append(
+            f"the backbone stays frozen (a head on its features): {n} training photos, and tuning its last "
+            f"stage pays from about {tune_from}"
+        )
+    if not tune_stages and not cfg.full_finetune:  # a head on frozen features: measured to need the steps
+        # Smaller batches first (more steps for the same work), then more epochs.
+        batch = min(cfg.batch_size, max(min_batch, (n * cfg.epochs) // max(1, min_steps)))
+        epochs = max(cfg.epochs, math.ceil(min_steps / max(1, math.ceil(n / batch))))
+    if (epochs, batch) != (cfg.epochs, cfg.batch_size):
+        changes.append(
+            f"{epochs} epochs of batches of {batch} instead of {cfg.epochs} of {cfg.batch_size}: {n} training "
+            f"photos would make {cfg.epochs * math.ceil(n / cfg.batch_size)} steps, and a run needs about {min_steps}"
+        )
+    adapted = dataclasses.replace(cfg, epochs=epochs, batch_size=batch, tune_stages=tune_stages)
+    return adapted, changes

@@ -24,7 +24,7 @@ from ..data.folds import FOLDS, SEED, stratified_folds
 from ..errors import DataError
 from ..evaluation.metrics import calibration
 from .calibrate import fit_temperature, softmax
-from .config import TrainConfig
+from .config import TrainConfig, adapt_to_data
 
 
 @dataclass
@@ -94,6 +94,22 @@ def combine(*results: CVResult) -> CVResult:
     return CVResult(np.mean(logp, axis=0), first.labels, first.folds)
 
 
+def out_of_fold(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, only: list[int] | None) -> CVResult:
+    """The result of the folds `only` (None: all of them)."""
+    if only is None:
+        return CVResult(logits, labels, folds)
+    keep = np.isin(folds, only)
+    return CVResult(logits[keep], labels[keep], folds[keep])
+
+
+def deal(y: torch.Tensor, failed: dict, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled photos' labels and folds; DataError when any photo could not be read."""
+    if failed:
+        raise DataError(f"{len(failed)} unreadable photos; run `flowerid check` and remove them first")
+    labels = y.numpy()
+    return labels, stratified_folds(labels, k, seed)
+
+
 def pooled(data_dir: str | os.PathLike) -> ImageFolder:
     """train and valid as one split: the photos cross-validation deals into folds."""
     data = load_dataset(data_dir)
@@ -116,21 +132,25 @@ def cross_validate(
     from .modes import MODES, mode_for
 
     mode = mode_for(cfg.mode)
-    if mode.folds is None or cfg.views:
+    if mode.folds is None or (cfg.views and not mode.folds_take_views):
         measured = [name for name, m in MODES.items() if m.folds is not None]
-        raise DataError(f"cross-validation covers the {' and '.join(measured)} modes without views")
+        raise DataError(f"cross-validation covers the {', '.join(measured)} modes (views: distilled alone)")
     photos = pooled(data_dir)
-    prepared = mode.folds(photos, cfg, resolve_device(cfg.device))
-    if prepared.failures:
-        raise DataError(f"{len(prepared.failures)} unreadable photos; run `flowerid check` and remove them first")
+    # The mode a run on this much data takes (adapt_to_data may keep the backbone frozen), from what a fold
+    # trains on; each fold then fits the steps and the loss to its own photos, in that mode.
+    fold_counts = [round(n * (k - 1) / k) for n in photos.counts().values()]
+    cfg = dataclasses.replace(cfg, tune_stages=adapt_to_data(cfg, fold_counts)[0].tune_stages)
+    mode = mode_for(cfg.mode)
+    prepared = mode.folds(photos, cfg, resolve_device(cfg.device), log)
+    labels, folds = deal(prepared.labels, prepared.failures, k, seed)
     y = prepared.labels
-    labels = y.numpy()
-    folds = stratified_folds(labels, k, seed)
     logits = np.zeros((len(labels), len(photos.categories)), dtype=np.float32)
     for f in only if only is not None else range(k):
-        tr = torch.from_numpy(np.flatnonzero(folds != f))
         te = torch.from_numpy(np.flatnonzero(folds == f))
-        outs = prepared.held_out(tr, te)  # every fold starts from the pretrained network
+        # As train() fits the preset to its train split, each fold's recipe is fitted to its training photos.
+        counts = np.bincount(labels[folds != f], minlength=len(photos.categories)).tolist()
+        fit = adapt_to_data(cfg, counts)[0].fit
+        outs = prepared.held_out(folds, f, fit)  # every fold starts from the pretrained network
         out = torch.stack(outs).mean(0)
         logits[te.numpy()] = out.float().numpy()
         acc = float((out.argmax(1) == y[te]).float().mean())
@@ -142,7 +162,4 @@ def cross_validate(
                 + ")"
             )
         log(f"fold {f + 1}/{k}: held-out top-1 {acc:.2%} on {len(te)} photos{alone}")
-    if only is not None:
-        keep = np.isin(folds, only)
-        return CVResult(logits[keep], labels[keep], folds[keep])
-    return CVResult(logits, labels, folds)
+    return out_of_fold(logits, labels, folds, only)

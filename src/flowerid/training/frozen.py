@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import distributed
@@ -64,7 +65,8 @@ def fit_head(
     torch.manual_seed(fit.seed)
     head = build_head(head_cfg).to(x_train.device)
     n = len(x_train)
-    stepper = Stepper([list(head.parameters())], [fit.learning_rate], fit, n)
+    weight = Stepper.class_weights(y_train, head_cfg.num_classes, fit)
+    stepper = Stepper([list(head.parameters())], [fit.learning_rate], fit, n, weight)
     history: list[EpochStats] = []
     best = Best(keep_last=not fit.keep_best_epoch)
     digest = ""
@@ -77,6 +79,7 @@ def fit_head(
             head=head_cfg.to_dict(),
             **{k: getattr(fit, k) for k in ("epochs", "learning_rate", "batch_size", "seed", "weight_decay")},
             label_smoothing=fit.label_smoothing,
+            balance_classes=fit.balance_classes,
         )
         saved = load_train_state(state_path, digest) if resume else None
         if saved is not None:
@@ -154,15 +157,16 @@ def _logits(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([head(x[i : i + 4096]) for i in range(0, len(x), 4096)])
 
 
-def frozen_folds(photos: ImageFolder, cfg: TrainConfig, device: str) -> Folds:
+def frozen_folds(photos: ImageFolder, cfg: TrainConfig, device: str, log: Log = print) -> Folds:
     """Cross-validating the frozen mode: the photos' features once, then a head fitted per fold."""
     spec = get_spec(cfg.arch)
     backbone = load_backbone(spec, device, cfg.weights, cfg.engine)
     rows = features_of(photos, backbone, cfg.extraction, "all")
-    x, y, fit = rows.x, rows.y, cfg.fit
+    x, y = rows.x, rows.y
     head_cfg = HeadConfig(spec.num_features, len(photos.categories), cfg.hidden_units, cfg.dropout)
 
-    def held_out(tr: torch.Tensor, te: torch.Tensor) -> list[torch.Tensor]:
+    def held_out(folds: np.ndarray, f: int, fit: Fit) -> list[torch.Tensor]:
+        tr, te = (torch.from_numpy(np.flatnonzero(m)) for m in (folds != f, folds == f))
         state, _, _ = fit_head(x[tr], y[tr], x[te], y[te], head_cfg, fit, silent)
         head = build_head(head_cfg)
         head.load_state_dict(state)
@@ -283,7 +287,7 @@ def train_frozen(run: Run) -> TrainResult | None:
         head.load_state_dict(best_state)
         best_state = calibrate(best_state, _logits(head, x_va), y_va, metrics, log)
     n_photos = int(len(y_tr)) - n_view_rows  # the views come after the photos themselves
-    unknown = fit_for_run(
+    extras = fit_for_run(
         cfg.unknown_settings, ex, backbone, x_tr[:n_photos], y_tr[:n_photos], x_va, head_cfg, best_state, metrics, log
     )
     if data.test is not None:
@@ -298,4 +302,4 @@ def train_frozen(run: Run) -> TrainResult | None:
     metrics["total_seconds"] = time.perf_counter() - run.t_start
     photos = {"train_images": n_photos, "train_rows": int(len(y_tr)), "valid_images": len(y_va)}
     weights = cfg.weights and str(Path(cfg.weights).resolve())
-    return finish(run, backbone, weights, head_cfg, best_state, unknown, metrics, skipped, photos)
+    return finish(run, backbone, weights, head_cfg, best_state, extras, metrics, skipped, photos)

@@ -60,10 +60,11 @@ def fit_full(
     length = distributed.all_max(len(mine))  # every process takes as many steps
     local = share_batch(fit)
     rates = [fit.learning_rate * BACKBONE_LR_FACTOR, fit.learning_rate]
-    stepper = Stepper([list(module.parameters()), list(head.parameters())], rates, local, length)
+    y_train = torch.as_tensor(np.asarray(train.targets, dtype=np.int64))
+    weight = Stepper.class_weights(y_train, head_cfg.num_classes, fit)  # every process holds all of train: same weights
+    stepper = Stepper([list(module.parameters()), list(head.parameters())], rates, local, length, weight)
     workers = default_workers() if workers is None else workers
     amp = autocast(device)
-    y_train = torch.as_tensor(np.asarray(train.targets, dtype=np.int64))
     valid = share_of(valid)
     y_valid = torch.as_tensor(np.asarray(valid.targets, dtype=np.int64))
     size = spec.input_size

@@ -144,7 +144,14 @@ class Stepper:
     across epochs, so a resumed run continues the schedule where it stopped.
     """
 
-    def __init__(self, groups: list[list[nn.Parameter]], rates: list[float], fit: Fit, n: int) -> None:
+    def __init__(
+        self,
+        groups: list[list[nn.Parameter]],
+        rates: list[float],
+        fit: Fit,
+        n: int,
+        weight: torch.Tensor | None = None,
+    ) -> None:
         self.opt = torch.optim.AdamW(
             [{"params": p, "lr": r} for p, r in zip(groups, rates, strict=True)], weight_decay=fit.weight_decay
         )
@@ -152,16 +159,32 @@ class Stepper:
         self.epochs = fit.epochs
         self.steps_per_epoch = max(1, -(-n // fit.batch_size))
         self.label_smoothing = fit.label_smoothing
+        self.temperature, self.alpha = fit.distill_temperature, fit.distill_alpha
+        self.weight = weight  # per-category loss weights (Stepper.class_weights), or None
         self.step = 0
+
+    @staticmethod
+    def class_weights(y: torch.Tensor, num_classes: int, fit: Fit) -> torch.Tensor | None:
+        """Loss weights n / (C x count) per category with fit.balance_classes (counted over a torchrun job):
+        each category then weighs as much in the loss as any other. None without it."""
+        if not fit.balance_classes:
+            return None
+        counts = distributed.all_sum(torch.bincount(y.cpu(), minlength=num_classes).tolist())
+        c = torch.as_tensor(counts, dtype=torch.float32).clamp(min=1.0)
+        return c.sum() / (num_classes * c)
 
     def factor(self, step: int) -> float:
         return warmup_cosine(step, self.steps_per_epoch, self.epochs)
 
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-        """One optimiser step; returns the batch's summed loss and correct count."""
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None = None) -> tuple[float, int]:
+        """One optimiser step; returns the batch's summed loss and correct count. `teacher`: a teacher's
+        logits for the same rows, whose probabilities the student learns (distill_loss)."""
         for group, rate in zip(self.opt.param_groups, self.rates, strict=True):
             group["lr"] = rate * self.factor(self.step)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        weight = None if self.weight is None else self.weight.to(logits.device)
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.label_smoothing)
+        if teacher is not None:
+            loss = distill_loss(logits, teacher, self.temperature, self.alpha, loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -182,6 +205,18 @@ class Stepper:
     def last_lr(self) -> float:
         """The head's rate at the last step taken."""
         return self.rates[-1] * self.factor(self.step - 1)
+
+
+def distill_loss(
+    logits: torch.Tensor, teacher: torch.Tensor, temperature: float, alpha: float, hard: torch.Tensor
+) -> torch.Tensor:
+    """Hinton's distillation loss: alpha * T^2 * KL(teacher || student) at temperature T, plus (1 - alpha) times
+    the labels' cross-entropy `hard`. T^2 keeps the teacher's gradients the same size at any temperature."""
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(logits / t, 1), F.log_softmax(teacher.float() / t, 1), reduction="batchmean", log_target=True
+    )
+    return alpha * t * t * soft + (1.0 - alpha) * hard if alpha < 1.0 else t * t * soft
 
 
 def bf16_cpu() -> bool:

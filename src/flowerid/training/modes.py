@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from .common import Folds, Run, TrainResult
+from .distill import train_distilled
+from .distill_cv import distilled_folds
 from .frozen import frozen_folds, train_frozen
 from .full import train_full
 from .tuned import train_tuned, tuned_folds
@@ -21,13 +23,15 @@ from .tuned import train_tuned, tuned_folds
 @dataclass(frozen=True)
 class Mode:
     train: Callable[[Run], TrainResult | None]
-    folds: Callable[..., Folds] | None = None  # (photos, cfg, device) -> Folds
+    folds: Callable[..., Folds] | None = None  # (photos, cfg, device, log) -> Folds
+    folds_take_views: bool = False  # its cross-validation trains on augmented views too (cfg.views)
 
 
 MODES: dict[str, Mode] = {
     "frozen": Mode(train_frozen, frozen_folds),
     "tuned": Mode(train_tuned, tuned_folds),
     "full": Mode(train_full),
+    "distilled": Mode(train_distilled, distilled_folds, folds_take_views=True),
 }
 
 

@@ -1,8 +1,9 @@
 """`train()`: check the settings and the data, then run the training mode the settings name (modes.MODES).
 
 Modes: frozen (features once, then a head; frozen.py), tuned (the last stages train
-with the head on cached activations; tuned.py) and full (every layer, for a GPU;
-full.py). Each writes the same self-describing checkpoint (common.finish).
+with the head on cached activations; tuned.py), full (every layer, for a GPU;
+full.py) and distilled (a tuned network learning a teacher's probabilities;
+distill.py). Each writes the same self-describing checkpoint (common.finish).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from ..data.folders import (
     names_for,
     read_exclude_list,
 )
+from ..data.layout import describe_split
 from .common import Run, TrainResult, silent
-from .config import TrainConfig
+from .config import TrainConfig, adapt_to_data
 from .modes import MODES, mode_for
 
 __all__ = ["MODES", "TrainConfig", "TrainResult", "mode_for", "train"]
@@ -47,12 +49,19 @@ def train(
     device = w.device_for(device)
     if not w.is_main:
         log = silent
-    data = load_dataset(data_dir)
+    data = load_dataset(data_dir, cfg.valid_fraction, cfg.split_seed)
     if cfg.exclude:
         data, left_out, unknown = exclude_photos(data, read_exclude_list(cfg.exclude))
         log(f"left out {left_out} photo{'s' * (left_out != 1)} listed in {cfg.exclude}")
         if unknown:
             log(f"{len(unknown)} listed path(s) match no photo in {data_dir} and were ignored, e.g. {unknown[0]}")
+    if data.layout is not None and not data.layout.flat and data.layout.train.name != "train":
+        log(f"layout: {data.layout.describe()}")
+    if data.split is not None:
+        log(describe_split(data.split))
+    cfg, changes = adapt_to_data(cfg, list(data.train.counts().values()))
+    for change in changes:
+        log(f"small or unbalanced set: {change} (docs/presets.md; --no-adapt keeps the preset as it is)")
     mapping = load_category_names(cfg.category_names) if cfg.category_names else default_category_names(data_dir)
     names = names_for(data.categories, mapping)
     log(

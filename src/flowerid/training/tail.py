@@ -40,10 +40,12 @@ def fit_tail(
     device: str,
     log: Log = print,
     epoch_logits: list[torch.Tensor] | None = None,
+    teacher: torch.Tensor | None = None,
 ) -> Fitted:
     """Train the part's tail + a head with AdamW (warm-up epoch, cosine) for fit.epochs; keep the last epoch
     (or, with fit.keep_best_epoch, the one best on valid). `epoch_logits` collects every epoch's valid
-    logits (an ensemble's history is its members' logits averaged, epoch by epoch).
+    logits (an ensemble's history is its members' logits averaged, epoch by epoch). `teacher`: a teacher's
+    logits for each training row, learnt as training/distill.py says.
 
     The tail is left holding the kept epoch's weights. Returns the kept head state, the history, the
     kept epoch (1-based) and its valid logits and labels (for calibration). Cross-validation calls it
@@ -57,7 +59,7 @@ def fit_tail(
     tail.requires_grad_(True)  # the registry hands out frozen backbones
     freeze_batchnorm(tail)
     with fused_conv_bn(tail, part.anatomy):  # put back before the caller sees the tail
-        run = _TailRun(tail, head, head_cfg.num_classes, train, valid, fit, device, epoch_logits)
+        run = _TailRun(tail, head, head_cfg.num_classes, train, valid, fit, device, epoch_logits, teacher)
         history = run_epochs(fit, run.stepper, [], run.train_epoch, run.validate, log)
         best = run.best
         tail.load_state_dict(best.states["tail"])  # saved with the fused modules in place
@@ -77,8 +79,10 @@ class _TailRun:
         fit: Fit,
         device: str,
         epoch_logits: list[torch.Tensor] | None,
+        teacher: torch.Tensor | None = None,
     ) -> None:
         self.tail, self.head, self.num_classes, self.device = tail, head, num_classes, device
+        self.teacher = teacher
         (self.x, self.y), self.valid, self.epoch_logits = train, valid, epoch_logits
         w = distributed.world()
         self.gen = torch.Generator().manual_seed(fit.seed + w.rank)
@@ -90,7 +94,8 @@ class _TailRun:
         self.local = share_batch(fit)
         backbone_params = [p for p in tail.parameters() if p.requires_grad]
         rates = [fit.learning_rate * TAIL_LR_FACTOR, fit.learning_rate]
-        self.stepper = Stepper([backbone_params, list(head.parameters())], rates, self.local, self.length)
+        weight = Stepper.class_weights(self.y, num_classes, fit)
+        self.stepper = Stepper([backbone_params, list(head.parameters())], rates, self.local, self.length, weight)
         self.amp = autocast(device)
         self.best = Best(keep_last=not fit.keep_best_epoch)
 
@@ -107,7 +112,8 @@ class _TailRun:
             x[mirror] = x[mirror].flip(-1)
             with self.amp:
                 logits = self.net(_on(self.device, x)).float()
-            batch_loss, batch_correct = self.stepper(logits, self.y[idx].to(self.device))
+            soft = None if self.teacher is None else self.teacher[idx].to(self.device)
+            batch_loss, batch_correct = self.stepper(logits, self.y[idx].to(self.device), soft)
             loss_sum += batch_loss
             correct += batch_correct
         loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, self.length])

@@ -27,15 +27,17 @@ import numpy as np
 import torch
 
 from .. import distributed
+from .._text import Log
 from ..backbones import BackboneSpec, get_spec
 from ..backbones.engines import load_front
 from ..backbones.features import Rows, split_rows
 from ..backbones.surgery import TunedPart, tuned_parts
+from ..data.augment import Augment
 from ..data.folders import ImageFolder
 from ..errors import UsageError
 from ..model.head import HeadConfig
 from .common import Folds, Run, TrainResult, best_metrics, check_left, finish_trained_backbone, share_of, silent
-from .config import Extraction, TrainConfig
+from .config import Extraction, Fit, TrainConfig
 from .loop import score
 from .tail import fit_tail, head_inputs
 
@@ -49,10 +51,13 @@ def check_ensemble_recipe(spec: BackboneSpec, hidden_units: int, keep_best_epoch
         )
 
 
-def front_rows(split: ImageFolder, part: TunedPart, ex: Extraction, device: str, desc: str) -> Rows:
-    """The part's front activations of a split (float16, cached), through the one route into the cache."""
+def front_rows(split: ImageFolder, part: TunedPart, ex: Extraction, device: str, desc: str, view: int = 0) -> Rows:
+    """The part's front activations of a split (float16, cached), through the one route into the cache;
+    `view` k > 0: each photo's augmented view k (data/augment.py), cached apart."""
     front = load_front(part.front, part.key, device, ex.engine)
-    return split_rows(split, front, desc, use_cache=ex.use_cache, num_workers=ex.num_workers)
+    aug = Augment() if view else None
+    desc += f", view {view}" if view else ""
+    return split_rows(split, front, desc, use_cache=ex.use_cache, num_workers=ex.num_workers, augment=aug, view=view)
 
 
 @dataclass
@@ -66,9 +71,12 @@ class Activations:
     computed: int
 
 
-def part_activations(split: ImageFolder, parts: list[TunedPart], ex: Extraction, device: str, name: str) -> Activations:
-    """Every part's activations of a split, narrowed to the photos every part read, in the same order."""
-    got = [front_rows(split, p, ex, device, f"{name} activations" + (f", {p.name}" if len(parts) > 1 else ""))
+def part_activations(
+    split: ImageFolder, parts: list[TunedPart], ex: Extraction, device: str, name: str, view: int = 0
+) -> Activations:
+    """Every part's activations of a split (`view` k > 0: augmented view k), narrowed to the photos every part
+    read, in the same order."""
+    got = [front_rows(split, p, ex, device, f"{name} activations" + (f", {p.name}" if len(parts) > 1 else ""), view)
            for p in parts]  # fmt: skip
     failed = {k: v for rows in got for k, v in rows.failures.items()}
     paths = [str(p) for p in split.paths]
@@ -209,7 +217,7 @@ def train_tuned(run: Run) -> TrainResult | None:
     )
 
 
-def tuned_folds(photos: ImageFolder, cfg: TrainConfig, device: str) -> Folds:
+def tuned_folds(photos: ImageFolder, cfg: TrainConfig, device: str, log: Log = print) -> Folds:
     """Cross-validating the tuned mode: the fronts' activations once, then every part tuned afresh per fold from
     its pretrained weights (an ensemble's members each, their logits averaged as their averaged heads give them)."""
     spec = get_spec(cfg.arch)
@@ -218,11 +226,12 @@ def tuned_folds(photos: ImageFolder, cfg: TrainConfig, device: str) -> Folds:
     acts = part_activations(photos, parts, cfg.extraction, device, "all")
     y, num_classes = acts.y, len(photos.categories)
 
-    def held_out(tr: torch.Tensor, te: torch.Tensor) -> list[torch.Tensor]:
+    def held_out(folds: np.ndarray, f: int, fit: Fit) -> list[torch.Tensor]:
+        tr, te = (torch.from_numpy(np.flatnonzero(m)) for m in (folds != f, folds == f))
         outs = []
         for part, x in zip(tuned_parts(spec, cfg.weights, cfg.tune_stages)[1], acts.xs, strict=True):
             part_cfg = HeadConfig(part.num_features, num_classes, cfg.hidden_units, cfg.dropout)
-            outs.append(fit_tail(part, part_cfg, (x[tr], y[tr]), (x[te], y[te]), cfg.fit, device, silent)[3])
+            outs.append(fit_tail(part, part_cfg, (x[tr], y[tr]), (x[te], y[te]), fit, device, silent)[3])
         return outs
 
     return Folds(y, acts.failures, held_out)

@@ -20,6 +20,7 @@ from ..backbones.engines import Backbone
 from ..backbones.features import extract_features
 from ..data.folders import list_images
 from ..errors import DataError, UsageError
+from ..model.class_stats import ClassStats
 from ..model.head import HeadConfig, build_head
 from ..model.unknown import DEFAULT_ACCEPT_RATE, KNEE_QUANTILE, UnknownDetector, gen_score
 from .config import Extraction, UnknownSettings
@@ -119,7 +120,8 @@ def fit_for_run(
     metrics: dict[str, Any],
     log: Log,
 ) -> dict[str, Any]:
-    """Fit the detector on the final model's features; its state as plain tensors for the checkpoint.
+    """Fit the detector on the final model's features; the checkpoint's optional keys it fills, as plain tensors:
+    "unknown" (the detector) and "class_stats" (what `flowerid add` needs, model/class_stats.py).
 
     `x_tr` are the training photos' head inputs (no augmented views), `x_va` the valid ones';
     `head_state` is the final, calibrated head. `backbone` extracts the --negatives photos.
@@ -146,7 +148,14 @@ def fit_for_run(
         metrics["unknown"]["negatives_rejected"] = rejected
         log(f"negatives: {rejected:.1%} of {len(negatives)} are called unknown (photos it learned from)")
     log(f"unknown photos: {det.describe()}")
-    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in det.to_state().items()}
+    with torch.no_grad():
+        z_tr = head[:-1](x_tr.cpu().float()).numpy()  # the last linear layer's inputs: x_tr for a linear head
+    stats = ClassStats.fit(z_tr, y_tr.cpu().numpy(), head_cfg.num_classes, x_tr.cpu().numpy())
+    return {"unknown": _tensors(det.to_state()), "class_stats": _tensors(stats.to_state())}
+
+
+def _tensors(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
 
 
 def negative_features(negatives: str, ex: Extraction, backbone: Backbone) -> np.ndarray:

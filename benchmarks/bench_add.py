@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Teaching a trained model new flowers from a few photos (issue 22), cross-validated over species.
+
+For each draw, 10 of the 102 species are left out; a preset is trained on the other 92 (a folder
+of links under --work, through `flowerid train` in a fresh process, timed). Then the 10 are added
+with `flowerid.add` from k = 1, 3, 5, 10 and all of their train photos (the first k of each, in a
+fixed shuffled order), and scored on their valid photos (top-1, share called known, ECE) and on
+the 92's valid photos (top-1 against the trained model's). The same features feed every method
+compared (imprinting from the head alone, class-mean rows, the head's new rows refitted on the
+stored statistics), so the methods differ only in how they set the new rows.
+
+    python benchmarks/bench_add.py --draws 3 --presets default fast --work /work/artifacts/i22
+    python benchmarks/bench_add.py --phase train ...   # only the trainings (slow; start them early)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import DEFAULT_DATA, subset  # noqa: E402
+
+HELD_OUT = 10
+KS = (1, 3, 5, 10, 0)  # 0: all of their train photos
+
+
+def held_out(categories: list[str], draw: int) -> list[str]:
+    """The draw's left-out species: a fixed random 10."""
+    rng = np.random.default_rng(1000 + draw)
+    return sorted(rng.choice(categories, HELD_OUT, replace=False).tolist(), key=int)
+
+
+def train_draw(data: Path, work: Path, preset: str, draw: int) -> Path:
+    """Train `preset` on the 92 species of this draw (once: a finished run is reused); the checkpoint path."""
+    cats = sorted(p.name for p in (data / "train").iterdir())
+    held = held_out(cats, draw)
+    folder = subset(data, [c for c in cats if c not in held], work / "data" / f"draw{draw}")
+    save = work / "runs" / f"{preset}-d{draw}"
+    ckpt = save / "checkpoint.pth"
+    if ckpt.exists():
+        return ckpt
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "flowerid", "train", str(folder), "--preset", preset, "--save-dir", str(save)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    (work / "logs" / f"train-{preset}-d{draw}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"training {preset} draw {draw} failed; see {work / 'logs'}")
+    (save / "wall_seconds.json").write_text(json.dumps({"wall_seconds": time.perf_counter() - t0}))
+    return ckpt
+
+
+def _features(clf, paths: list[Path]) -> np.ndarray:
+    """Head inputs of photos through the checkpoint's own network (cached per weights digest)."""
+    from flowerid.backbones.features import extract_features
+
+    ex = extract_features(paths, clf.backbone, desc="features")
+    if not ex.ok.all():
+        raise SystemExit(f"{int((~ex.ok).sum())} unreadable photos in the flowers data")
+    return ex.features
+
+
+def _score(ckpt: dict, feats: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Top-1, share called known, ECE and mean confidence of a checkpoint dict on feature rows."""
+    from flowerid._numeric import softmax
+    from flowerid.evaluation.metrics import calibration
+    from flowerid.model.head import HeadConfig
+    from flowerid.model.predictor import NumpyHead
+    from flowerid.model.unknown import UnknownDetector
+
+    logits = NumpyHead(HeadConfig.from_dict(ckpt["head"]["config"]), ckpt["head"]["state_dict"])(feats)
+    probs = softmax(logits)
+    det = UnknownDetector.of_checkpoint(ckpt)
+    correct = probs.argmax(1) == labels
+    cal = calibration(probs.max(1), correct)
+    return {
+        "top1": float(correct.mean()),
+        "known": float(det.known(det.score(feats, logits)).mean()),
+        "ece": cal["ece"],
+        "confidence": cal["mean_confidence"],
+        "over_99": float((probs.max(1) > 0.99).mean()),
+    }
+
+
+def evaluate_draw(data: Path, ckpt_path: Path, draw: int, methods: list[str]) -> list[dict]:
+    """Every method and k on one trained draw: the new species' and the old species' valid scores."""
+    import flowerid
+    from flowerid.model.add import Group, extend_checkpoint
+    from flowerid.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    clf = flowerid.load(ckpt_path, device="cpu")
+    cats = sorted(p.name for p in (data / "train").iterdir())
+    held = held_out(cats, draw)
+    rng = np.random.default_rng(draw)
+    train = {c: sorted((data / "train" / c).iterdir()) for c in held}
+    train = {c: [ps[i] for i in rng.permutation(len(ps))] for c, ps in train.items()}
+    new_valid = [(p, c) for c in held for p in sorted((data / "valid" / c).iterdir())]
+    old_valid = [(p, c) for c in clf.categories for p in sorted((data / "valid" / c).iterdir())]
+    f_train = {c: _features(clf, ps) for c, ps in train.items()}
+    f_new = _features(clf, [p for p, _ in new_valid])
+    f_old = _features(clf, [p for p, _ in old_valid])
+    y_old = np.array([clf.categories.index(c) for _, c in old_valid])
+    base = _score(ckpt, f_old, y_old)
+    rows = []
+    for method in methods:
+        for k in KS:
+            groups = [(Group(c, None, [], False), f[: k or len(f)]) for c, f in f_train.items()]
+            t0 = time.perf_counter()
+            new = extend_checkpoint(ckpt, groups, method, seed=draw)
+            fit_s = time.perf_counter() - t0
+            y_new = np.array([new["categories"].index(c) for _, c in new_valid])
+            n, o = _score(new, f_new, y_new), _score(new, f_old, y_old)
+            rows.append(
+                {"draw": draw, "method": method, "k": k or "all", "fit_seconds": fit_s}
+                | {f"new_{a}": v for a, v in n.items()}
+                | {f"old_{a}": v for a, v in o.items()}
+                | {"old_drop": base["top1"] - o["top1"], "old_base_top1": base["top1"], "old_base_known": base["known"]}
+            )
+            r = rows[-1]
+            print(
+                f"  {method:10s} k={r['k']!s:>3}: new top-1 {r['new_top1']:.2%} known {r['new_known']:.2%} "
+                f"ECE {r['new_ece']:.3f} conf {r['new_confidence']:.2f}; old top-1 {r['old_top1']:.2%} "
+                f"(drop {r['old_drop'] * 100:+.2f} pt), fit {fit_s:.1f}s",
+                flush=True,
+            )
+    return rows
+
+
+def time_add(data: Path, work: Path, ckpt_path: Path, draw: int) -> dict:
+    """`flowerid.add` as a user runs it (all train photos of the 10, features not cached) against training time."""
+    from flowerid.model.add import add
+
+    cats = sorted(p.name for p in (data / "train").iterdir())
+    new = work / "data" / f"new{draw}"
+    subset(data, held_out(cats, draw), new)
+    t0 = time.perf_counter()
+    res = add(ckpt_path, new / "train", work / "added" / f"{ckpt_path.parent.name}.pth", log=lambda s: None)
+    seconds = time.perf_counter() - t0
+    wall = ckpt_path.parent / "wall_seconds.json"
+    train_s = (
+        json.loads(wall.read_text())["wall_seconds"]
+        if wall.exists()
+        else json.loads((ckpt_path.parent / "metrics.json").read_text())["total_seconds"]
+    )
+    photos = sum(res.added.values())
+    print(f"  add {photos} photos: {seconds:.1f}s; training took {train_s:.0f}s: {seconds / train_s:.1%}", flush=True)
+    return {"draw": draw, "add_seconds": seconds, "train_seconds": train_s, "photos": photos}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean over draws per (method, k), with the old species' worst drop over the draws."""
+    out = []
+    keys = sorted(
+        {(r["method"], str(r["k"])) for r in rows},
+        key=lambda mk: (mk[0], KS.index(int(mk[1]) if mk[1] != "all" else 0)),
+    )
+    for method, k in keys:
+        sel = [r for r in rows if r["method"] == method and str(r["k"]) == k]
+        mean = {a: float(np.mean([r[a] for r in sel])) for a in sel[0] if isinstance(sel[0][a], float)}
+        out.append(
+            {"method": method, "k": k, "draws": len(sel)}
+            | mean
+            | {
+                "new_top1_std": float(np.std([r["new_top1"] for r in sel])),
+                "old_drop_worst": float(max(r["old_drop"] for r in sel)),
+            }
+        )
+    return out
+
+
+def table(summary: list[dict], preset: str) -> str:
+    """A Markdown table of the summary."""
+    lines = [
+        f"| {preset}: method | photos per new species | new top-1 | new called known | new ECE | new mean confidence "
+        "| old top-1 drop (mean / worst) | fit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary:
+        lines.append(
+            f"| {r['method']} | {r['k']} | {r['new_top1']:.1%} ± {r['new_top1_std']:.1%} | {r['new_known']:.1%} "
+            f"| {r['new_ece']:.3f} | {r['new_confidence']:.2f} "
+            f"| {r['old_drop'] * 100:+.2f} / {r['old_drop_worst'] * 100:+.2f} pt "
+            f"| {r['fit_seconds']:.1f}s |"
+        )
+    return "\n".join(lines)
+
+
+def plot(summaries: dict[str, list[dict]], path: Path) -> None:
+    """New species' top-1 and share called known, and the old species' drop, against photos per new species."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    labels = {"1": 1, "3": 3, "5": 5, "10": 10}
+    for preset, summary in summaries.items():
+        for method in sorted({r["method"] for r in summary}):
+            sel = [r for r in summary if r["method"] == method]
+            xs = [labels.get(r["k"], 40) for r in sel]
+            style = {"label": f"{preset} {method}", "marker": "o", "ls": "-" if preset == "default" else ":"}
+            axes[0].plot(xs, [r["new_top1"] * 100 for r in sel], **style)
+            axes[1].plot(xs, [r["new_known"] * 100 for r in sel], **style)
+            axes[2].plot(xs, [r["old_drop_worst"] * 100 for r in sel], **style)
+    for ax, title in zip(
+        axes, ["new species top-1 (%)", "new species called known (%)", "old species: worst drop (pt)"], strict=True
+    ):
+        ax.set_xscale("log")
+        ax.set_xticks([1, 3, 5, 10, 40], ["1", "3", "5", "10", "all"])
+        ax.set_xlabel("photos per new species")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(85, color="grey", lw=0.8, ls="--")
+    axes[1].axhline(80, color="grey", lw=0.8, ls="--")
+    axes[2].axhline(1.0, color="grey", lw=0.8, ls="--")
+    axes[2].set_ylim(-0.2, 3.0)  # imprinting from the head alone loses ~98 points: off the scale
+    axes[2].text(1, 2.7, "imprint: ~98 pt, off scale", fontsize=7)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--work", type=Path, default=Path("/work/artifacts/i22"))
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--first-draw", type=int, default=0)
+    ap.add_argument("--presets", nargs="+", default=["default", "fast"])
+    ap.add_argument("--phase", choices=["train", "all"], default="all")
+    ap.add_argument("--methods", nargs="+", default=["refit", "class-mean", "imprint"])
+    ap.add_argument("--out", type=Path, default=None, help="results JSON (default: WORK/bench_add.json)")
+    ap.add_argument("--plot", type=Path, default=None, help="write the curve as a PNG here (docs/img/teach-curve.png)")
+    args = ap.parse_args()
+    results: dict = {"rows": {}, "timing": {}}
+    for preset in args.presets:
+        rows, timing = [], []
+        for draw in range(args.first_draw, args.draws):
+            ckpt = train_draw(args.data, args.work, preset, draw)
+            print(f"{preset} draw {draw}: {ckpt}", flush=True)
+            if args.phase == "train":
+                continue
+            done = args.work / "results" / f"{preset}-d{draw}.json"  # a draw measured once is reused
+            if not done.exists():
+                part = {"rows": evaluate_draw(args.data, ckpt, draw, args.methods)}
+                part["timing"] = time_add(args.data, args.work, ckpt, draw)
+                done.parent.mkdir(parents=True, exist_ok=True)
+                done.write_text(json.dumps(part, indent=1))
+            part = json.loads(done.read_text())
+            rows += part["rows"]
+            timing.append(part["timing"])
+        results["rows"][preset], results["timing"][preset] = rows, timing
+    if args.phase == "train":
+        return
+    summaries = {p: summarise(r) for p, r in results["rows"].items() if r}
+    results["summary"] = summaries
+    for preset, summary in summaries.items():
+        print(table(summary, preset))
+        t = results["timing"][preset]
+        share = [x["add_seconds"] / x["train_seconds"] for x in t]
+        print(
+            f"{preset}: add of all photos {np.mean([x['add_seconds'] for x in t]):.1f}s, training "
+            f"{np.mean([x['train_seconds'] for x in t]):.0f}s: {np.mean(share):.1%} (worst {max(share):.1%})"
+        )
+    out = args.out or args.work / "bench_add.json"
+    out.write_text(json.dumps(results, indent=1))
+    if args.plot:
+        plot(summaries, args.plot)
+    print(f"wrote {out}" + (f" and {args.plot}" if args.plot else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Photos that users of the web page say were named wrong, kept in `flowerid add`'s NEWDATA layout.
+
+`serve --corrections DIR` turns it on. A correction names an existing category (its id) or a new
+name; the photo is checked to be an image the model can read, then written atomically as
+DIR/<category folder>/<its sha256>.<format> (the same photo twice is one file). A new name gets a
+folder whose name is made safe (no path separators, no dots first, letters, digits, `_` and `-`
+only) and its display name in DIR/cat_to_name.json. The model is never changed here: `flowerid
+add CHECKPOINT DIR --out NEW` takes the folder when its owner decides to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import unicodedata
+from io import BytesIO
+from pathlib import Path
+
+from .._io import atomic_write_bytes, atomic_write_json
+from ..data.folders import CATEGORY_NAMES_FILE
+from ..data.images import load_image
+from ..errors import DataError, UsageError
+
+MAX_NAME = 60  # characters of a new category's name
+_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+_LOCK = threading.Lock()  # cat_to_name.json is read, changed and written whole
+
+
+def safe_folder(name: str) -> str:
+    """A folder name for a category name: NFKC, lower case, runs of anything but letters and digits as `_`."""
+    text = unicodedata.normalize("NFKC", name).strip().casefold()
+    slug = re.sub(r"[^\w-]+", "_", text, flags=re.UNICODE).strip("_-")[:MAX_NAME]
+    if not slug:
+        raise UsageError(f"{name!r} has no letters or digits to name a folder by; type the flower's name")
+    return slug
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
+def folder_for(
+    categories: list[str], names: list[str | None], category: str | None, name: str | None
+) -> tuple[str, str | None]:
+    """(folder, display name to record or None) for a correction to `category` (an id) or a new `name`.
+
+    A typed name that is an existing category's id or name is that category, so the corrections
+    folder never asks `flowerid add` for a clash.
+    """
+    if (category is None) == (name is None):
+        raise UsageError("say what the photo is: either category (one the model knows) or name (a new one)")
+    if category is not None:
+        if category not in categories:
+            raise UsageError(f"category {category!r} is not one this model knows; send a new one as name")
+        if category.startswith(".") or any(ch in category for ch in "/\\\0"):
+            raise UsageError(f"category {category!r} cannot name a folder safely")
+        return category, None
+    name = " ".join(name.split())
+    if not name or len(name) > MAX_NAME:
+        raise UsageError(f"a new category's name must be 1 to {MAX_NAME} characters")
+    for c, n in zip(categories, names, strict=True):
+        if _same(name, c) or _same(name, n):
+            return c, None
+    folder = safe_folder(name)
+    if folder in categories:
+        raise UsageError(
+            f"{name!r} would share a folder with category {folder!r}; choose that category or another name"
+        )
+    return folder, name
+
+
+def save_correction(
+    root: str | Path,
+    data: bytes,
+    categories: list[str],
+    names: list[str | None],
+    *,
+    category: str | None = None,
+    name: str | None = None,
+    min_size: int = 1,
+    max_pixels: int | None = None,
+) -> Path:
+    """Check the photo, then write it into root/<folder>/; returns the file written."""
+    folder, display = folder_for(categories, names, category, name)
+    from PIL import Image
+
+    load_image(data, min_size=min_size, max_pixels=max_pixels)  # refuses what the model could not read
+    with Image.open(BytesIO(data)) as probe:
+        ext = _FORMATS.get(str(probe.format or "").upper(), "img")
+    root = Path(root)
+    dest = root / folder
+    if dest.resolve().parent != root.resolve():
+        raise UsageError(f"{folder!r} is not a safe folder name")
+    path = dest / f"{hashlib.sha256(data).hexdigest()[:24]}.{ext}"
+    if display is not None:
+        _record_name(root, folder, display)
+    if not path.exists():
+        atomic_write_bytes(path, data)
+    return path
+
+
+def _record_name(root: Path, folder: str, display: str) -> None:
+    """Add folder -> display name to root/cat_to_name.json (first name given wins)."""
+    with _LOCK:
+        names_file = root / CATEGORY_NAMES_FILE
+        try:
+            mapping = json.loads(names_file.read_text(encoding="utf-8")) if names_file.exists() else {}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{names_file} cannot be read ({exc}); fix or remove it") from None
+        if not isinstance(mapping, dict):
+            raise DataError(f"{names_file} is not a JSON object; fix or remove it")
+        if folder not in mapping:
+            mapping[folder] = display
+            atomic_write_json(names_file, mapping)

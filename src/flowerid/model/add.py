@@ -1,0 +1,224 @@
+"""`flowerid add`: new categories, or more photos of old ones, into a trained checkpoint without retraining.
+
+NEWDATA holds one folder of photos per category (`cat_to_name.json` beside them optional). A folder
+named like an existing category corrects it (its photos join that category's statistics); any
+other adds a category. The photos go through the checkpoint's own (possibly tuned) network, the
+stored per-category statistics (model/class_stats.py) take them in, and the head's rows for those
+categories are fitted beside the untouched old ones (model/teach.py). The unknown-photo detector
+learns the new categories' means. The result is an ordinary checkpoint, written atomically, whose
+"additions" record says what was added, from how many photos, when.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import atomic_write, file_sha256
+from .._text import Log
+from .._version import __version__
+from ..data.folders import CATEGORY_NAMES_FILE, default_category_names, find_categories, list_images
+from ..errors import CheckpointError, DataError
+from .checkpoint import load_checkpoint, save_checkpoint
+from .class_stats import ClassStats, last_layer_inputs
+from .head import HeadConfig, linear_layers
+from .predictor import NumpyHead
+from .teach import DEFAULT_METHOD, METHODS, fit_rows
+from .unknown import UnknownDetector
+
+NO_STATS = (
+    "{where} has no per-category statistics (it was trained before flowerid could add categories); "
+    "retrain it with `flowerid train` (same data and preset) to get them, then add"
+)
+
+
+@dataclass
+class Group:
+    """One NEWDATA folder: its category, display name, photos, and whether the model already has it."""
+
+    category: str
+    name: str | None
+    paths: list[Path]
+    existing: bool
+
+
+@dataclass
+class AddResult:
+    path: Path
+    added: dict[str, int]  # new category: photos used
+    corrected: dict[str, int]  # existing category: photos added
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable photo: why
+    seconds: float = 0.0
+
+
+def _norm(text: str | None) -> str:
+    return " ".join((text or "").split()).casefold()
+
+
+def read_new_data(folder: str | os.PathLike, categories: list[str], names: list[str | None]) -> list[Group]:
+    """NEWDATA's category folders, checked: none empty, no new name that is an old category's under another id."""
+    root = Path(folder)
+    found = find_categories(root) if root.is_dir() else None
+    if not found:
+        what = "is not a folder" if found is None else "has no category folders"
+        raise DataError(f"{root} {what}; expected {root}/<category>/<photos>")
+    mapping = default_category_names(root) or {}
+    index = {c: i for i, c in enumerate(categories)}
+    owner = {_norm(c): c for c in categories} | {_norm(n): c for c, n in zip(categories, names, strict=True) if n}
+    groups = []
+    for cat in found:
+        paths = list_images(root / cat)
+        if not paths:
+            raise DataError(f"{root / cat} holds no photos; put the category's photos in it or remove it")
+        name = mapping.get(cat)
+        if cat in index:
+            old = names[index[cat]]
+            if name and old and _norm(name) != _norm(old):
+                raise DataError(
+                    f"{root / CATEGORY_NAMES_FILE} names category {cat} {name!r}, but the model calls it {old!r}"
+                )
+            groups.append(Group(cat, old, paths, True))
+            continue
+        for label in (cat, name):
+            if label and _norm(label) in owner:
+                other = owner[_norm(label)]
+                raise DataError(
+                    f"new category {cat!r} ({label!r}) clashes with existing category {other!r}; put its photos "
+                    f"in a folder named {other!r} to correct that one, or choose another name"
+                )
+        groups.append(Group(cat, name or None, paths, False))
+    return groups
+
+
+def extend_checkpoint(
+    ckpt: dict[str, Any],
+    groups: list[tuple[Group, np.ndarray]],
+    method: str = DEFAULT_METHOD,
+    seed: int = 0,
+    where: str = "checkpoint",
+) -> dict[str, Any]:
+    """The checkpoint with each group's photos (their head-input features) taught to it; `ckpt` is not changed."""
+    head_cfg = HeadConfig.from_dict(ckpt["head"]["config"])
+    state = ckpt["head"]["state_dict"]
+    layers = NumpyHead(head_cfg, state).layers
+    last = linear_layers(state)[-1]
+    categories, names = list(ckpt["categories"]), list(ckpt["names"])
+    if ckpt.get("class_stats") is None:
+        raise CheckpointError(NO_STATS.format(where=where))
+    stats = ClassStats.from_state(ckpt["class_stats"], len(categories), layers[-1][0].shape[0], where)
+    det = UnknownDetector.of_checkpoint(ckpt)
+    unit_means = list(det.means) if det is not None else []
+    free, photos = [], {}
+    for group, raw in groups:
+        idx = categories.index(group.category) if group.existing else len(categories)
+        current = unit_means[idx] if det is not None and group.existing else None
+        stats, unit_mean = stats.with_photos(idx, last_layer_inputs(layers, raw), raw, current)
+        if not group.existing:
+            categories.append(group.category)
+            names.append(group.name)
+            unit_means.append(unit_mean)
+            photos[idx] = last_layer_inputs(layers, raw)
+        elif det is not None:
+            unit_means[idx] = unit_mean
+        free.append(idx)
+    rows = fit_rows(layers[-1][0].T, layers[-1][1], stats, free, method, seed, photos)
+    new_state = dict(state)
+    new_state[f"{last}.weight"] = rows.weight.astype(np.float32)
+    new_state[f"{last}.bias"] = rows.bias.astype(np.float32)
+    out = dict(ckpt)
+    out["head"] = {"config": replace(head_cfg, num_classes=len(categories)).to_dict(), "state_dict": new_state}
+    out.update(categories=categories, names=names, class_to_idx={c: i for i, c in enumerate(categories)})
+    out["class_stats"] = stats.to_state()
+    if det is not None:
+        out["unknown"] = replace(det, means=np.asarray(unit_means, dtype=np.float32)).to_state()
+    return out
+
+
+def _record(groups: list[tuple[Group, np.ndarray]], method: str, source: Path, skipped: int) -> dict[str, Any]:
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "flowerid_version": __version__,
+        "method": method,
+        "from": str(source.resolve()),
+        "added": {g.category: len(x) for g, x in groups if not g.existing},
+        "corrected": {g.category: len(x) for g, x in groups if g.existing},
+        "skipped": skipped,
+    }
+
+
+def _keep_backbone_beside(ckpt: dict[str, Any], out: Path) -> None:
+    """A tuned backbone lives beside its checkpoint: copy it beside the new one (under a name that is its digest)."""
+    weights = ckpt["backbone"].get("weights_path")
+    if not weights:
+        return
+    src = Path(weights)
+    if src.resolve().parent == out.resolve().parent:
+        ckpt["backbone"]["weights_path"] = src.name
+        return
+    dest = out.parent / f"backbone-{str(ckpt['backbone']['weights_digest'])[:16]}.pth"
+    if not (dest.exists() and file_sha256(dest) == ckpt["backbone"]["weights_digest"]):
+        with open(src, "rb") as f:
+            atomic_write(dest, lambda g: shutil.copyfileobj(f, g))
+    ckpt["backbone"]["weights_path"] = dest.name
+
+
+def add(
+    checkpoint: str | os.PathLike,
+    new_data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    method: str = DEFAULT_METHOD,
+    device: str = "auto",
+    engine: str = "auto",
+    num_workers: int | None = None,
+    log: Log = print,
+) -> AddResult:
+    """Teach `checkpoint` the categories in `new_data`; write the result to `out` (a file, or a folder for
+    out/checkpoint.pth). Unreadable photos are skipped and reported; a folder with none readable is an error."""
+    from ..backbones.features import extract_features
+    from .predictor import Classifier
+
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise DataError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("class_stats") is None:
+        raise CheckpointError(NO_STATS.format(where=checkpoint))
+    groups = read_new_data(new_data, ckpt["categories"], ckpt["names"])
+    out = Path(out)
+    if out.is_dir():
+        out = out / "checkpoint.pth"
+    clf = Classifier(ckpt, device, engine=engine)
+    paths = [p for g in groups for p in g.paths]
+    ex = extract_features(paths, clf.backbone, num_workers=num_workers, use_cache=False, desc="new photos")
+    skipped = {str(paths[i]): reason for i, reason in ex.failures.items()}
+    taught, start = [], 0
+    for g in groups:
+        ok = ex.ok[start : start + len(g.paths)]
+        if not ok.any():
+            raise DataError(f"none of the {len(g.paths)} photos in {Path(new_data) / g.category} could be read")
+        taught.append((g, ex.features[start : start + len(g.paths)][ok]))
+        start += len(g.paths)
+    new = extend_checkpoint(ckpt, taught, method, where=str(checkpoint))
+    new["additions"] = [*(ckpt.get("additions") or []), _record(taught, method, Path(new_data), len(skipped))]
+    new["backbone"] = dict(new["backbone"])
+    _keep_backbone_beside(new, out)
+    path = save_checkpoint(new, out)
+    result = AddResult(path, new["additions"][-1]["added"], new["additions"][-1]["corrected"], skipped)
+    result.seconds = time.perf_counter() - t0
+    for p, why in list(skipped.items())[:5]:
+        log(f"skipped {p}: {why}")
+    log(
+        f"added {len(result.added)} categor{'y' if len(result.added) == 1 else 'ies'}, corrected "
+        f"{len(result.corrected)}, from {sum(len(x) for _, x in taught)} photos"
+        + (f" ({len(skipped)} unreadable, skipped)" if skipped else "")
+        + f"; saved {path} ({result.seconds:.1f}s)"
+    )
+    return result

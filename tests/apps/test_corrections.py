@@ -1,0 +1,73 @@
+"""The corrections folder: safe folder names, no path escapes, names recorded, photos checked."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from flowerid.apps.corrections import folder_for, safe_folder, save_correction
+from flowerid.errors import ImageError, UsageError
+
+from ..conftest import make_photo
+
+CATS, NAMES = ["1", "10"], ["pink primrose", None]
+
+
+def _png(seed: int = 1) -> bytes:
+    buf = io.BytesIO()
+    make_photo((10, 200, 10), seed).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"),
+    [
+        ("Blue Poppy", "blue_poppy"),
+        ("../../etc/passwd", "etc_passwd"),
+        (".hidden", "hidden"),
+        ("Œillet d'Inde", "œillet_d_inde"),
+        ("ＦＵＬＬ width", "full_width"),
+        ("a/b\\c\0d", "a_b_c_d"),
+    ],
+)
+def test_safe_folder_names(name, folder):
+    assert safe_folder(name) == folder
+
+
+@pytest.mark.parametrize("name", ["", "...", "/", " \t ", "-_-"])
+def test_a_name_with_nothing_to_keep_is_refused(name):
+    with pytest.raises(UsageError):
+        safe_folder(name)
+
+
+def test_folder_for_maps_known_names_and_ids_to_their_category():
+    assert folder_for(CATS, NAMES, None, "Pink  Primrose") == ("1", None)
+    assert folder_for(CATS, NAMES, None, "10") == ("10", None)
+    assert folder_for(CATS, NAMES, "10", None) == ("10", None)
+    assert folder_for(CATS, NAMES, None, "Blue poppy") == ("blue_poppy", "Blue poppy")
+    with pytest.raises(UsageError):
+        folder_for(CATS + ["../x"], NAMES + [None], "../x", None)
+
+
+def test_save_correction_writes_atomically_inside_the_folder(tmp_path):
+    root = tmp_path / "fixes"
+    path = save_correction(root, _png(), CATS, NAMES, name="../Blue poppy")
+    assert path.parent == root / "blue_poppy" and path.suffix == ".png" and path.read_bytes() == _png()
+    assert json.loads((root / "cat_to_name.json").read_text()) == {"blue_poppy": "../Blue poppy"}
+    save_correction(root, _png(2), CATS, NAMES, name="blue  POPPY")  # same folder; the first name stays
+    assert json.loads((root / "cat_to_name.json").read_text()) == {"blue_poppy": "../Blue poppy"}
+    assert len(list((root / "blue_poppy").iterdir())) == 2
+    assert not list(root.rglob(".*.tmp"))
+
+
+def test_a_file_that_is_not_a_photo_is_not_kept(tmp_path):
+    with pytest.raises(ImageError):
+        save_correction(tmp_path / "fixes", b"GIF89a broken", CATS, NAMES, category="1")
+    assert not (tmp_path / "fixes").exists()
+
+
+def test_a_new_name_whose_folder_is_an_old_category_is_refused():
+    with pytest.raises(UsageError, match="share a folder with category '10'"):
+        folder_for(CATS, NAMES, None, "10!")

@@ -1,0 +1,69 @@
+"""Setting a head's rows for new categories (numpy, synthetic Gaussians): old rows kept, new ones learnt, honest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flowerid._numeric import softmax
+from flowerid.errors import UsageError
+from flowerid.model.class_stats import ClassStats
+from flowerid.model.teach import METHODS, fit_rows
+
+D, C = 12, 4
+
+
+def _world(seed: int = 0):
+    """C old categories and one new one, as Gaussians around well-separated means with one shared covariance."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(C + 1, D)) * 3
+    mix = rng.normal(size=(D, D)) * 0.4
+
+    def draw(c: int, n: int) -> np.ndarray:
+        return means[c] + rng.normal(size=(n, D)) @ mix
+
+    x = np.vstack([draw(c, 200) for c in range(C)])
+    y = np.repeat(np.arange(C), 200)
+    # An old head: least squares onto one-hot targets, scaled: a plain linear classifier of the old categories.
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    sol = np.linalg.lstsq(xb, np.eye(C)[y] * 8, rcond=None)[0]
+    return draw, ClassStats.fit(x, y, C, x, rank=6), sol[:-1].T, sol[-1]
+
+
+def _taught(k: int, method: str = "refit", seed: int = 0):
+    draw, stats, w, b = _world(seed)
+    photos = draw(C, k)
+    stats, _ = stats.with_photos(C, photos, photos, None)
+    rows = fit_rows(w, b, stats, [C], method, photos={C: photos})
+    return draw, w, b, rows
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_old_rows_are_kept_and_the_new_category_is_learnt(method):
+    draw, w, b, rows = _taught(10, method)
+    np.testing.assert_array_equal(rows.weight[:C], w)
+    np.testing.assert_array_equal(rows.bias[:C], b)
+    new = draw(C, 300)
+    assert ((new @ rows.weight.T + rows.bias).argmax(1) == C).mean() > 0.9
+    old = np.vstack([draw(c, 100) for c in range(C)])
+    y = np.repeat(np.arange(C), 100)
+    before = ((old @ w.T + b).argmax(1) == y).mean()
+    after = ((old @ rows.weight.T + rows.bias).argmax(1) == y).mean()
+    if method != "imprint":  # imprinting's row is not scaled against the old ones: it wins old photos too
+        assert before - after < 0.05
+
+
+def test_one_photo_gives_humbler_answers_than_fifty():
+    """The spread a mean from few photos deserves: no near-certain answers from one photo."""
+    conf = {}
+    for k in (1, 50):
+        draw, _, _, rows = _taught(k)
+        new = draw(C, 300)
+        conf[k] = softmax(new @ rows.weight.T + rows.bias)[:, C].mean()
+    assert conf[1] < conf[50]
+
+
+def test_an_unknown_method_is_a_usage_error():
+    _, stats, w, b = _world()
+    with pytest.raises(UsageError, match="choose one of"):
+        fit_rows(w, b, stats, [], "magic")
