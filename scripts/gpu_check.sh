@@ -13,7 +13,7 @@ step() {  # step NAME COMMAND...: time it, keep its output, go on after a failur
   local t0=$(date +%s.%N)
   "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  printf '%-22s rc=%d %6.1fs  %s\n' "$name" $rc "$(echo "$(date +%s.%N) - $t0" | bc)" "$(tail -1 "$OUT/$name.log" | cut -c1-150)"
+  printf '%-22s rc=%d %6.1fs  %s\n' "$name" $rc "$(awk "BEGIN{print $(date +%s.%N) - $t0}")" "$(tail -1 "$OUT/$name.log" | cut -c1-150)"
 }
 nvidia-smi -L
 $PY -c "import torch, timm, onnxruntime; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"

@@ -102,6 +102,13 @@ def init(device: str = "cpu") -> World:
         if device.startswith("cuda"):
             import torch
 
+            gpus = torch.cuda.device_count()
+            if w.local_size > gpus:  # every process sees the same count, so every one stops here alike
+                raise UsageError(
+                    f"torchrun started {w.local_size} processes on this machine, which has {gpus} "
+                    f"GPU{'s' * (gpus != 1)}: start one per GPU (--nproc_per_node {gpus}), or train on the "
+                    "CPUs with --device cpu"
+                )
             torch.cuda.set_device(w.local_rank)
         try:
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")

@@ -32,7 +32,8 @@ ARGS = ["--arch", TINY, "--epochs", "8", "--learning-rate", "0.02", "--preset", 
 
 def _launch(args: list[str], cache: Path, procs: int = 2, **env: str) -> subprocess.CompletedProcess:
     cmd = [*(TORCHRUN if procs == 2 else [sys.executable]), str(DRIVER), *args]
-    full = dict(os.environ, FLOWERID_CACHE=str(cache), PYTHONPATH=str(ROOT / "src"), **env)
+    # CPU processes (gloo) wherever the suite runs: these tests compare bit-identical CPU results
+    full = dict(os.environ, FLOWERID_CACHE=str(cache), PYTHONPATH=str(ROOT / "src"), CUDA_VISIBLE_DEVICES="", **env)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         full.pop(key, None)
     return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=300)
@@ -171,6 +172,19 @@ def test_world_from_torchrun_environment(monkeypatch):
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(UsageError, match="do not fit"):
         world()
+
+
+def test_more_processes_than_gpus_is_a_clear_error_in_every_process(monkeypatch):
+    import torch
+
+    from flowerid import distributed as d
+
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(d._dist(), "is_initialized", lambda: False)
+    with pytest.raises(UsageError, match=r"2 processes on this machine, which has 1 GPU: .*--nproc_per_node 1"):
+        d.init("cuda")
 
 
 def test_no_cache_under_torchrun_is_refused(image_folder, tmp_path, monkeypatch):

@@ -139,12 +139,12 @@ def test_full_finetune_trains_every_layer_and_predicts(effnet, image_folder, tmp
 
 
 def test_activations_are_cached_so_a_rerun_computes_only_the_tuned_part(effnet, image_folder, tmp_path, isolated_cache):
-    first = train(image_folder, tmp_path / "a", _cfg(epochs=1), log=lambda s: None)
+    first = train(image_folder, tmp_path / "a", _cfg(epochs=1, device="cpu"), log=lambda s: None)  # deterministic
     assert first.metrics["features_computed"] == 3 * (8 + 4)  # train and valid photos, once
     entries = sorted((isolated_cache / "activations").rglob("*.f16"))
     assert len(entries) == 3 * (8 + 4)
     entries[0].write_bytes(entries[0].read_bytes()[:-3])  # a damaged entry is recomputed, not trusted
-    again = train(image_folder, tmp_path / "b", _cfg(epochs=1), log=lambda s: None)
+    again = train(image_folder, tmp_path / "b", _cfg(epochs=1, device="cpu"), log=lambda s: None)
     assert again.metrics["features_computed"] == 1
     a = torch.load(tmp_path / "a" / "backbone.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "backbone.pth", weights_only=True)

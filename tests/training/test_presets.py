@@ -36,6 +36,12 @@ def test_presets_name_real_backbones_and_flags_override_them():
         TrainConfig.from_preset("fast", colour="red")
 
 
+def test_full_finetune_drops_the_presets_tuned_stages_but_refuses_them_given_by_hand():
+    cfg = TrainConfig.from_preset("default", full_finetune=True)
+    assert cfg.mode == "full" and (cfg.tune_stages, cfg.views) == (0, 0)
+    assert TrainConfig.from_preset("default", full_finetune=True, tune_stages=1).tune_stages == 1  # train() refuses
+
+
 def test_cli_preset_and_overrides():
     args = build_parser().parse_args(["train", "data", "--preset", "best", "--views", "0"])
     assert args.preset == "best" and args.views == 0 and args.arch is None and args.learning_rate is None

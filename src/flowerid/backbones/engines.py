@@ -263,9 +263,10 @@ def load_front(module: torch.nn.Module, key: CacheKey, device: str = "cpu", engi
     """A frozen front (`key.stages` > 0) as a Front: on a CPU its ONNX graph, exported once, then cached."""
     import torch
 
-    with torch.inference_mode():
+    with torch.inference_mode():  # probed where the module is: a second split's call finds it on the GPU
         size = key.input_size
-        shape = tuple(module.eval()(torch.zeros(1, 3, size, size)).shape[1:])
+        at = next(module.parameters(), torch.zeros(0)).device
+        shape = tuple(module.eval()(torch.zeros(1, 3, size, size, device=at)).shape[1:])
     if choose_engine(engine, device) != "onnx":
         return Front(key, _FlatEngine(TorchEngine(module, device)), shape)
     return Front(key, _FlatEngine(cached_graph(key) or exported_graph(module, key)), shape)

@@ -167,7 +167,8 @@ class TrainConfig:
 
         A preset's tuned stages belong to its backbone: with another `arch` the backbone
         stays frozen unless `tune_stages` is given too (any backbone works frozen; only
-        EfficientNets can be tuned).
+        EfficientNets can be tuned). With `full_finetune` every layer trains, so the preset's
+        tuned stages and cached views are dropped (given by hand, they are refused by the mode).
         """
         try:
             preset = PRESETS[name]
@@ -193,6 +194,8 @@ class TrainConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         if given.get("arch", preset.arch) != preset.arch and "tune_stages" not in given:
             values["tune_stages"] = 0
+        if given.get("full_finetune"):  # every layer trains on fresh views: the preset's tuned stages and cached
+            values.update(tune_stages=0, views=0)  # views are part of that, not extra settings to refuse
         if {"epochs", "tune_stages"} & set(given) and "adapt" not in given:
             values["adapt"] = False  # epochs or a mode given by hand are not adapted away
         values.update(given)
