@@ -93,6 +93,28 @@ def test_exports_give_the_unknown_score_as_a_second_output(trained, reference, t
     verdict = lambda s: s <= manifest["unknown"]["threshold"]  # noqa: E731 (the manifest's rule)
     assert (verdict(score) == clf.unknown.known(scores)).all() and not verdict(odd_scores).all()
 
+    # An added category's offset (model/add.py) is in the graph too: the same score as predict's.
+    from dataclasses import replace
+
+    from flowerid.model.checkpoint import load_checkpoint, save_checkpoint
+    from flowerid.model.unknown import UnknownDetector
+
+    ck = load_checkpoint(result.checkpoint_path)
+    det = UnknownDetector.of_checkpoint(ck)
+    ck["unknown"] = replace(det, offsets=np.linspace(0.0, 5.0, len(det.means))).to_state()
+    ck["backbone"]["weights_path"] = (
+        str(result.checkpoint_path.parent / ck["backbone"]["weights_path"])
+        if ck["backbone"].get("weights_path")
+        else None
+    )
+    save_checkpoint(ck, tmp_path / "offsets.pth")
+    shifted = Classifier.load(tmp_path / "offsets.pth", device="cpu")
+    assert not np.allclose(shifted.forward(batch)[1], scores)
+    res2 = export_checkpoint(tmp_path / "offsets.pth", tmp_path / "offsets.onnx")
+    np.testing.assert_allclose(
+        _session(res2.model_path).run(None, {"input": batch})[1], shifted.forward(batch)[1], atol=1e-4
+    )
+
     ts = export_checkpoint(result.checkpoint_path, tmp_path / "flowers.pt", "torchscript")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated in favour of torch.export

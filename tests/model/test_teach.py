@@ -8,7 +8,7 @@ import pytest
 from flowerid._numeric import softmax
 from flowerid.errors import UsageError
 from flowerid.model.class_stats import ClassStats
-from flowerid.model.teach import METHODS, fit_rows
+from flowerid.model.teach import METHODS, fit_rows, known_offsets
 
 D, C = 12, 4
 
@@ -61,6 +61,27 @@ def test_one_photo_gives_humbler_answers_than_fifty():
         new = draw(C, 300)
         conf[k] = softmax(new @ rows.weight.T + rows.bias)[:, C].mean()
     assert conf[1] < conf[50]
+
+
+def test_an_added_category_gets_back_the_humility_few_photos_cost_and_old_offsets_stay():
+    """known_offsets: the median gap between the new category's draws' score and the others', never below 0;
+    earlier offsets are kept (and taken out of the others' medians)."""
+    from flowerid.model.unknown import gen_score
+
+    draw, stats, w, b = _world()
+    photos = draw(C, 3)
+    stats, _ = stats.with_photos(C, photos, photos, None)
+    rows = fit_rows(w, b, stats, [C], "refit", photos={C: photos})
+    earlier = np.array([0.0, 0.3, 0.0, 0.0])  # category 1 was added before with its own offset
+
+    def humbler_when_new(logits: np.ndarray) -> np.ndarray:  # a score 2 higher where the new row wins
+        return 2.0 * (logits.argmax(1) == C) + 0.3 * (logits.argmax(1) == 1)
+
+    out = known_offsets(rows, stats, humbler_when_new, earlier, [C])
+    assert out.shape == (C + 1,) and out[C] == pytest.approx(2.0)
+    np.testing.assert_array_equal(out[:C], earlier)
+    # Here the refitted row is surer than the least-squares old head (lower entropy): nothing to take back.
+    assert known_offsets(rows, stats, gen_score, earlier, [C])[C] == 0.0
 
 
 def test_an_unknown_method_is_a_usage_error():

@@ -30,7 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .class_stats import ClassStats, last_layer_inputs
 from .head import HeadConfig, linear_layers
 from .predictor import NumpyHead
-from .teach import DEFAULT_METHOD, METHODS, fit_rows
+from .teach import DEFAULT_METHOD, METHODS, fit_rows, known_offsets
 from .unknown import UnknownDetector
 
 NO_STATS = (
@@ -137,7 +137,15 @@ def extend_checkpoint(
     out.update(categories=categories, names=names, class_to_idx={c: i for i, c in enumerate(categories)})
     out["class_stats"] = stats.to_state()
     if det is not None:
-        out["unknown"] = replace(det, means=np.asarray(unit_means, dtype=np.float32)).to_state()
+        new_rows = [i for i in free if i >= len(ckpt["categories"])]
+        old = np.zeros(len(ckpt["categories"])) if det.offsets is None else det.offsets
+
+        def near(logits: np.ndarray) -> np.ndarray:
+            return (det.near(logits) - det.near_mean) / det.near_std
+
+        offsets = known_offsets(rows, stats, near, old, new_rows, seed)
+        det = replace(det, means=np.asarray(unit_means, dtype=np.float32), offsets=offsets)
+        out["unknown"] = det.to_state()
     return out
 
 

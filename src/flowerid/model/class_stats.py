@@ -93,6 +93,15 @@ class ClassStats:
         stats = ClassStats(means, counts, norms, self.basis, self.eigvals, self.residual)
         return stats, unit_sum / max(length, 1e-12)
 
+    def sample(self, c: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n draws of category c's Gaussian: its mean, the shared covariance times 1 + 1/count (the spread
+        of a new photo around a mean estimated from count photos)."""
+        spread = np.sqrt(1.0 + 1.0 / max(1, int(self.counts[c])))
+        kept = (rng.standard_normal((n, len(self.eigvals))) * np.sqrt(self.eigvals)) @ self.basis
+        rest = rng.standard_normal((n, self.dim)) * np.sqrt(self.residual)
+        rest -= (rest @ self.basis.T) @ self.basis
+        return self.means[c] + spread * (kept + rest)
+
     def to_state(self) -> dict[str, Any]:
         return {
             "kind": KIND,

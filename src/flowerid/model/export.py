@@ -52,6 +52,8 @@ class UnknownScore(nn.Module):
         super().__init__()
         self.register_buffer("means", torch.from_numpy(np.asarray(detector.means, dtype=np.float64)))
         self.register_buffer("negatives", torch.from_numpy(np.asarray(detector.negatives, dtype=np.float64)))
+        offsets = np.zeros(len(detector.means)) if detector.offsets is None else detector.offsets
+        self.register_buffer("offsets", torch.from_numpy(np.asarray(offsets, dtype=np.float64)))
         self.d = detector
 
     def forward(self, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -68,7 +70,7 @@ class UnknownScore(nn.Module):
             far = far + torch.clamp((unit @ self.negatives.T).max(dim=1).values - known, min=0.0)
         z_near = (near - d.near_mean) / d.near_std
         z_far = (far - d.far_mean) / d.far_std
-        return (z_near + torch.clamp(z_far - d.knee, min=0.0)).float()
+        return (z_near + torch.clamp(z_far - d.knee, min=0.0) - self.offsets[logits.argmax(dim=1)]).float()
 
 
 class ExportModel(nn.Module):

@@ -19,6 +19,7 @@ Everything is numpy and takes seconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ DEFAULT_METHOD = "refit"
 OLD_DRAWS = 24  # draws per fixed category: enough to pin where the free rows must stop
 FREE_DRAWS = 256  # draws per free category
 L2 = 1e-4
+OFFSET_DRAWS = 64  # draws per category for known_offsets' medians
 PHOTO_BLUR = 1.0  # ridge on the free rows, per feature, relative to the mean loss
 
 
@@ -183,6 +185,34 @@ def fit_rows(
     rows = _fit_free(x, y, sw, fixed_logits, free_idx, init, design)
     start.weight[free_idx], start.bias[free_idx] = rows[:, :-1] @ q, rows[:, -1]
     return start
+
+
+def known_offsets(
+    rows: Rows,
+    stats: ClassStats,
+    near: Callable[[np.ndarray], np.ndarray],
+    offsets: np.ndarray,
+    new: list[int],
+    seed: int = 0,
+) -> np.ndarray:
+    """`offsets` (one per row) with those of the `new` categories set so that draws of each new category's
+    Gaussian get, in the median, the unknown-photo score draws of the others get.
+
+    A category learned from a few photos is drawn wider (ClassStats.sample), so the head gives its photos
+    humbler probabilities and the detector's `near` (the standardised entropy of the head's logits) calls
+    more of them unknown; the offset takes that back for photos whose top category it is, and for no other.
+    Measured in benchmarks/bench_add.py: more of the new species' photos called known, none of the not-flowers.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(stats.counts))
+    out[: len(offsets)] = offsets
+    medians = np.empty(len(stats.counts))
+    for c in range(len(stats.counts)):
+        z = stats.sample(c, OFFSET_DRAWS, rng)
+        medians[c] = float(np.median(near(z @ rows.weight.T + rows.bias))) - (0.0 if c in new else out[c])
+    rest = [c for c in range(len(stats.counts)) if c not in new]
+    out[new] = np.maximum(medians[new] - np.median(medians[rest]), 0.0)  # takes humility back, never adds any
+    return out
 
 
 def precision_times(stats: ClassStats, m: np.ndarray) -> np.ndarray:

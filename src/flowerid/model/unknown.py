@@ -65,6 +65,9 @@ class UnknownDetector:
     threshold: float  # known when score <= threshold
     accept_rate: float
     method: str = METHOD
+    # (C,) subtracted from the score of a photo whose top category is c: an added category's own
+    # humility (a head fitted from a few photos spreads its probability more), set by model/add.py
+    offsets: np.ndarray | None = field(default=None, repr=False)
 
     def near(self, logits: np.ndarray) -> np.ndarray:
         return gen_score(logits)
@@ -80,7 +83,10 @@ class UnknownDetector:
         """(N,) float64: standardised near, plus standardised far beyond its knee."""
         z_near = (self.near(logits) - self.near_mean) / self.near_std
         z_far = (self.far(features) - self.far_mean) / self.far_std
-        return z_near + np.maximum(z_far - self.knee, 0.0)
+        score = z_near + np.maximum(z_far - self.knee, 0.0)
+        if self.offsets is not None:
+            score = score - self.offsets[np.asarray(logits).argmax(axis=1)]
+        return score
 
     def known(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) <= self.threshold
@@ -97,6 +103,7 @@ class UnknownDetector:
             "means": np.ascontiguousarray(self.means, dtype=np.float32),
             "negatives": np.ascontiguousarray(self.negatives, dtype=np.float32),
             **{k: float(getattr(self, k)) for k in _SCALARS},
+            **({} if self.offsets is None else {"offsets": np.ascontiguousarray(self.offsets, dtype=np.float32)}),
         }
 
     @classmethod
@@ -123,8 +130,11 @@ class UnknownDetector:
             means = np.asarray(state["means"], dtype=np.float32)
             negatives = np.asarray(state["negatives"], dtype=np.float32)
             scalars = {k: float(state[k]) for k in _SCALARS}
+            offsets = None if state.get("offsets") is None else np.asarray(state["offsets"], dtype=np.float64)
         except (KeyError, TypeError, ValueError):
             raise bad from None
+        if offsets is not None and (offsets.shape != (num_classes,) or not np.isfinite(offsets).all()):
+            raise bad
         if (
             means.shape != (num_classes, num_features)
             or negatives.ndim != 2
@@ -135,7 +145,7 @@ class UnknownDetector:
             or not np.isfinite(means).all()
         ):
             raise bad
-        return cls(means, negatives.reshape(-1, num_features), **scalars)
+        return cls(means, negatives.reshape(-1, num_features), **scalars, offsets=offsets)
 
     def describe(self) -> str:
         extra = f", {len(self.negatives)} negative prototypes" if len(self.negatives) else ""
