@@ -139,11 +139,7 @@ def extend_checkpoint(
     if det is not None:
         new_rows = [i for i in free if i >= len(ckpt["categories"])]
         old = np.zeros(len(ckpt["categories"])) if det.offsets is None else det.offsets
-
-        def near(logits: np.ndarray) -> np.ndarray:
-            return (det.near(logits) - det.near_mean) / det.near_std
-
-        offsets = known_offsets(rows, stats, near, old, new_rows, seed)
+        offsets = known_offsets(rows, stats, det.near_z, old, new_rows, seed)
         det = replace(det, means=np.asarray(unit_means, dtype=np.float32), offsets=offsets)
         out["unknown"] = det.to_state()
     return out

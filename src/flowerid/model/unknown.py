@@ -72,6 +72,10 @@ class UnknownDetector:
     def near(self, logits: np.ndarray) -> np.ndarray:
         return gen_score(logits)
 
+    def near_z(self, logits: np.ndarray) -> np.ndarray:
+        """near standardised on the valid photos, as the score adds it."""
+        return (self.near(logits) - self.near_mean) / self.near_std
+
     def far(self, features: np.ndarray) -> np.ndarray:
         known = nearest_cosine(features, self.means)
         far = 1.0 - known
@@ -81,7 +85,7 @@ class UnknownDetector:
 
     def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """(N,) float64: standardised near, plus standardised far beyond its knee."""
-        z_near = (self.near(logits) - self.near_mean) / self.near_std
+        z_near = self.near_z(logits)
         z_far = (self.far(features) - self.far_mean) / self.far_std
         score = z_near + np.maximum(z_far - self.knee, 0.0)
         if self.offsets is not None:
