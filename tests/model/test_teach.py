@@ -88,3 +88,16 @@ def test_an_unknown_method_is_a_usage_error():
     _, stats, w, b = _world()
     with pytest.raises(UsageError, match="choose one of"):
         fit_rows(w, b, stats, [], "magic")
+
+
+def test_logits_drawn_directly_match_logits_of_drawn_features():
+    """known_offsets draws logits without the (N, D) features; both must be the same Gaussian."""
+    _, stats, w, b = _world()
+    labels = np.repeat(np.arange(C), 20000)
+    direct = stats.sample_logits(labels, w, b, np.random.default_rng(1))
+    via = stats.sample(labels, np.random.default_rng(2)) @ w.T + b
+    for c in range(C):
+        a, v = direct[labels == c], via[labels == c]
+        scale = v.std(axis=0).max()
+        assert np.abs(a.mean(axis=0) - v.mean(axis=0)).max() < 0.05 * scale
+        assert np.abs(np.cov(a.T) - np.cov(v.T)).max() < 0.05 * scale**2

@@ -58,6 +58,11 @@ def imprint(weight: np.ndarray, bias: np.ndarray, free: dict[int, np.ndarray]) -
     return Rows(w, b)
 
 
+def photo_spread(k: int) -> float:
+    """The blur around each of a category's own k photos, as a multiple of the shared spread."""
+    return float(np.sqrt(PHOTO_BLUR))
+
+
 def _draws(
     stats: ClassStats,
     q: np.ndarray,
@@ -70,26 +75,17 @@ def _draws(
 
     Returns (x in q coordinates, label, weight, spread); each category weighs the same in all.
     """
-    basis_q = stats.basis @ q.T
-    xs, ys, ws, spreads = [], [], [], []
-    for c in range(len(stats.counts)):
-        n = FREE_DRAWS if c in free else OLD_DRAWS
-        spread = np.sqrt(1.0 + 1.0 / max(1, int(stats.counts[c])))
-        noise = (rng.standard_normal((n, len(stats.eigvals))) * np.sqrt(stats.eigvals)) @ basis_q
-        g = rng.standard_normal((n, len(q)))
-        noise += np.sqrt(stats.residual) * (g - (g @ basis_q.T) @ basis_q)
-        if photos and c in photos:  # around the category's own photos: its real shape, blurred by the shared spread
-            z = photos[c] @ q.T
-            centre = z[np.arange(n) % len(z)]
-            spread = np.sqrt(PHOTO_BLUR)
-        else:
-            centre = stats.means[c] @ q.T
-        xs.append(centre + spread * noise)
-        ys.append(np.full(n, c))
-        ws.append(np.full(n, 1.0 / n))
-        spreads.append(np.full(n, spread))
-    w = np.concatenate(ws)
-    return np.vstack(xs), np.concatenate(ys), w / w.sum(), np.concatenate(spreads)
+    per = np.where(np.isin(np.arange(len(stats.counts)), sorted(free)), FREE_DRAWS, OLD_DRAWS)
+    y = np.repeat(np.arange(len(per)), per)
+    centre = (stats.means @ q.T)[y]
+    spread = np.sqrt(1.0 + 1.0 / np.maximum(stats.counts[y], 1))
+    for c, z in (photos or {}).items():  # around the category's own photos: its real shape, blurred
+        rows = np.flatnonzero(y == c)
+        centre[rows] = (z @ q.T)[np.arange(len(rows)) % len(z)]
+        spread[rows] = photo_spread(len(z))
+    x = centre + spread[:, None] * stats.noise(len(y), rng, q)
+    w = 1.0 / per[y]
+    return x, y, w / w.sum(), spread
 
 
 def _span(stats: ClassStats) -> np.ndarray:
@@ -206,12 +202,12 @@ def known_offsets(
     rng = np.random.default_rng(seed)
     out = np.zeros(len(stats.counts))
     out[: len(offsets)] = offsets
-    medians = np.empty(len(stats.counts))
-    for c in range(len(stats.counts)):
-        z = stats.sample(c, OFFSET_DRAWS, rng)
-        medians[c] = float(np.median(near(z @ rows.weight.T + rows.bias))) - (0.0 if c in new else out[c])
-    rest = [c for c in range(len(stats.counts)) if c not in new]
-    out[new] = np.maximum(medians[new] - np.median(medians[rest]), 0.0)  # takes humility back, never adds any
+    labels = np.repeat(np.arange(len(stats.counts)), OFFSET_DRAWS)
+    logits = stats.sample_logits(labels, rows.weight, rows.bias, rng)
+    medians = np.median(near(logits).reshape(-1, OFFSET_DRAWS), axis=1)
+    is_new = np.isin(np.arange(len(stats.counts)), new)
+    medians -= np.where(is_new, 0.0, out)
+    out[is_new] = np.maximum(medians[is_new] - np.median(medians[~is_new]), 0.0)  # takes humility back, never adds any
     return out
 
 
