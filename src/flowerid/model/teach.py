@@ -58,11 +58,6 @@ def imprint(weight: np.ndarray, bias: np.ndarray, free: dict[int, np.ndarray]) -
     return Rows(w, b)
 
 
-def photo_spread(k: int) -> float:
-    """The blur around each of a category's own k photos, as a multiple of the shared spread."""
-    return float(np.sqrt(PHOTO_BLUR))
-
-
 def _draws(
     stats: ClassStats,
     q: np.ndarray,
@@ -82,7 +77,7 @@ def _draws(
     for c, z in (photos or {}).items():  # around the category's own photos: its real shape, blurred
         rows = np.flatnonzero(y == c)
         centre[rows] = (z @ q.T)[np.arange(len(rows)) % len(z)]
-        spread[rows] = photo_spread(len(z))
+        spread[rows] = np.sqrt(PHOTO_BLUR)
     x = centre + spread[:, None] * stats.noise(len(y), rng, q)
     w = 1.0 / per[y]
     return x, y, w / w.sum(), spread
