@@ -11,6 +11,11 @@ stored statistics), so the methods differ only in how they set the new rows.
 
     python benchmarks/bench_add.py --draws 3 --presets default fast --work /work/artifacts/i22
     python benchmarks/bench_add.py --phase train ...   # only the trainings (slow; start them early)
+    python benchmarks/bench_add.py --joint runs/default/checkpoint.pth ...  # + the preset trained on all 102
+
+With --joint, the same valid photos are also scored by the preset trained on every species at once: a
+model that must tell the 10 from the 92 loses some of the 92's photos however it learned them, so
+that is the floor under the old species' drop.
 """
 
 from __future__ import annotations
@@ -137,6 +142,28 @@ def evaluate_draw(data: Path, ckpt_path: Path, draw: int, methods: list[str]) ->
     return rows
 
 
+def joint_reference(data: Path, joint_path: Path, draw: int) -> dict:
+    """What training on all the species at once gives on the same valid photos: the floor under "old drop".
+
+    A model that must also tell the 10 apart from the 92 confuses some of the 92's photos with them
+    whatever way it learned them; `add` is only to blame for the part of the drop beyond this one's.
+    """
+    import flowerid
+    from flowerid.model.checkpoint import load_checkpoint
+
+    clf = flowerid.load(joint_path, device="cpu")
+    ckpt = load_checkpoint(joint_path)
+    cats = sorted(p.name for p in (data / "train").iterdir())
+    held = set(held_out(cats, draw))
+    out = {"draw": draw}
+    for part, keep in (("old", lambda c: c not in held), ("new", lambda c: c in held)):
+        photos = [(p, c) for c in cats if keep(c) for p in sorted((data / "valid" / c).iterdir())]
+        y = np.array([clf.categories.index(c) for _, c in photos])
+        out[f"{part}_top1"] = _score(ckpt, _features(clf, [p for p, _ in photos]), y)["top1"]
+    print(f"  trained on all {len(cats)} at once: old top-1 {out['old_top1']:.2%}, new {out['new_top1']:.2%}")
+    return out
+
+
 def time_add(data: Path, work: Path, ckpt_path: Path, draw: int) -> dict:
     """`flowerid.add` as a user runs it (all train photos of the 10, features not cached) against training time."""
     from flowerid.model.add import add
@@ -240,12 +267,15 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["default", "fast"])
     ap.add_argument("--phase", choices=["train", "all"], default="all")
     ap.add_argument("--methods", nargs="+", default=["refit", "class-mean", "imprint"])
+    ap.add_argument(
+        "--joint", type=Path, help="a checkpoint of the preset trained on every species: the old drop's floor"
+    )
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default: WORK/bench_add.json)")
     ap.add_argument("--plot", type=Path, default=None, help="write the curve as a PNG here (docs/img/teach-curve.png)")
     args = ap.parse_args()
-    results: dict = {"rows": {}, "timing": {}}
+    results: dict = {"rows": {}, "timing": {}, "joint": {}}
     for preset in args.presets:
-        rows, timing = [], []
+        rows, timing, joint = [], [], []
         for draw in range(args.first_draw, args.draws):
             ckpt = train_draw(args.data, args.work, preset, draw)
             print(f"{preset} draw {draw}: {ckpt}", flush=True)
@@ -260,7 +290,10 @@ def main() -> None:
             part = json.loads(done.read_text())
             rows += part["rows"]
             timing.append(part["timing"])
+            if args.joint:
+                joint.append(joint_reference(args.data, args.joint, draw))
         results["rows"][preset], results["timing"][preset] = rows, timing
+        results["joint"][preset] = joint
     if args.phase == "train":
         return
     summaries = {p: summarise(r) for p, r in results["rows"].items() if r}
@@ -273,6 +306,16 @@ def main() -> None:
             f"{preset}: add of all photos {np.mean([x['add_seconds'] for x in t]):.1f}s, training "
             f"{np.mean([x['train_seconds'] for x in t]):.0f}s: {np.mean(share):.1%} (worst {max(share):.1%})"
         )
+        if results["joint"][preset]:
+            j = results["joint"][preset]
+            base = {r["draw"]: r["old_base_top1"] for r in results["rows"][preset]}
+            floor = [base[x["draw"]] - x["old_top1"] for x in j]
+            print(
+                f"{preset} trained on every species at once ({args.joint}): the 92's top-1 "
+                f"{np.mean([x['old_top1'] for x in j]):.2%}, "
+                f"{np.mean(floor) * 100:+.2f} pt (worst {max(floor) * 100:+.2f}) against the 92-species model; "
+                f"the 10's top-1 {np.mean([x['new_top1'] for x in j]):.2%}"
+            )
     out = args.out or args.work / "bench_add.json"
     out.write_text(json.dumps(results, indent=1))
     if args.plot:
