@@ -35,6 +35,7 @@ FREE_DRAWS = 256  # draws per free category
 L2 = 1e-4
 OFFSET_DRAWS = 64  # draws per category for known_offsets' medians
 PHOTO_BLUR = 1.0  # ridge on the free rows, per feature, relative to the mean loss
+OLD_WIDEN = 1.0  # old categories drawn this much wider: fewer old photos lost, new ones learnt less (docs/teach.md)
 
 
 @dataclass
@@ -73,7 +74,7 @@ def _draws(
     per = np.where(np.isin(np.arange(len(stats.counts)), sorted(free)), FREE_DRAWS, OLD_DRAWS)
     y = np.repeat(np.arange(len(per)), per)
     centre = (stats.means @ q.T)[y]
-    spread = np.sqrt(1.0 + 1.0 / np.maximum(stats.counts[y], 1))
+    spread = OLD_WIDEN * np.sqrt(1.0 + 1.0 / np.maximum(stats.counts[y], 1))
     for c, z in (photos or {}).items():  # around the category's own photos: its real shape, blurred
         rows = np.flatnonzero(y == c)
         centre[rows] = (z @ q.T)[np.arange(len(rows)) % len(z)]
