@@ -13,6 +13,7 @@ from flowerid.apps.cli import main
 from flowerid.errors import CheckpointError
 from flowerid.model.builtin import shipped_model_path
 from flowerid.model.checkpoint import load_checkpoint
+from flowerid.training.config import PRESETS
 
 from ..conftest import (
     ROOT,
@@ -46,6 +47,12 @@ def test_shipped_model_is_small_complete_and_built_on_the_distilled_recipe(shipp
     t, m = shipped["training"], shipped["metrics"]
     assert t["preset"] == "distilled" and t["tune_stages"] == 1 and t["data_dir"] == "flowers102, train/valid split"
     assert t["teacher"] == "best on flowers102, train/valid split" and m["teacher"]["preset"] == "best"
+    recipe = PRESETS["distilled"]  # rebuilt whenever the recipe changes (scripts/build_shipped_model.py)
+    assert (t["views"], t["epochs"], t["distill_temperature"]) == (
+        recipe.views,
+        recipe.epochs,
+        recipe.distill_temperature,
+    )
     assert t["train_images"] == 6552 and t["valid_images"] == 818
     assert m["valid_acc"] >= 0.96
     runs = t["selection"]
