@@ -97,10 +97,26 @@ def _score(ckpt: dict, feats: np.ndarray, labels: np.ndarray) -> dict[str, float
     }
 
 
+def _extend(ckpt: dict, groups: list, method: str, seed: int) -> dict:
+    """`extend_checkpoint` with `method`; "refit@W" draws the old categories W times wider at every k
+    (instead of teach.old_widen's photo-dependent width), the constant widths it is measured against."""
+    from flowerid.model import teach
+    from flowerid.model.add import extend_checkpoint
+
+    name, _, width = method.partition("@")
+    if not width:
+        return extend_checkpoint(ckpt, groups, name, seed=seed)
+    rule, teach.old_widen = teach.old_widen, lambda photos: float(width)
+    try:
+        return extend_checkpoint(ckpt, groups, name, seed=seed)
+    finally:
+        teach.old_widen = rule
+
+
 def evaluate_draw(data: Path, ckpt_path: Path, draw: int, methods: list[str]) -> list[dict]:
     """Every method and k on one trained draw: the new species' and the old species' valid scores."""
     import flowerid
-    from flowerid.model.add import Group, extend_checkpoint
+    from flowerid.model.add import Group
     from flowerid.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
@@ -122,7 +138,7 @@ def evaluate_draw(data: Path, ckpt_path: Path, draw: int, methods: list[str]) ->
         for k in KS:
             groups = [(Group(c, None, [], False), f[: k or len(f)]) for c, f in f_train.items()]
             t0 = time.perf_counter()
-            new = extend_checkpoint(ckpt, groups, method, seed=draw)
+            new = _extend(ckpt, groups, method, seed=draw)
             fit_s = time.perf_counter() - t0
             y_new = np.array([new["categories"].index(c) for _, c in new_valid])
             n, o = _score(new, f_new, y_new), _score(new, f_old, y_old)
@@ -266,7 +282,12 @@ def main() -> None:
     ap.add_argument("--first-draw", type=int, default=0)
     ap.add_argument("--presets", nargs="+", default=["default", "fast"])
     ap.add_argument("--phase", choices=["train", "all"], default="all")
-    ap.add_argument("--methods", nargs="+", default=["refit", "class-mean", "imprint"])
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["refit", "class-mean", "imprint"],
+        help="also refit@W: the old categories drawn W times wider at every k (teach.old_widen's alternatives)",
+    )
     ap.add_argument(
         "--joint", type=Path, help="a checkpoint of the preset trained on every species: the old drop's floor"
     )

@@ -7,8 +7,9 @@ import pytest
 
 from flowerid._numeric import softmax
 from flowerid.errors import UsageError
+from flowerid.model import teach
 from flowerid.model.class_stats import ClassStats
-from flowerid.model.teach import METHODS, fit_rows, known_offsets
+from flowerid.model.teach import METHODS, fit_rows, known_offsets, old_widen
 
 D, C = 12, 4
 
@@ -51,6 +52,22 @@ def test_old_rows_are_kept_and_the_new_category_is_learnt(method):
     after = ((old @ rows.weight.T + rows.bias).argmax(1) == y).mean()
     if method != "imprint":  # imprinting's row is not scaled against the old ones: it wins old photos too
         assert before - after < 0.05
+
+
+def test_old_categories_are_drawn_wider_only_when_the_new_ones_bring_many_photos():
+    """x1 up to WIDEN_FROM photos, WIDEN_MAX from WIDEN_TO, growing between; the draws use it."""
+    assert old_widen(1) == old_widen(teach.WIDEN_FROM) == 1.0
+    assert old_widen(teach.WIDEN_TO) == old_widen(1000) == teach.WIDEN_MAX
+    between = [old_widen(k) for k in range(teach.WIDEN_FROM, teach.WIDEN_TO + 1)]
+    assert all(a < b for a, b in zip(between, between[1:], strict=False))
+    draw, stats, _, _ = _world()
+    q = teach._span(stats)
+    for k in (5, 30, 200):
+        photos = draw(C, k)
+        grown, _ = stats.with_photos(C, photos, photos, None)
+        _, y, _, spread = teach._draws(grown, q, {C}, np.random.default_rng(0), {C: photos})
+        old = y < C
+        np.testing.assert_allclose(spread[old], old_widen(k) * np.sqrt(1 + 1 / grown.counts[y[old]]))
 
 
 def test_one_photo_gives_humbler_answers_than_fifty():

@@ -35,7 +35,19 @@ FREE_DRAWS = 256  # draws per free category
 L2 = 1e-4
 OFFSET_DRAWS = 64  # draws per category for known_offsets' medians
 PHOTO_BLUR = 1.0  # ridge on the free rows, per feature, relative to the mean loss
-OLD_WIDEN = 1.0  # old categories drawn this much wider: fewer old photos lost, new ones learnt less (docs/teach.md)
+WIDEN_FROM, WIDEN_TO, WIDEN_MAX = 10, 65, 2.0  # old draws widened between these photo counts (old_widen)
+
+
+def old_widen(photos: float) -> float:
+    """How much wider than their Gaussians the old categories are drawn when the new ones bring `photos` each.
+
+    A wider old draw keeps more old photos (a new row must stop further from them) and teaches the new
+    rows less. A new category known from a few photos only reaches the near tails of the old ones, and
+    needs every photo's worth of pull; one known from dozens reaches far into them. So the width grows
+    with the photos: x1 up to WIDEN_FROM, WIDEN_MAX from WIDEN_TO, log-linear between (docs/teach.md).
+    """
+    t = np.log(max(photos, 1.0) / WIDEN_FROM) / np.log(WIDEN_TO / WIDEN_FROM)
+    return float(1.0 + (WIDEN_MAX - 1.0) * np.clip(t, 0.0, 1.0))
 
 
 @dataclass
@@ -74,7 +86,8 @@ def _draws(
     per = np.where(np.isin(np.arange(len(stats.counts)), sorted(free)), FREE_DRAWS, OLD_DRAWS)
     y = np.repeat(np.arange(len(per)), per)
     centre = (stats.means @ q.T)[y]
-    spread = OLD_WIDEN * np.sqrt(1.0 + 1.0 / np.maximum(stats.counts[y], 1))
+    widen = old_widen(float(np.median([len(z) for z in photos.values()]))) if photos else 1.0
+    spread = widen * np.sqrt(1.0 + 1.0 / np.maximum(stats.counts[y], 1))
     for c, z in (photos or {}).items():  # around the category's own photos: its real shape, blurred
         rows = np.flatnonzero(y == c)
         centre[rows] = (z @ q.T)[np.arange(len(rows)) % len(z)]
