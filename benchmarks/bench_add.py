@@ -75,22 +75,36 @@ def _features(clf, paths: list[Path]) -> np.ndarray:
     return ex.features
 
 
-def _score(ckpt: dict, feats: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Top-1, share called known, ECE and mean confidence of a checkpoint dict on feature rows."""
-    from flowerid._numeric import softmax
-    from flowerid.evaluation.metrics import calibration
+def _unknown_scores(ckpt: dict, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The head's logits and the unknown-photo scores of a checkpoint dict on feature rows."""
     from flowerid.model.head import HeadConfig
     from flowerid.model.predictor import NumpyHead
     from flowerid.model.unknown import UnknownDetector
 
     logits = NumpyHead(HeadConfig.from_dict(ckpt["head"]["config"]), ckpt["head"]["state_dict"])(feats)
+    return logits, UnknownDetector.of_checkpoint(ckpt).score(feats, logits)
+
+
+def _known_share(ckpt: dict, feats: np.ndarray) -> float:
+    from flowerid.model.unknown import UnknownDetector
+
+    return float(UnknownDetector.of_checkpoint(ckpt).known(_unknown_scores(ckpt, feats)[1]).mean())
+
+
+def _score(ckpt: dict, feats: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Top-1, share called known, ECE and mean confidence of a checkpoint dict on feature rows."""
+    from flowerid._numeric import softmax
+    from flowerid.evaluation.metrics import calibration
+    from flowerid.model.unknown import UnknownDetector
+
+    logits, scores = _unknown_scores(ckpt, feats)
     probs = softmax(logits)
     det = UnknownDetector.of_checkpoint(ckpt)
     correct = probs.argmax(1) == labels
     cal = calibration(probs.max(1), correct)
     return {
         "top1": float(correct.mean()),
-        "known": float(det.known(det.score(feats, logits)).mean()),
+        "known": float(det.known(scores).mean()),
         "ece": cal["ece"],
         "confidence": cal["mean_confidence"],
         "over_99": float((probs.max(1) > 0.99).mean()),
@@ -113,9 +127,17 @@ def _extend(ckpt: dict, groups: list, method: str, seed: int) -> dict:
         teach.old_widen = rule
 
 
-def evaluate_draw(data: Path, ckpt_path: Path, draw: int, methods: list[str]) -> list[dict]:
-    """Every method and k on one trained draw: the new species' and the old species' valid scores."""
+def evaluate_draw(
+    data: Path, ckpt_path: Path, draw: int, methods: list[str], others: list[Path] | None = None
+) -> list[dict]:
+    """Every method and k on one trained draw: the new species' and the old species' valid scores.
+
+    Two checks on the unknown-photo score: `others` (photos of other things) called known, and unseen
+    species: half of the 10 added from the same k photos, the other half's valid photos called known
+    (and the AUROC of the score between the two halves' valid photos).
+    """
     import flowerid
+    from flowerid.evaluation.metrics import auroc
     from flowerid.model.add import Group
     from flowerid.model.checkpoint import load_checkpoint
 
@@ -132,6 +154,9 @@ def evaluate_draw(data: Path, ckpt_path: Path, draw: int, methods: list[str]) ->
     f_new = _features(clf, [p for p, _ in new_valid])
     f_old = _features(clf, [p for p, _ in old_valid])
     y_old = np.array([clf.categories.index(c) for _, c in old_valid])
+    f_others = _features(clf, others) if others else None
+    half = set(held[: HELD_OUT // 2])
+    in_half = np.array([c in half for _, c in new_valid])
     base = _score(ckpt, f_old, y_old)
     rows = []
     for method in methods:
@@ -142,17 +167,33 @@ def evaluate_draw(data: Path, ckpt_path: Path, draw: int, methods: list[str]) ->
             fit_s = time.perf_counter() - t0
             y_new = np.array([new["categories"].index(c) for _, c in new_valid])
             n, o = _score(new, f_new, y_new), _score(new, f_old, y_old)
+            part = _extend(ckpt, [g for g in groups if g[0].category in half], method, seed=draw)
+            s_part = _unknown_scores(part, f_new)[1]
             rows.append(
                 {"draw": draw, "method": method, "k": k or "all", "fit_seconds": fit_s}
                 | {f"new_{a}": v for a, v in n.items()}
                 | {f"old_{a}": v for a, v in o.items()}
                 | {"old_drop": base["top1"] - o["top1"], "old_base_top1": base["top1"], "old_base_known": base["known"]}
+                | {
+                    "unseen_known": _known_share(part, f_new[~in_half]),
+                    "unseen_auroc": auroc(s_part[in_half], s_part[~in_half]),
+                }
+                | (
+                    {}
+                    if f_others is None
+                    else {
+                        "others_known": _known_share(new, f_others),
+                        "others_base_known": _known_share(ckpt, f_others),
+                    }
+                )
             )
             r = rows[-1]
             print(
                 f"  {method:10s} k={r['k']!s:>3}: new top-1 {r['new_top1']:.2%} known {r['new_known']:.2%} "
                 f"ECE {r['new_ece']:.3f} conf {r['new_confidence']:.2f}; old top-1 {r['old_top1']:.2%} "
-                f"(drop {r['old_drop'] * 100:+.2f} pt), fit {fit_s:.1f}s",
+                f"(drop {r['old_drop'] * 100:+.2f} pt), fit {fit_s:.1f}s; unseen species known {r['unseen_known']:.1%} "
+                f"(AUROC {r['unseen_auroc']:.3f})"
+                + (f", others known {r['others_known']:.1%}" if f_others is not None else ""),
                 flush=True,
             )
     return rows
@@ -217,7 +258,9 @@ def summarise(rows: list[dict]) -> list[dict]:
             | {
                 "new_top1_std": float(np.std([r["new_top1"] for r in sel])),
                 "old_drop_worst": float(max(r["old_drop"] for r in sel)),
+                "new_known_worst": float(min(r["new_known"] for r in sel)),
             }
+            | ({"others_known_worst": float(max(r["others_known"] for r in sel))} if "others_known" in sel[0] else {})
         )
     return out
 
@@ -226,15 +269,17 @@ def table(summary: list[dict], preset: str) -> str:
     """A Markdown table of the summary."""
     lines = [
         f"| {preset}: method | photos per new species | new top-1 | new called known | new ECE | new mean confidence "
-        "| old top-1 drop (mean / worst) | fit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| old top-1 drop (mean / worst) | unseen species called known (AUROC) | others called known | fit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
+        others = f"{r['others_known']:.2%} (worst {r['others_known_worst']:.2%})" if "others_known" in r else "-"
         lines.append(
-            f"| {r['method']} | {r['k']} | {r['new_top1']:.1%} ± {r['new_top1_std']:.1%} | {r['new_known']:.1%} "
+            f"| {r['method']} | {r['k']} | {r['new_top1']:.1%} ± {r['new_top1_std']:.1%} "
+            f"| {r['new_known']:.1%} (worst {r['new_known_worst']:.1%}) "
             f"| {r['new_ece']:.3f} | {r['new_confidence']:.2f} "
             f"| {r['old_drop'] * 100:+.2f} / {r['old_drop_worst'] * 100:+.2f} pt "
-            f"| {r['fit_seconds']:.1f}s |"
+            f"| {r['unseen_known']:.1%} ({r['unseen_auroc']:.3f}) | {others} | {r['fit_seconds']:.1f}s |"
         )
     return "\n".join(lines)
 
@@ -291,10 +336,19 @@ def main() -> None:
     ap.add_argument(
         "--joint", type=Path, help="a checkpoint of the preset trained on every species: the old drop's floor"
     )
+    ap.add_argument(
+        "--others",
+        type=Path,
+        default=DEFAULT_DATA.parent / "not-flowers",
+        help="photos of other things: the share the added models call known (skipped when the folder is missing)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default: WORK/bench_add.json)")
     ap.add_argument("--plot", type=Path, default=None, help="write the curve as a PNG here (docs/img/teach-curve.png)")
     args = ap.parse_args()
     results: dict = {"rows": {}, "timing": {}, "joint": {}}
+    from flowerid.data.folders import list_images
+
+    others = list_images(args.others) if args.others.is_dir() else None
     for preset in args.presets:
         rows, timing, joint = [], [], []
         for draw in range(args.first_draw, args.draws):
@@ -304,7 +358,7 @@ def main() -> None:
                 continue
             done = args.work / "results" / f"{preset}-d{draw}.json"  # a draw measured once is reused
             if not done.exists():
-                part = {"rows": evaluate_draw(args.data, ckpt, draw, args.methods)}
+                part = {"rows": evaluate_draw(args.data, ckpt, draw, args.methods, others)}
                 part["timing"] = time_add(args.data, args.work, ckpt, draw)
                 done.parent.mkdir(parents=True, exist_ok=True)
                 done.write_text(json.dumps(part, indent=1))

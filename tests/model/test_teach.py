@@ -118,3 +118,66 @@ def test_logits_drawn_directly_match_logits_of_drawn_features():
         scale = v.std(axis=0).max()
         assert np.abs(a.mean(axis=0) - v.mean(axis=0)).max() < 0.05 * scale
         assert np.abs(np.cov(a.T) - np.cov(v.T)).max() < 0.05 * scale**2
+
+
+def test_held_out_folds_need_three_photos_and_stop_at_five():
+    assert teach.held_out_folds([1, 2]) == 0
+    assert teach.held_out_folds([3, 1]) == 3
+    assert teach.held_out_folds([4, 40]) == teach.HELD_OUT_FOLDS == 5
+
+
+def _checkpoint_with_detector(seed: int = 0):
+    """A linear head over _world's old categories, its statistics and an unknown-photo detector fitted
+    as training fits it (class means from training photos, threshold from valid ones)."""
+    from flowerid.model.head import HeadConfig
+    from flowerid.training.unknown import fit_unknown
+
+    draw, stats, w, b = _world(seed)
+    x_tr = np.vstack([draw(c, 200) for c in range(C)])
+    x_va = np.vstack([draw(c, 100) for c in range(C)])
+    ckpt = {
+        "categories": [str(c) for c in range(C)],
+        "names": [None] * C,
+        "head": {
+            "config": HeadConfig(D, C).to_dict(),
+            "state_dict": {"0.weight": w.astype(np.float32), "0.bias": b.astype(np.float32)},
+        },
+        "class_stats": stats.to_state(),
+        "unknown": fit_unknown(x_tr, np.repeat(np.arange(C), 200), x_va, x_va @ w.T + b, C).to_state(),
+    }
+    return draw, ckpt
+
+
+def test_photos_of_an_added_category_it_was_not_taught_are_called_known_about_as_often_as_old_ones(monkeypatch):
+    """The held-out lift: a new category whose photos spread wider than the shared covariance says gets
+    humbler answers on photos it has not seen; scored on held-out folds of its own photos, the lift puts
+    them back toward the accept rate the threshold gives the old categories, never by more than LIFT_MAX.
+    The old categories' photos are called as before."""
+    from flowerid.model import add as add_mod
+    from flowerid.model.add import Group, extend_checkpoint
+    from flowerid.model.head import HeadConfig
+    from flowerid.model.predictor import NumpyHead
+    from flowerid.model.unknown import UnknownDetector
+
+    draw, ckpt = _checkpoint_with_detector()
+    centre = draw(C, 1)[0]
+
+    def wide(n: int) -> np.ndarray:  # the new species: twice the old ones' spread (a difference of two draws is sqrt 2)
+        return centre + 2.0 / np.sqrt(2.0) * (draw(C, n) - draw(C, n))
+
+    group = [(Group("new", None, [], False), wide(8))]
+    fresh = wide(400)
+
+    def known_share(out: dict, x: np.ndarray) -> float:
+        logits = NumpyHead(HeadConfig.from_dict(out["head"]["config"]), out["head"]["state_dict"])(x)
+        det = UnknownDetector.of_checkpoint(out)
+        return float(det.known(det.score(x, logits)).mean())
+
+    lifted = extend_checkpoint(ckpt, group)
+    monkeypatch.setattr(add_mod, "_held_out_lift", lambda *a, **k: (0.0, []))
+    plain = extend_checkpoint(ckpt, group)
+    old = np.vstack([draw(c, 100) for c in range(C)])
+    assert known_share(plain, fresh) + 0.02 < known_share(lifted, fresh)
+    lift = UnknownDetector.of_checkpoint(lifted).offsets[C] - UnknownDetector.of_checkpoint(plain).offsets[C]
+    assert 0 < lift <= teach.LIFT_MAX
+    assert abs(known_share(lifted, old) - known_share(plain, old)) < 0.02

@@ -30,7 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .class_stats import ClassStats, last_layer_inputs
 from .head import HeadConfig, linear_layers
 from .predictor import NumpyHead
-from .teach import DEFAULT_METHOD, METHODS, fit_rows, known_offsets
+from .teach import DEFAULT_METHOD, HELD_OUT_MIN, LIFT_MAX, METHODS, Rows, fit_rows, held_out_folds, known_offsets
 from .unknown import UnknownDetector
 
 NO_STATS = (
@@ -97,6 +97,90 @@ def read_new_data(folder: str | os.PathLike, categories: list[str], names: list[
     return groups
 
 
+@dataclass
+class _Taught:
+    """What teaching some groups to a head gives: the categories, their statistics and the head's last layer."""
+
+    categories: list[str]
+    names: list[str | None]
+    stats: ClassStats
+    unit_means: list[np.ndarray]
+    free: list[int]
+    rows: Rows
+
+
+def _teach(
+    base: ClassStats,
+    layers: list[tuple[np.ndarray, np.ndarray]],
+    categories: list[str],
+    names: list[str | None],
+    unit_means: list[np.ndarray] | None,
+    groups: list[tuple[Group, np.ndarray]],
+    method: str,
+    seed: int,
+) -> _Taught:
+    """Each group's photos (head inputs) into the statistics, the free rows fitted beside the fixed ones.
+
+    `unit_means`: the unknown-photo detector's class means, or None for a checkpoint without a detector.
+    """
+    categories, names = list(categories), list(names)
+    means = list(unit_means or [])
+    stats, free, photos = base, [], {}
+    for group, raw in groups:
+        idx = categories.index(group.category) if group.existing else len(categories)
+        z = last_layer_inputs(layers, raw)
+        current = means[idx] if unit_means is not None and group.existing else None
+        stats, unit_mean = stats.with_photos(idx, z, raw, current)
+        if not group.existing:
+            categories.append(group.category)
+            names.append(group.name)
+            means.append(unit_mean)
+            photos[idx] = z
+        elif unit_means is not None:
+            means[idx] = unit_mean
+        free.append(idx)
+    rows = fit_rows(layers[-1][0].T, layers[-1][1], stats, free, method, seed, photos)
+    return _Taught(categories, names, stats, means, free, rows)
+
+
+def _held_out_lift(
+    base: ClassStats,
+    layers: list[tuple[np.ndarray, np.ndarray]],
+    ckpt: dict[str, Any],
+    det: UnknownDetector,
+    groups: list[tuple[Group, np.ndarray]],
+    method: str,
+    seed: int,
+) -> tuple[float, list[int]]:
+    """How much more the new categories' offsets must take back so that their photos it was not taught
+    are called known as often as the threshold calls the old categories' valid photos; and their rows.
+
+    The new categories' photos are split into folds (teach.held_out_folds); each fold is taught without
+    its photos, which are then scored as `predict` scores them (`det`'s offsets, the fold's class means).
+    The lift puts the accept-rate quantile of those scores on the threshold, within [0, LIFT_MAX].
+    """
+    n_old = len(ckpt["categories"])
+    new_groups = [i for i, (g, _) in enumerate(groups) if not g.existing]
+    folds = held_out_folds([len(groups[i][1]) for i in new_groups])
+    if folds < 2:
+        return 0.0, []
+    held_groups = [i for i in new_groups if len(groups[i][1]) >= HELD_OUT_MIN]
+    scores, unit_means = [], list(det.means)
+    for fold in range(folds):
+        kept, held = [], []
+        for i, (g, raw) in enumerate(groups):
+            out = np.arange(len(raw)) % folds == fold if i in held_groups else np.zeros(len(raw), dtype=bool)
+            kept.append((g, raw[~out]))
+            held.append(raw[out])
+        t = _teach(base, layers, ckpt["categories"], ckpt["names"], unit_means, kept, method, seed + 1 + fold)
+        x = np.vstack(held)
+        if len(x):
+            logits = last_layer_inputs(layers, x) @ t.rows.weight.T + t.rows.bias
+            scores.append(replace(det, means=np.asarray(t.unit_means, dtype=np.float32)).score(x, logits))
+    lift = np.quantile(np.concatenate(scores), det.accept_rate) - det.threshold
+    return float(np.clip(lift, 0.0, LIFT_MAX)), [n_old + new_groups.index(i) for i in held_groups]
+
+
 def extend_checkpoint(
     ckpt: dict[str, Any],
     groups: list[tuple[Group, np.ndarray]],
@@ -109,39 +193,27 @@ def extend_checkpoint(
     state = ckpt["head"]["state_dict"]
     layers = NumpyHead(head_cfg, state).layers
     last = linear_layers(state)[-1]
-    categories, names = list(ckpt["categories"]), list(ckpt["names"])
     if ckpt.get("class_stats") is None:
         raise CheckpointError(NO_STATS.format(where=where))
-    stats = ClassStats.from_state(ckpt["class_stats"], len(categories), layers[-1][0].shape[0], where)
+    base = ClassStats.from_state(ckpt["class_stats"], len(ckpt["categories"]), layers[-1][0].shape[0], where)
     det = UnknownDetector.of_checkpoint(ckpt)
-    unit_means = list(det.means) if det is not None else []
-    free, photos = [], {}
-    for group, raw in groups:
-        idx = categories.index(group.category) if group.existing else len(categories)
-        current = unit_means[idx] if det is not None and group.existing else None
-        stats, unit_mean = stats.with_photos(idx, last_layer_inputs(layers, raw), raw, current)
-        if not group.existing:
-            categories.append(group.category)
-            names.append(group.name)
-            unit_means.append(unit_mean)
-            photos[idx] = last_layer_inputs(layers, raw)
-        elif det is not None:
-            unit_means[idx] = unit_mean
-        free.append(idx)
-    rows = fit_rows(layers[-1][0].T, layers[-1][1], stats, free, method, seed, photos)
+    means = None if det is None else list(det.means)
+    t = _teach(base, layers, ckpt["categories"], ckpt["names"], means, groups, method, seed)
     new_state = dict(state)
-    new_state[f"{last}.weight"] = rows.weight.astype(np.float32)
-    new_state[f"{last}.bias"] = rows.bias.astype(np.float32)
+    new_state[f"{last}.weight"] = t.rows.weight.astype(np.float32)
+    new_state[f"{last}.bias"] = t.rows.bias.astype(np.float32)
     out = dict(ckpt)
-    out["head"] = {"config": replace(head_cfg, num_classes=len(categories)).to_dict(), "state_dict": new_state}
-    out.update(categories=categories, names=names, class_to_idx={c: i for i, c in enumerate(categories)})
-    out["class_stats"] = stats.to_state()
+    out["head"] = {"config": replace(head_cfg, num_classes=len(t.categories)).to_dict(), "state_dict": new_state}
+    out.update(categories=t.categories, names=t.names, class_to_idx={c: i for i, c in enumerate(t.categories)})
+    out["class_stats"] = t.stats.to_state()
     if det is not None:
-        new_rows = [i for i in free if i >= len(ckpt["categories"])]
+        new_rows = [i for i in t.free if i >= len(ckpt["categories"])]
         old = np.zeros(len(ckpt["categories"])) if det.offsets is None else det.offsets
-        offsets = known_offsets(rows, stats, det.near_z, old, new_rows, seed)
-        det = replace(det, means=np.asarray(unit_means, dtype=np.float32), offsets=offsets)
-        out["unknown"] = det.to_state()
+        offsets = known_offsets(t.rows, t.stats, det.near_z, old, new_rows, seed)
+        det = replace(det, means=np.asarray(t.unit_means, dtype=np.float32), offsets=offsets)
+        lift, lifted = _held_out_lift(base, layers, ckpt, det, groups, method, seed)
+        offsets[lifted] += lift
+        out["unknown"] = replace(det, offsets=offsets).to_state()
     return out
 
 
