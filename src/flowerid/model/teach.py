@@ -35,7 +35,7 @@ FREE_DRAWS = 256  # draws per free category
 L2 = 1e-4
 OFFSET_DRAWS = 64  # draws per category for known_offsets' medians
 PHOTO_BLUR = 1.0  # ridge on the free rows, per feature, relative to the mean loss
-WIDEN_FROM, WIDEN_TO, WIDEN_MAX = 10, 65, 2.0  # old draws widened between these photo counts (old_widen)
+WIDEN_FROM, WIDEN_TO, WIDEN_MAX = 5, 40, 3.0  # old draws widened between these photo counts (old_widen)
 HELD_OUT_FOLDS, HELD_OUT_MIN = 5, 3  # folds for add's held-out lift; a category needs this many photos to take part
 LIFT_MAX = 2.0  # the most the held-out lift takes back, in the score's units (standard deviations of valid photos')
 
