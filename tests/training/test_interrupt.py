@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,15 +152,17 @@ def test_ctrl_c_in_feature_extraction_and_head_training_then_resume(tmp_path):
     second = _entries(cache)
     assert len(second) == total
     assert all(second[k] == v for k, v in first.items())  # reused, not recomputed
-    done = [line for line in out.splitlines() if line.startswith("epoch")]
-    assert 1 <= len(done) < 40
+    done = len([line for line in out.splitlines() if line.startswith("epoch")])
+    assert done < 40
 
     # 3. --resume finishes head training from the last saved epoch, computing no features.
     proc = _start("none", tmp_path / "m3", [*args, "--resume"], cache)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert f"resuming head training after epoch {len(done)}/40" in out
-    assert sum(line.startswith("epoch") for line in out.splitlines()) <= 40 - len(done)
+    # The state is saved just before an epoch's line is printed, so Ctrl-C can land between the two.
+    saved = int(re.search(r"resuming head training after epoch (\d+)/40", out).group(1))
+    assert saved >= 1 and done in (saved - 1, saved)
+    assert sum(line.startswith("epoch") for line in out.splitlines()) == 40 - saved
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["features_computed"] == 0 and len(metrics["history"]) == 40
     load_checkpoint(run / "checkpoint.pth")
