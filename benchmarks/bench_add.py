@@ -12,6 +12,7 @@ stored statistics), so the methods differ only in how they set the new rows.
     python benchmarks/bench_add.py --draws 3 --presets default fast --work /work/artifacts/i22
     python benchmarks/bench_add.py --phase train ...   # only the trainings (slow; start them early)
     python benchmarks/bench_add.py --joint runs/default/checkpoint.pth ...  # + the preset trained on all 102
+    python benchmarks/bench_add.py --draws 20 --presets default --also fast.json --plot docs/img/teach-curve.png
 
 With --joint, the same valid photos are also scored by the preset trained on every species at once: a
 model that must tell the 10 from the 92 loses some of the 92's photos however it learned them, so
@@ -25,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,21 +46,27 @@ def held_out(categories: list[str], draw: int) -> list[str]:
     return sorted(rng.choice(categories, HELD_OUT, replace=False).tolist(), key=int)
 
 
-def train_draw(data: Path, work: Path, preset: str, draw: int) -> Path:
-    """Train `preset` on the 92 species of this draw (once: a finished run is reused); the checkpoint path."""
+def train_draw(data: Path, work: Path, preset: str, draw: int, cache: Path | None = None) -> Path:
+    """Train `preset` on the 92 species of this draw (once: a finished run is reused); the checkpoint path.
+
+    The draws share one feature cache, so after the first most photos' features are cached: their
+    wall_seconds are a warm re-run's. `cache` (an empty folder) times a cold run instead."""
     cats = sorted(p.name for p in (data / "train").iterdir())
     held = held_out(cats, draw)
     folder = subset(data, [c for c in cats if c not in held], work / "data" / f"draw{draw}")
-    save = work / "runs" / f"{preset}-d{draw}"
+    save = work / "runs" / f"{preset}-d{draw}" if cache is None else cache / "run"
     ckpt = save / "checkpoint.pth"
     if ckpt.exists():
         return ckpt
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    if cache is not None:
+        env["FLOWERID_CACHE"] = str(cache)
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "flowerid", "train", str(folder), "--preset", preset, "--save-dir", str(save)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    (work / "logs" / f"train-{preset}-d{draw}.log").write_text(proc.stdout + proc.stderr)
+    log = work / "logs" / f"train-{preset}-d{draw}{'' if cache is None else '-cold'}.log"
+    log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"training {preset} draw {draw} failed; see {work / 'logs'}")
     (save / "wall_seconds.json").write_text(json.dumps({"wall_seconds": time.perf_counter() - t0}))
@@ -127,6 +135,13 @@ def _extend(ckpt: dict, groups: list, method: str, seed: int) -> dict:
         teach.old_widen = rule
 
 
+def _shuffled_train(data: Path, held: list[str], draw: int) -> dict[str, list[Path]]:
+    """The held-out species' train photos in the draw's fixed shuffle: "k photos" are the first k."""
+    rng = np.random.default_rng(draw)
+    train = {c: sorted((data / "train" / c).iterdir()) for c in held}
+    return {c: [ps[i] for i in rng.permutation(len(ps))] for c, ps in train.items()}
+
+
 def evaluate_draw(
     data: Path, ckpt_path: Path, draw: int, methods: list[str], others: list[Path] | None = None
 ) -> list[dict]:
@@ -145,9 +160,7 @@ def evaluate_draw(
     clf = flowerid.load(ckpt_path, device="cpu")
     cats = sorted(p.name for p in (data / "train").iterdir())
     held = held_out(cats, draw)
-    rng = np.random.default_rng(draw)
-    train = {c: sorted((data / "train" / c).iterdir()) for c in held}
-    train = {c: [ps[i] for i in rng.permutation(len(ps))] for c, ps in train.items()}
+    train = _shuffled_train(data, held, draw)
     new_valid = [(p, c) for c in held for p in sorted((data / "valid" / c).iterdir())]
     old_valid = [(p, c) for c in clf.categories for p in sorted((data / "valid" / c).iterdir())]
     f_train = {c: _features(clf, ps) for c, ps in train.items()}
@@ -221,15 +234,23 @@ def joint_reference(data: Path, joint_path: Path, draw: int) -> dict:
     return out
 
 
-def time_add(data: Path, work: Path, ckpt_path: Path, draw: int) -> dict:
-    """`flowerid.add` as a user runs it (all train photos of the 10, features not cached) against training time."""
+def time_add(data: Path, work: Path, ckpt_path: Path, draw: int, k: int | None = None) -> dict:
+    """`flowerid.add` as a user runs it (features not cached) from all or `k` train photos of each of the
+    10, against training time."""
     from flowerid.model.add import add
 
     cats = sorted(p.name for p in (data / "train").iterdir())
-    new = work / "data" / f"new{draw}"
-    subset(data, held_out(cats, draw), new)
+    if k is None:
+        folder = subset(data, held_out(cats, draw), work / "data" / f"new{draw}") / "train"
+    else:
+        folder = work / "data" / f"new{draw}-k{k}"
+        for c, photos in _shuffled_train(data, held_out(cats, draw), draw).items():
+            (folder / c).mkdir(parents=True, exist_ok=True)
+            for p in photos[:k]:
+                if not (folder / c / p.name).exists():
+                    (folder / c / p.name).symlink_to(p.resolve())
     t0 = time.perf_counter()
-    res = add(ckpt_path, new / "train", work / "added" / f"{ckpt_path.parent.name}.pth", log=lambda s: None)
+    res = add(ckpt_path, folder, work / "added" / f"{ckpt_path.parent.name}.pth", log=lambda s: None)
     seconds = time.perf_counter() - t0
     wall = ckpt_path.parent / "wall_seconds.json"
     train_s = (
@@ -240,6 +261,18 @@ def time_add(data: Path, work: Path, ckpt_path: Path, draw: int) -> dict:
     photos = sum(res.added.values())
     print(f"  add {photos} photos: {seconds:.1f}s; training took {train_s:.0f}s: {seconds / train_s:.1%}", flush=True)
     return {"draw": draw, "add_seconds": seconds, "train_seconds": train_s, "photos": photos}
+
+
+def time_cold_training(data: Path, work: Path, preset: str, draw: int) -> float:
+    """Seconds of one training of `preset` with an empty feature cache, as a new user's first run (once)."""
+    done = work / "results" / f"{preset}-cold-train.json"
+    if not done.exists():
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            ckpt = train_draw(data, work, preset, draw, cache=Path(tmp))
+            seconds = json.loads((ckpt.parent / "wall_seconds.json").read_text())["wall_seconds"]
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps({"draw": draw, "cold_train_seconds": seconds}))
+    return json.loads(done.read_text())["cold_train_seconds"]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -344,6 +377,13 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default: WORK/bench_add.json)")
     ap.add_argument("--plot", type=Path, default=None, help="write the curve as a PNG here (docs/img/teach-curve.png)")
+    ap.add_argument(
+        "--also",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="results JSON of earlier runs whose other presets join the plot (e.g. fast over fewer draws)",
+    )
     args = ap.parse_args()
     results: dict = {"rows": {}, "timing": {}, "joint": {}}
     from flowerid.data.folders import list_images
@@ -363,10 +403,16 @@ def main() -> None:
                 done.parent.mkdir(parents=True, exist_ok=True)
                 done.write_text(json.dumps(part, indent=1))
             part = json.loads(done.read_text())
+            if "timing_k5" not in part:  # a few photos each: the case the command is for
+                part["timing_k5"] = time_add(args.data, args.work, ckpt, draw, k=5)
+                done.write_text(json.dumps(part, indent=1))
             rows += part["rows"]
-            timing.append(part["timing"])
+            timing.append(part["timing"] | {"add_k5_seconds": part["timing_k5"]["add_seconds"]})
             if args.joint:
                 joint.append(joint_reference(args.data, args.joint, draw))
+        if args.phase == "all":
+            cold = time_cold_training(args.data, args.work, preset, args.first_draw)
+            timing = [t | {"cold_train_seconds": cold} for t in timing]
         results["rows"][preset], results["timing"][preset] = rows, timing
         results["joint"][preset] = joint
     if args.phase == "train":
@@ -376,10 +422,18 @@ def main() -> None:
     for preset, summary in summaries.items():
         print(table(summary, preset))
         t = results["timing"][preset]
-        share = [x["add_seconds"] / x["train_seconds"] for x in t]
+        add_s, cold = [x["add_seconds"] for x in t], t[0]["cold_train_seconds"]
+        few = [x["add_k5_seconds"] for x in t]
         print(
-            f"{preset}: add of all photos {np.mean([x['add_seconds'] for x in t]):.1f}s, training "
-            f"{np.mean([x['train_seconds'] for x in t]):.0f}s: {np.mean(share):.1%} (worst {max(share):.1%})"
+            f"{preset}: add of 5 photos each {np.mean(few):.1f}s (slowest {max(few):.1f}s): "
+            f"{np.mean(few) / cold:.1%} (slowest {max(few) / cold:.1%}) of a cold training"
+        )
+        warm = [x["add_seconds"] / x["train_seconds"] for x in t]
+        print(
+            f"{preset}: add of all photos (features computed, never cached) {np.mean(add_s):.1f}s "
+            f"(slowest {max(add_s):.1f}s); a cold training {cold:.0f}s: {np.mean(add_s) / cold:.1%} "
+            f"(slowest {max(add_s) / cold:.1%}); the draws' own, mostly warm, trainings "
+            f"{np.mean([x['train_seconds'] for x in t]):.0f}s: {np.mean(warm):.1%} (worst {max(warm):.1%})"
         )
         if results["joint"][preset]:
             j = results["joint"][preset]
@@ -394,6 +448,9 @@ def main() -> None:
     out = args.out or args.work / "bench_add.json"
     out.write_text(json.dumps(results, indent=1))
     if args.plot:
+        for earlier in args.also:
+            for preset, summary in json.loads(earlier.read_text())["summary"].items():
+                summaries.setdefault(preset, summary)
         plot(summaries, args.plot)
     print(f"wrote {out}" + (f" and {args.plot}" if args.plot else ""))
 
