@@ -58,5 +58,9 @@ class CheckpointError(FlowerIdError):
     """A checkpoint that is missing, damaged, unsafe or of an unknown format."""
 
 
+class OutputError(FlowerIdError):
+    """A file that cannot be written: its folder cannot be made or written to, or the disk is full."""
+
+
 class DeviceError(FlowerIdError):
     """A device that was asked for but is not there."""

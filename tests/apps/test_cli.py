@@ -11,6 +11,7 @@ from ..conftest import (
     ROOT,
     TINY,
     build_folder,
+    make_photo,
 )
 
 
@@ -87,6 +88,22 @@ def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert err.startswith("flowerid: error:") and "not found" in err and "Traceback" not in err
     assert main(["train", str(tmp_path), "--arch", "nope"]) != 0
     assert "choose one of" in capsys.readouterr().err
+
+
+def test_an_output_where_a_file_is_in_the_way_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    (tmp_path / "a-file").write_bytes(b"x")
+    photo = tmp_path / "p.png"
+    make_photo((200, 30, 30), 1).save(photo)
+    ckpt = str(trained[1].checkpoint_path)
+    for args in (
+        ["predict", str(photo), "--checkpoint", ckpt, "--out", str(tmp_path / "a-file" / "o.csv")],
+        ["export", ckpt, "--out", str(tmp_path / "a-file" / "m.onnx")],
+    ):
+        assert main(args) == 1, args
+        assert capsys.readouterr().err.strip() == f"flowerid: error: {tmp_path / 'a-file'} is a file, not a folder"
+    monkeypatch.setenv("FLOWERID_TRACEBACK", "1")  # for whoever must see where it happened
+    with pytest.raises(FileExistsError):
+        main(["export", ckpt, "--out", str(tmp_path / "a-file" / "m.onnx")])
 
 
 def test_bad_numbers_are_usage_errors(trained, tmp_path, capsys):

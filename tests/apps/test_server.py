@@ -435,6 +435,15 @@ def test_a_correction_must_be_a_readable_photo_under_the_limit(fixing):
     assert not root.exists() or not any(root.rglob("*.*"))
 
 
+def test_a_corrections_folder_that_cannot_be_written_is_said_not_leaked(fixing, capfd):
+    c, root = fixing
+    root.write_bytes(b"not a folder")  # the owner's mistake (or a full disk): the sender learns only that
+    detail = _error(c.post("/correct?category=2", files={"file": _jpeg()}), 507, "not_saved")
+    assert "could not keep the photo" in detail and str(root) not in detail
+    assert f"{root} is a file, not a folder" in capfd.readouterr().err  # the owner reads where and why
+    assert c.get("/health").status_code == 200  # and the server goes on
+
+
 def test_the_corrections_folder_teaches_the_model(fixing, trained, tmp_path):
     c, root = fixing
     for seed in range(3):

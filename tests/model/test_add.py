@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -175,6 +176,12 @@ def test_the_command_line(trained, tmp_path, capsys):
     assert main(["add", str(trained[1].checkpoint_path), str(new), "--out", str(tmp_path / "no.pth")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("flowerid: error:") and "holds no photos" in err and "\n" not in err
+    shutil.rmtree(new / "23")
+    (tmp_path / "a-file").write_bytes(b"x")  # --out where nothing can be written: one line, not a traceback
+    assert main(["add", str(trained[1].checkpoint_path), str(new), "--out", str(tmp_path / "a-file" / "o.pth")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("flowerid: error: cannot write") and "a-file is a file, not a folder" in err
+    assert "\n" not in err
 
 
 def test_an_added_checkpoint_predicts_evaluates_exports_and_says_what_it_is(trained, tmp_path, capsys):

@@ -5,10 +5,12 @@ model_commands.py, the options they share in options.py."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 
+from .._io import os_error_reason
 from .._version import __version__
 from ..distributed import shutdown, world
 from ..errors import FlowerIdError
@@ -102,6 +104,14 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
     except FlowerIdError as exc:
         err(_as_cli_message(exc))
         return exc.exit_code
+    except OSError as exc:
+        if exc.filename is None or os.environ.get("FLOWERID_TRACEBACK"):
+            raise
+        # A file or folder the machine refused (a file where a folder must go, no permission, a full
+        # disk): the user's to fix, so one line; FLOWERID_TRACEBACK=1 shows where it happened.
+        why = os_error_reason(exc)
+        err(why if str(exc.filename) in why else f"{exc.filename}: {why}")
+        return 1
     except Exception as exc:
         if not world().distributed:
             raise

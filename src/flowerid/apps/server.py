@@ -11,6 +11,7 @@ gets a JSON 4xx of the form {"error": code, "detail": message}. Who may ask at a
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -26,7 +27,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .._version import __version__
 from ..data.images import load_image, max_pixels_default
-from ..errors import DecompressionBombError, ImageError, NotAnImageError, UsageError
+from ..errors import DecompressionBombError, ImageError, NotAnImageError, OutputError, UsageError
 from ..model.predictor import Classifier, Prediction, photo_fields
 from .access import protect
 from .serve_config import ServeConfig
@@ -287,7 +288,7 @@ def create_app(
     @app.post(
         "/correct",
         summary='Keep a photo the model named wrong, under what it really is ("Not right?")',
-        responses={400: bad, 404: bad, 413: bad, 415: bad, 422: bad},
+        responses={400: bad, 404: bad, 413: bad, 415: bad, 422: bad, 507: bad},
     )
     async def correct(
         request: Request,
@@ -305,6 +306,11 @@ def create_app(
             raise _image_rejection(exc) from None
         except UsageError as exc:
             raise Rejected(400, "bad_correction", str(exc)) from None
+        except OutputError as exc:  # the owner's folder, not the sender's photo: say so there, not the path here
+            print(f"flowerid serve: a correction was not kept: {exc}", file=sys.stderr, flush=True)
+            raise Rejected(
+                507, "not_saved", "the server could not keep the photo (its corrections folder cannot be written)"
+            ) from None
         return {"saved": True, "category": path.parent.name}
 
     def _save_correction(data: bytes, category: str | None, name: str | None) -> Path:

@@ -24,6 +24,7 @@ import numpy as np
 from .._io import atomic_write_bytes
 from ..data.images import LOADER_VERSION
 from ..data.preprocess import Preprocessing
+from ..errors import OutputError
 
 if TYPE_CHECKING:
     from ..data.augment import Augment
@@ -152,7 +153,10 @@ class FeatureCache:
         key = self.file_key(path)
         if key is None:
             return
-        atomic_write_bytes(self._entry(key), encode_entry(vector, self.dtype), fsync=False)
+        try:
+            atomic_write_bytes(self._entry(key), encode_entry(vector, self.dtype), fsync=False)
+        except OutputError as exc:
+            raise OutputError(f"{exc} (the feature cache: set FLOWERID_CACHE to put it elsewhere)") from None
 
 
 def encode_entry(vector: np.ndarray, dtype: np.dtype | str = "<f4") -> bytes:
