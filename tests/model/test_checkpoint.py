@@ -41,6 +41,23 @@ def test_damaged_files(tmp_path, content):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (b"", "an empty file"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x00" * 40, "a JPEG image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "a PNG image"),
+        (b"\x08\x08\x12\x07pytorch", "an ONNX model"),
+    ],
+)
+def test_a_file_that_is_plainly_something_else_is_named(tmp_path, content, kind):
+    """A photo given where the checkpoint goes (the heritage order is `predict image checkpoint`)."""
+    path = tmp_path / "c.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"is not a checkpoint \\({kind}"):
+        load_checkpoint(path)
+
+
 def test_truncated_checkpoint(trained, tmp_path):
     data = trained[1].checkpoint_path.read_bytes()
     (tmp_path / "t.pth").write_bytes(data[: len(data) // 2])

@@ -111,6 +111,35 @@ def _read(path: Path) -> Any:
     return _torchfile.load(str(path))
 
 
+_MAGIC = {  # what people give by mistake where a checkpoint goes, by its first bytes
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\x89PNG": "a PNG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF",
+}
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """What the file plainly is when it cannot be a checkpoint (a zip or a pickle), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None  # the reader says what is wrong
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK") or head[0] == 0x80:  # torch's zip format, or a legacy pickle
+        return None
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    if head[4:8] == b"ftyp" or head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "a HEIC or WebP photo, or a video"
+    if len(head) > 2 and head[0] == 0x08 and head[2] == 0x12:  # protobuf: ir_version, then producer_name
+        return "an ONNX model, as `flowerid export` writes"
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate a checkpoint without ever unpickling code."""
     path = Path(path)
@@ -119,6 +148,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         hint = path / "checkpoint.pth"
         raise CheckpointError(f"{path} is a folder" + (f"; did you mean {hint}?" if hint.exists() else ""))
+    kind = _not_a_checkpoint(path)
+    if kind:
+        raise CheckpointError(
+            f"{path} is not a checkpoint ({kind}); "
+            "give the checkpoint.pth that `flowerid train` or `flowerid add` wrote"
+        )
     try:
         ckpt = _read(path)
     except pickle.UnpicklingError as exc:
