@@ -213,3 +213,16 @@ def test_stats_update_equals_fitting_on_all_photos():
     np.testing.assert_allclose(updated.unit_norms, whole.unit_norms, atol=1e-9)
     grown, _ = whole.with_photos(3, x[:4] + 10, x[:4] + 10, None)
     assert grown.counts.tolist() == [20, 20, 20, 4] and np.allclose(grown.means[3], (x[:4] + 10).mean(0))
+
+
+def test_ctrl_c_during_add_writes_nothing_and_says_so(trained, tmp_path, capsys, monkeypatch):
+    import flowerid.backbones.features as features
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(features, "extract_features", interrupted)
+    out = tmp_path / "out" / "never.pth"
+    assert main(["add", str(trained[1].checkpoint_path), str(_new(tmp_path)), "--out", str(out)]) == 130
+    assert "interrupted; nothing was written" in capsys.readouterr().err
+    assert not out.parent.exists() or not any(out.parent.iterdir())
