@@ -224,5 +224,5 @@ def test_ctrl_c_during_add_writes_nothing_and_says_so(trained, tmp_path, capsys,
     monkeypatch.setattr(features, "extract_features", interrupted)
     out = tmp_path / "out" / "never.pth"
     assert main(["add", str(trained[1].checkpoint_path), str(_new(tmp_path)), "--out", str(out)]) == 130
-    assert "interrupted; nothing was written" in capsys.readouterr().err
+    assert "interrupted; no checkpoint was written" in capsys.readouterr().err
     assert not out.parent.exists() or not any(out.parent.iterdir())

@@ -301,7 +301,7 @@ def add_add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help="default: %(default)s")
     add_device(p)
     add_engine(p)
-    p.set_defaults(interrupt_hint="nothing was written; run it again to add them")
+    p.set_defaults(interrupt_hint="no checkpoint was written; run it again to add them")
 
 
 def run_add(args: argparse.Namespace) -> int:
