@@ -1,4 +1,5 @@
 import io
+import os
 import struct
 import zlib
 
@@ -97,3 +98,14 @@ def test_truncated_jpeg_is_an_image_error():
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="not found"):
         load_image(tmp_path / "nope.jpg")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are a POSIX thing")
+def test_a_pipe_or_a_device_is_refused_before_it_is_read(tmp_path):
+    """Reading a named pipe waits for a writer forever, and /dev/zero never ends."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    with pytest.raises(ImageError, match="is a named pipe, not a photo file"):
+        load_image(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageError, match="is a device, not a photo file"):
+        load_image(tmp_path / "zero.jpg")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -93,9 +94,23 @@ def _describe(source: ImageSource) -> str:
     return str(source)
 
 
+_SPECIAL = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def _open(source: ImageSource) -> Image.Image:
     if isinstance(source, bytes):
         return Image.open(io.BytesIO(source))
+    with contextlib.suppress(OSError):  # a missing file is reported by open, below
+        mode = os.stat(source).st_mode
+        # Opening a pipe waits for a writer, and a device never ends: refuse them before reading.
+        for test, kind in _SPECIAL:
+            if test(mode):
+                raise ImageError(_describe(source), f"is {kind}, not a photo file")
     return Image.open(source)
 
 
@@ -123,6 +138,8 @@ def load_image(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 img = _open(source)
+        except ImageError:
+            raise
         except FileNotFoundError:
             raise ImageError(name, "file not found") from None
         except IsADirectoryError:
