@@ -1,9 +1,18 @@
 import json
+import os
 
 import pytest
 
-from flowerid.data.folders import find_categories, load_category_names, load_dataset, names_for, scan_folder
-from flowerid.errors import DataError
+from flowerid.data import folders
+from flowerid.data.folders import (
+    find_categories,
+    load_category_names,
+    load_dataset,
+    names_for,
+    read_exclude_list,
+    scan_folder,
+)
+from flowerid.errors import DataError, UsageError
 
 from ..conftest import build_folder
 
@@ -57,3 +66,16 @@ def test_category_names(tmp_path):
     p.write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         load_category_names(p)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_names_or_exclude_file_that_never_ends_is_refused(tmp_path, monkeypatch):
+    """--category-names /dev/zero read until memory ran out; a pipe would wait forever."""
+    with pytest.raises(DataError, match="/dev/zero is not a regular file"):
+        load_category_names("/dev/zero")
+    with pytest.raises(UsageError, match="exclude list /dev/zero is not a regular file"):
+        read_exclude_list("/dev/zero")
+    monkeypatch.setattr(folders, "SMALL_FILE_MAX", 100)
+    (tmp_path / "names.json").write_text(json.dumps({str(i): "x" * 20 for i in range(10)}))
+    with pytest.raises(DataError, match="over 100 bytes; is it the right file"):
+        load_category_names(tmp_path / "names.json")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_bytes
-from ..errors import DataError, UsageError
+from ..errors import DataError, FlowerIdError, UsageError
 from .images import looks_like_image
 from .layout import SPLIT_SEED, VALID_FRACTION, Layout, find_layout, hold_out
 
@@ -192,11 +192,26 @@ def write_skipped(folder: str | os.PathLike, skipped: dict[str, str]) -> Path | 
     return atomic_write_bytes(path, ("path\treason\n" + lines).encode("utf-8", "surrogateescape"))
 
 
+SMALL_FILE_MAX = 16 * 2**20  # 102 names take 3 KB; a million names or excluded paths would still fit
+
+
+def read_small_file(path: Path, what: str, error: type[FlowerIdError]) -> bytes:
+    """A names or list file's bytes, refusing what is not one: a pipe (it would wait forever), a
+    device (/dev/zero never ends) or a file over SMALL_FILE_MAX. OSErrors pass through to the caller."""
+    if path.exists() and not path.is_file():
+        raise error(f"{what} {path} is not a regular file")
+    with open(path, "rb") as f:
+        raw = f.read(SMALL_FILE_MAX + 1)
+    if len(raw) > SMALL_FILE_MAX:
+        raise error(f"{what} {path} is over {SMALL_FILE_MAX:,} bytes; is it the right file?")
+    return raw
+
+
 def load_category_names(path: str | os.PathLike) -> dict[str, str]:
     """Read a {category: name} JSON file such as cat_to_name.json."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_small_file(path, "category names file", DataError).decode("utf-8"))
     except FileNotFoundError:
         raise DataError(f"category names file {path} not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -234,7 +249,7 @@ def read_exclude_list(path: str | os.PathLike) -> list[str]:
     deleting or commenting them out.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+        text = read_small_file(Path(path), "the exclude list", UsageError).decode("utf-8", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"cannot read the exclude list {path}: {exc.strerror or exc}") from None
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
