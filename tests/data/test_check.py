@@ -89,6 +89,13 @@ def test_imbalance_and_json(tmp_path, capsys):
 def test_missing_folder_is_an_error(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nowhere")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "flowers.zip").write_bytes(b"PK\x03\x04")  # what people download, before unpacking it
+    (tmp_path / "notes.txt").write_text("x")
+    for command in ("check", "train"):
+        assert main([command, str(tmp_path / "flowers.zip")]) == 1
+        assert "is an archive; unpack it and give the folder it holds" in capsys.readouterr().err
+        assert main([command, str(tmp_path / "notes.txt")]) == 1
+        assert "notes.txt is a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

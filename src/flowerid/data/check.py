@@ -25,7 +25,7 @@ from PIL import Image
 from ..errors import DataError, FlowerIdError, ImageError
 from .folders import CATEGORY_NAMES_FILE, SPLITS, category_names_path, find_categories, list_images, load_category_names
 from .images import load_image
-from .layout import VALID_FRACTION, find_layout, hold_out
+from .layout import VALID_FRACTION, find_layout, hold_out, not_a_folder
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
 NEAR_BITS = 4  # both difference hashes this close (of 64 bits each): the same picture, resized or re-encoded
@@ -210,7 +210,7 @@ def check_data(
     """
     root = Path(data_dir)
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist")
+        raise not_a_folder(root)
     findings: list[Finding] = []
     files, split_categories = _gather(root, findings, valid_fraction)
     train_cats = split_categories.get("train", [])

@@ -82,11 +82,23 @@ class Layout:
         )
 
 
+_ARCHIVES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar")
+
+
+def not_a_folder(root: Path, what: str = "data folder") -> DataError:
+    """The error for a folder argument that is not one: missing, an archive to unpack, or another file."""
+    if not root.exists():
+        return DataError(f"{what} {root} does not exist")
+    if root.suffix.lower() in _ARCHIVES:
+        return DataError(f"{what} {root} is an archive; unpack it and give the folder it holds")
+    return DataError(f"{what} {root} is a file, not a folder")
+
+
 def find_layout(data_dir: str | os.PathLike) -> Layout:
     """Recognise the layout of a data folder; DataError naming what was found when none fits."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist")
+        raise not_a_folder(root)
     subdirs = _subdirs(root)
     splits: dict[str, list[Path]] = {}
     for d in subdirs:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .._io import atomic_write, atomic_write_json
 from ..backbones.onnx import INPUT_NAME, contiguous, example_input, export_onnx, quiet_export
 from ..data.images import is_image_file
+from ..data.layout import not_a_folder
 from ..data.preprocess import Preprocessing
 from ..errors import DataError, ImageError, UsageError
 from .checkpoint import load_checkpoint
@@ -262,7 +263,7 @@ def calibration_photos(source: str | os.PathLike, count: int = DEFAULT_CALIBRATI
     if (root / "train").is_dir():
         root = root / "train"
     if not root.is_dir():
-        raise DataError(f"calibration folder {root} does not exist")
+        raise not_a_folder(root, "calibration folder")
     photos = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and is_image_file(p))
     if not photos:
         raise DataError(f"{root} holds no photos to calibrate int8 quantization on")
