@@ -167,6 +167,18 @@ def test_read_new_data_lists_new_and_existing_folders(tmp_path):
         read_new_data(tmp_path / "none", ["1"], [None])
 
 
+def test_a_folder_laid_out_for_training_teaches_its_train_and_valid_photos(trained, tmp_path):
+    """People give the folder they have: train/ valid/ test/ splits are read as train reads them."""
+    new = build_folder(tmp_path / "split", {"train": 4, "val": 2, "test": 3}, {"20": YELLOW}, names=False)
+    (new / "cat_to_name.json").write_text(json.dumps({"20": "sunflower"}))
+    lines: list[str] = []
+    res = flowerid.add(trained[1].checkpoint_path, new, tmp_path / "o.pth", log=lines.append)
+    assert res.added == {"20": 6}  # train and val; test is left for measuring
+    assert flowerid.load(res.path).names[-1] == "sunflower"
+    assert any("laid out for training" in line and "val/" in line for line in lines)
+    assert [g.category for g in read_new_data(new, ["1"], [None])] == ["20"]  # not "train", "val", "test"
+
+
 def test_the_command_line(trained, tmp_path, capsys):
     new = _new(tmp_path)
     out = tmp_path / "cli.pth"

@@ -25,6 +25,7 @@ from .._io import atomic_write, file_sha256
 from .._text import Log
 from .._version import __version__
 from ..data.folders import CATEGORY_NAMES_FILE, default_category_names, find_categories, list_images
+from ..data.layout import find_layout
 from ..errors import CheckpointError, DataError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .class_stats import ClassStats, last_layer_inputs
@@ -62,21 +63,34 @@ def _norm(text: str | None) -> str:
     return " ".join((text or "").split()).casefold()
 
 
+def _category_folders(root: Path) -> dict[str, list[Path]]:
+    """Each category's folders in NEWDATA: one folder per category, or a training data folder's train and
+    valid splits (any layout `train` recognises; test/ is left alone, for measuring)."""
+    layout = find_layout(root)
+    splits = [layout.train] if layout.flat else [p for p in (layout.train, layout.valid) if p is not None]
+    folders: dict[str, list[Path]] = {}
+    for split in splits:
+        for cat in find_categories(split):
+            folders.setdefault(cat, []).append(split / cat)
+    return folders
+
+
 def read_new_data(folder: str | os.PathLike, categories: list[str], names: list[str | None]) -> list[Group]:
     """NEWDATA's category folders, checked: none empty, no new name that is an old category's under another id."""
     root = Path(folder)
-    found = find_categories(root) if root.is_dir() else None
-    if not found:
-        what = "is not a folder" if found is None else "has no category folders"
+    if not root.is_dir() or not find_categories(root):
+        what = "is not a folder" if not root.is_dir() else "has no category folders"
         raise DataError(f"{root} {what}; expected {root}/<category>/<photos>")
-    mapping = default_category_names(root) or {}
+    found = _category_folders(root)
+    mapping = default_category_names(root, *{p.parent for ps in found.values() for p in ps}) or {}
     index = {c: i for i, c in enumerate(categories)}
     owner = {_norm(c): c for c in categories} | {_norm(n): c for c, n in zip(categories, names, strict=True) if n}
     groups = []
-    for cat in found:
-        paths = list_images(root / cat)
+    for cat, where in found.items():
+        paths = [p for d in where for p in list_images(d)]
         if not paths:
-            raise DataError(f"{root / cat} holds no photos; put the category's photos in it or remove it")
+            shown = " and ".join(str(d) for d in where)
+            raise DataError(f"{shown} holds no photos; put the category's photos in it or remove it")
         name = mapping.get(cat)
         if cat in index:
             old = names[index[cat]]
@@ -268,6 +282,9 @@ def add(
     if ckpt.get("class_stats") is None:
         raise CheckpointError(NO_STATS.format(where=checkpoint))
     groups = read_new_data(new_data, ckpt["categories"], ckpt["names"])
+    layout = find_layout(new_data)
+    if not layout.flat:
+        log(f"{new_data} is laid out for training ({layout.describe()}): teaching its train and valid photos")
     out = Path(out)
     if out.is_dir():
         out = out / "checkpoint.pth"
