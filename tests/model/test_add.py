@@ -177,6 +177,11 @@ def test_a_folder_laid_out_for_training_teaches_its_train_and_valid_photos(train
     assert flowerid.load(res.path).names[-1] == "sunflower"
     assert any("laid out for training" in line and "val/" in line for line in lines)
     assert [g.category for g in read_new_data(new, ["1"], [None])] == ["20"]  # not "train", "val", "test"
+    one = _new(tmp_path / "one")  # a lone category whose photos sit in folders of their own: still one category
+    for i, photo in enumerate(sorted((one / "20").iterdir())):
+        (one / "20" / str(2023 + i % 2)).mkdir(exist_ok=True)
+        photo.rename(one / "20" / str(2023 + i % 2) / photo.name)
+    assert [(g.category, len(g.paths)) for g in read_new_data(one, ["1"], [None])] == [("20", 4)]
 
 
 def test_the_command_line(trained, tmp_path, capsys):

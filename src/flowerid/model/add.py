@@ -67,7 +67,8 @@ def _category_folders(root: Path) -> dict[str, list[Path]]:
     """Each category's folders in NEWDATA: one folder per category, or a training data folder's train and
     valid splits (any layout `train` recognises; test/ is left alone, for measuring)."""
     layout = find_layout(root)
-    splits = [layout.train] if layout.flat else [p for p in (layout.train, layout.valid) if p is not None]
+    # Not layout.train when flat: a lone category folder with folders inside is that category, not a root.
+    splits = [root] if layout.flat else [p for p in (layout.train, layout.valid) if p is not None]
     folders: dict[str, list[Path]] = {}
     for split in splits:
         for cat in find_categories(split):
