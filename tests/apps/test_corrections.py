@@ -62,6 +62,14 @@ def test_save_correction_writes_atomically_inside_the_folder(tmp_path):
     assert not list(root.rglob(".*.tmp"))
 
 
+def test_an_iphone_photo_is_kept_as_heic(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(make_photo((30, 200, 30), 3, (64, 64))).save(buf, quality=90)
+    path = save_correction(tmp_path / "fixes", buf.getvalue(), CATS, NAMES, category="1")
+    assert path.suffix == ".heic" and path.read_bytes() == buf.getvalue()
+
+
 def test_a_file_that_is_not_a_photo_is_not_kept(tmp_path):
     with pytest.raises(ImageError):
         save_correction(tmp_path / "fixes", b"GIF89a broken", CATS, NAMES, category="1")

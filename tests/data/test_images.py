@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowerid.data.images import load_image
+from flowerid.data.images import load_image, looks_like_image
 from flowerid.errors import DecompressionBombError, ImageError
 
 
@@ -109,3 +109,18 @@ def test_a_pipe_or_a_device_is_refused_before_it_is_read(tmp_path):
         load_image(tmp_path / "pipe.jpg")
     with pytest.raises(ImageError, match="is a device, not a photo file"):
         load_image(tmp_path / "zero.jpg")
+
+
+def test_iphone_heic_and_avif_photos_are_read_and_found_by_their_bytes(tmp_path):
+    """HEIC is what iPhones save; AVIF what some phones and browsers do. Both by name and by content."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    img = Image.new("RGB", (64, 48), (200, 40, 40))
+    pillow_heif.from_pillow(img).save(tmp_path / "IMG_0001.HEIC", quality=90)
+    img.save(tmp_path / "photo.avif")
+    (tmp_path / "IMG_0001.HEIC").rename(tmp_path / "IMG_0001")  # a name that says nothing
+    for name in ("IMG_0001", "photo.avif"):
+        assert looks_like_image(tmp_path / name)
+        rgb = np.asarray(load_image(tmp_path / name))
+        assert rgb.shape == (48, 64, 3) and abs(int(rgb[..., 0].mean()) - 200) < 12
+    (tmp_path / "clip.bin").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 40)  # an MP4 video
+    assert not looks_like_image(tmp_path / "clip.bin")

@@ -24,7 +24,16 @@ from ..data.images import load_image
 from ..errors import DataError, UsageError
 
 MAX_NAME = 60  # characters of a new category's name
-_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+_FORMATS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tif",
+    "HEIF": "heic",
+    "AVIF": "avif",
+}
 _LOCK = threading.Lock()  # cat_to_name.json is read, changed and written whole
 
 

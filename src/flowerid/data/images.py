@@ -23,7 +23,16 @@ from ..errors import DecompressionBombError, ImageError, NotAnImageError, UsageE
 ImageSource = str | os.PathLike | bytes | Image.Image
 
 #: File name endings treated as images when scanning folders.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+
+try:  # HEIC is what iPhones save: without pillow-heif those photos would be reported unreadable
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover - a dependency; an install without it still reads everything else
+    pass
+else:
+    register_heif_opener()
 
 #: Default largest pixel count decoded (about a 12000 x 10000 photo).
 DEFAULT_MAX_PIXELS = 120_000_000
@@ -40,6 +49,7 @@ _ORIENTATION = 0x0112  # the EXIF tag
 
 #: Leading bytes of the formats above, to find images whatever their name.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
+_PHOTO_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"})
 
 
 def max_pixels_default() -> int:
@@ -67,6 +77,8 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 def has_image_magic(head: bytes) -> bool:
     """True when a file's first bytes are those of a format flowerid reads."""
+    if head[4:8] == b"ftyp":  # ISO media: HEIC, HEIF and AVIF photos by their brand (not MP4 video)
+        return head[8:12] in _PHOTO_BRANDS
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
