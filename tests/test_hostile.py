@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from flowerid.apps.cli import main
-from flowerid.data.folders import list_images, load_dataset
+from flowerid.data.check import check_data
+from flowerid.data.folders import find_categories, list_images, load_dataset
 from flowerid.data.images import load_image
+from flowerid.data.layout import find_layout
 from flowerid.errors import DataError, DecompressionBombError, ImageError, UsageError
 from flowerid.training.run import TrainConfig, train
 
@@ -237,3 +239,17 @@ def test_predict_json_with_a_file_name_that_is_not_utf8(trained, tmp_path, capsy
     assert main(["predict", str(photo), "--checkpoint", str(trained[1].checkpoint_path), "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert records[0]["image"] == str(photo) and len(records[0]["predictions"]) == 3
+
+
+def test_a_folder_unzipped_on_a_mac_or_copied_off_a_nas_has_no_debris_categories(tmp_path):
+    """`unzip` of a macOS zip leaves __MACOSX/ beside the categories; a Synology leaves @eaDir/ in each."""
+    root = build_folder(tmp_path / "data", {"x": 4}, names=False) / "x"
+    for debris in ("__MACOSX", "@eaDir", ".ipynb_checkpoints"):
+        (root / debris / "1").mkdir(parents=True)
+        (root / debris / "1" / "._a.jpg").write_bytes(b"\0\5\26\7")
+        (root / "1" / debris).mkdir()
+        (root / "1" / debris / "a.jpg").write_bytes((next((root / "1").glob("*.jpg"))).read_bytes())
+    assert find_categories(root) == ["1", "10", "2"]
+    assert find_layout(root).flat and len(list_images(root / "1")) == 4
+    report = check_data(root)
+    assert not report.errors, report.findings

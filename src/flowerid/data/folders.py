@@ -14,6 +14,7 @@ from .._io import atomic_write_bytes
 from ..errors import DataError, FlowerIdError, UsageError
 from .images import looks_like_image
 from .layout import SPLIT_SEED, VALID_FRACTION, Layout, find_layout, hold_out
+from .walk import is_ignored
 
 SPLITS = ("train", "valid", "test")
 CATEGORY_NAMES_FILE = "cat_to_name.json"
@@ -46,7 +47,7 @@ def find_categories(root: Path) -> list[str]:
     """Category folders sorted as ImageFolder sorts them (plain string order: "1", "10", "2")."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not is_ignored(e.name))
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -54,7 +55,7 @@ def list_images(folder: Path) -> list[Path]:
     `._IMG.jpg`, `.ipynb_checkpoints/`) and obvious non-images are left out quietly."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
+        dirnames[:] = [d for d in dirnames if not is_ignored(d)]
         for f in filenames:
             p = Path(dirpath) / f
             if not f.startswith(".") and p.is_file() and looks_like_image(p):

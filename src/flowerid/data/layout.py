@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import DataError
 from .images import looks_like_image
+from .walk import is_ignored
 
 SPLIT_NAMES: dict[str, tuple[str, ...]] = {
     "train": ("train", "training"),
@@ -48,9 +49,7 @@ def _known_names() -> str:
 
 
 def _subdirs(root: Path) -> list[Path]:
-    return sorted(
-        Path(e.path) for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".") and e.name != "__MACOSX"
-    )
+    return sorted(Path(e.path) for e in os.scandir(root) if e.is_dir() and not is_ignored(e.name))
 
 
 def _has_photos_directly(folder: Path) -> bool:

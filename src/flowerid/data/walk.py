@@ -16,9 +16,13 @@ from .images import looks_like_image
 Warn = Callable[[str, str], None]
 
 
-def _ignored(name: str) -> bool:
-    """Hidden files and folders and macOS archive debris, as `data.list_images` leaves them out."""
-    return name.startswith(".") or name == "__MACOSX"
+#: Folders that systems and archivers leave among photos: never categories, never photos.
+DEBRIS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"})
+
+
+def is_ignored(name: str) -> bool:
+    """Hidden files and folders, and the debris above: left out of every walk, quietly."""
+    return name.startswith(".") or name in DEBRIS
 
 
 def _dir_id(path: str) -> tuple[int, int] | None:
@@ -45,7 +49,7 @@ def walk_photos(folder: str, warn: Warn | None = None, seen: set[tuple[int, int]
     def listing(path: str) -> Iterator[os.DirEntry[str]] | None:
         try:
             with os.scandir(path) as it:
-                entries = sorted((e for e in it if not _ignored(e.name)), key=lambda e: e.name)
+                entries = sorted((e for e in it if not is_ignored(e.name)), key=lambda e: e.name)
         except OSError as exc:
             if warn:
                 warn(path, exc.strerror or type(exc).__name__)
