@@ -177,3 +177,12 @@ def test_fitting_uses_the_photos_not_their_augmented_views(image_folder, tmp_pat
     feats = clf.backbone.engine(np.stack([clf.preprocess(p) for p in paths]))
     labels = np.repeat([0, 1, 2], 8)
     np.testing.assert_allclose(clf.unknown.means, class_means(feats, labels, 3), atol=1e-5)
+
+
+def test_a_one_category_model_says_so_in_words():
+    """`train` on one folder makes a "rose or not" detector; its answer reads as English."""
+    from flowerid.apps.printing import format_predictions
+
+    preds = [{"name": "rose", "category": "1", "probability": 1.0}]
+    assert "  not the one category I know (closest: rose)" in format_predictions("x", preds, False, 1)
+    assert "  not one of the 3 categories I know (closest: rose)" in format_predictions("x", preds, False, 3)

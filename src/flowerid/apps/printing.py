@@ -11,7 +11,8 @@ def format_predictions(image: str, preds: list[dict], known: bool | None = None,
     lines = [image]
     if known is False:
         closest = preds[0]["name"] or preds[0]["category"]
-        lines.append(f"  not one of the {num_classes} categories I know (closest: {closest})")
+        known_ones = "the one category" if num_classes == 1 else f"one of the {num_classes} categories"
+        lines.append(f"  not {known_ones} I know (closest: {closest})")
     for rank, p in enumerate(preds, 1):
         label = p["name"] or p["category"]
         bar = "█" * int(round(p["probability"] * 20))
