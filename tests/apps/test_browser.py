@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,6 +18,7 @@ from PIL import Image
 import flowerid
 from flowerid.apps.listen import background_server
 from flowerid.apps.server import ServeConfig, create_app
+from flowerid.model.checkpoint import load_checkpoint, save_checkpoint
 
 from ..conftest import CLASS_COLOURS, make_photo
 
@@ -113,9 +115,9 @@ def test_the_page_refuses_a_too_large_photo_before_sending_it(phone, tmp_path):
 
 
 @contextlib.contextmanager
-def _phone_page(browser, trained, config: ServeConfig):
-    """A phone-sized page on a server of the trained model, closed afterwards."""
-    clf = flowerid.load(trained[1].checkpoint_path)
+def _phone_page(browser, trained, config: ServeConfig, checkpoint=None):
+    """A phone-sized page on a server of the trained model (or `checkpoint`), closed afterwards."""
+    clf = flowerid.load(checkpoint or trained[1].checkpoint_path)
     with background_server(create_app(clf, config)) as url:
         page = browser.new_page(viewport={"width": 390, "height": 844})
         try:
@@ -123,6 +125,24 @@ def _phone_page(browser, trained, config: ServeConfig):
             yield page
         finally:
             page.close()
+
+
+def test_a_model_of_other_things_is_not_made_to_talk_of_flowers(browser, trained, tmp_path):
+    """Served from cats and dogs (or anything), the page asks "What is this?", not "Which flower"."""
+    ckpt = load_checkpoint(trained[1].checkpoint_path)
+    ckpt["names"] = ["cat", "dog", "rabbit"]
+    pets = save_checkpoint(ckpt, tmp_path / "pets.pth")
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (300, 240), (250, 250, 250)).save(blank)
+    with _phone_page(browser, trained, ServeConfig(), checkpoint=pets) as page:
+        page.wait_for_function("document.querySelector('#ask').textContent === 'What is this?'")
+        assert not re.search(r"flower(?!id)", page.inner_text("main").lower())  # the product's name may stay
+        assert page.title() == "flowerid: name what is in the photo"
+        assert "Knows 3 categories" in page.inner_text("#about")
+        page.set_input_files("#camera", str(blank))
+        assert _answer(page) == "not something i know"
+        assert "does not look like anything I know" in page.inner_text("#unknown")
+        assert not re.search(r"flower(?!id)", page.inner_text("main").lower())
 
 
 def test_the_page_says_when_the_model_is_unsure(browser, trained, tmp_path):

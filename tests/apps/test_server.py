@@ -99,6 +99,7 @@ def test_health_labels_and_docs(client):
     health = client.get("/health").json()
     assert health["status"] == "ok"
     assert health["max_upload_bytes"] == 64 * 1024 and health["model"]["num_classes"] == 3
+    assert health["model"]["subject"] == "flower"  # named as the built-in model's flowers: the page talks of flowers
     labels = client.get("/labels").json()["labels"]
     assert labels == [
         {"category": "1", "name": "pink primrose"},

@@ -162,3 +162,12 @@ def test_library_load_defaults_to_the_shipped_model(shipped):
 
     clf = flowerid.load(device="cpu")
     assert clf.categories == shipped["categories"] and clf.num_classes == 102
+
+
+def test_a_model_is_of_flowers_when_most_of_its_names_are_the_builtin_flowers():
+    from flowerid.model.builtin import names_flowers
+
+    assert names_flowers(["1", "2"], ["Pink Primrose", "hard-leaved pocket orchid"])
+    assert names_flowers(["a", "b"], ["sunflower", "my garden weed"])  # half is enough
+    assert not names_flowers(["cats", "dogs"], ["cat", None])
+    assert not names_flowers([], [])

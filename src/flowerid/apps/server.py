@@ -28,6 +28,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from .._version import __version__
 from ..data.images import load_image, max_pixels_default
 from ..errors import DecompressionBombError, ImageError, NotAnImageError, OutputError, UsageError
+from ..model.builtin import names_flowers
 from ..model.predictor import Classifier, Prediction, photo_fields
 from .access import protect
 from .serve_config import ServeConfig
@@ -97,6 +98,7 @@ def model_info(clf: Classifier, config: ServeConfig, checkpoint: str | os.PathLi
         "unsure_below": config.unsure_below,
         "tells_unknown": clf.unknown is not None,
         "takes_corrections": config.corrections is not None,
+        "subject": "flower" if names_flowers(clf.categories, clf.names) else "any",  # the page's words
     }
     return info
 

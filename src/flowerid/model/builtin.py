@@ -7,6 +7,7 @@ rebuilds it from the data.
 
 from __future__ import annotations
 
+import functools
 import os
 from importlib import resources
 from pathlib import Path
@@ -33,3 +34,26 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
     if checkpoint is None or str(checkpoint) == BUILTIN:
         return shipped_model_path()
     return Path(checkpoint)
+
+
+@functools.cache
+def _builtin_labels() -> frozenset[str]:
+    """The built-in model's category ids and names, lower-cased; empty when the install lacks it."""
+    from .checkpoint import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(shipped_model_path())
+    except CheckpointError:
+        return frozenset()
+    return frozenset(str(x).strip().lower() for x in [*ckpt["categories"], *ckpt["names"]] if x)
+
+
+def names_flowers(categories: list[str], names: list[str | None]) -> bool:
+    """Whether a model's categories are flowers: at least half named as the built-in model's flowers.
+
+    The page asks "Which flower is this?" of a flower model and "What is this?" of any other
+    (cats and dogs, birds, parts): a model trained on other photos must not be made to talk of flowers.
+    """
+    known = _builtin_labels()
+    labels = [(n or c).strip().lower() for c, n in zip(categories, names, strict=True)]
+    return bool(labels) and 2 * sum(label in known for label in labels) >= len(labels)
