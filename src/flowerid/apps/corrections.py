@@ -42,7 +42,7 @@ def safe_folder(name: str) -> str:
     text = unicodedata.normalize("NFKC", name).strip().casefold()
     slug = re.sub(r"[^\w-]+", "_", text, flags=re.UNICODE).strip("_-")[:MAX_NAME]
     if not slug:
-        raise UsageError(f"{name!r} has no letters or digits to name a folder by; type the flower's name")
+        raise UsageError(f"{name!r} has no letters or digits to name a folder by; type what it is called")
     return slug
 
 
