@@ -171,3 +171,5 @@ def test_a_model_is_of_flowers_when_most_of_its_names_are_the_builtin_flowers():
     assert names_flowers(["a", "b"], ["sunflower", "my garden weed"])  # half is enough
     assert not names_flowers(["cats", "dogs"], ["cat", None])
     assert not names_flowers([], [])
+    assert not names_flowers(["1", "2", "3"], [None, None, None])  # numbered categories of anything
+    assert names_flowers([str(i) for i in range(1, 103)], [None] * 102)  # the flowers data without names

@@ -37,23 +37,26 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
 
 
 @functools.cache
-def _builtin_labels() -> frozenset[str]:
-    """The built-in model's category ids and names, lower-cased; empty when the install lacks it."""
+def _builtin_labels() -> tuple[frozenset[str], frozenset[str]]:
+    """The built-in model's category ids and its names (lower-cased); empty when the install lacks it."""
     from .checkpoint import load_checkpoint
 
     try:
         ckpt = load_checkpoint(shipped_model_path())
     except CheckpointError:
-        return frozenset()
-    return frozenset(str(x).strip().lower() for x in [*ckpt["categories"], *ckpt["names"]] if x)
+        return frozenset(), frozenset()
+    return frozenset(ckpt["categories"]), frozenset(str(n).strip().lower() for n in ckpt["names"] if n)
 
 
 def names_flowers(categories: list[str], names: list[str | None]) -> bool:
-    """Whether a model's categories are flowers: at least half named as the built-in model's flowers.
+    """Whether a model's categories are flowers: at least half named as the built-in model's flowers,
+    or, unnamed, exactly its ids (the flowers data trained without cat_to_name.json).
 
     The page asks "Which flower is this?" of a flower model and "What is this?" of any other
     (cats and dogs, birds, parts): a model trained on other photos must not be made to talk of flowers.
     """
-    known = _builtin_labels()
-    labels = [(n or c).strip().lower() for c, n in zip(categories, names, strict=True)]
-    return bool(labels) and 2 * sum(label in known for label in labels) >= len(labels)
+    ids, flowers = _builtin_labels()
+    if not any(names):
+        return bool(categories) and set(categories) == ids
+    labelled = [n.strip().lower() for n in names if n]
+    return 2 * sum(n in flowers for n in labelled) >= len(categories)
