@@ -253,3 +253,23 @@ def test_a_folder_unzipped_on_a_mac_or_copied_off_a_nas_has_no_debris_categories
     assert find_layout(root).flat and len(list_images(root / "1")) == 4
     report = check_data(root)
     assert not report.errors, report.findings
+
+
+def test_names_and_paths_from_strangers_cannot_drive_the_terminal(trained, tmp_path, capsys):
+    """A category name (from someone's cat_to_name.json) or a file name holding escape sequences would
+    recolour or retitle the terminal and fake lines; they print escaped."""
+    from flowerid.model.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(trained[1].checkpoint_path)
+    ckpt["names"] = ["rose\x1b[31m\x1b]0;pwned\x07", "tulip\r\nFAKE LINE", "globe thistle"]
+    hostile = save_checkpoint(ckpt, tmp_path / "hostile.pth")
+    photo = tmp_path / "a\x1b[2Jb.png"
+    make_photo(CLASS_COLOURS["1"], 3).save(photo)
+    assert main(["predict", str(photo), "--checkpoint", str(hostile), "--top-k", "3"]) == 0
+    assert main(["info", str(hostile)]) == 0
+    assert main(["predict", str(tmp_path / "gone\x1b[2J.jpg"), "--checkpoint", str(hostile)]) == 1
+    out, err = capsys.readouterr()
+    for stream in (out, err):
+        assert "\x1b" not in stream and "\x07" not in stream and "\r" not in stream
+    assert "rose\\x1b[31m" in out and "tulip\\r\\nFAKE LINE" in out and "a\\x1b[2Jb.png" in out
+    assert "gone\\x1b[2J.jpg" in err

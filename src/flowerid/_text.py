@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -17,3 +18,15 @@ def first_line(exc: BaseException) -> str:
 def pct(x: Any, digits: int = 2, missing: str = "-") -> str:
     """`0.9645` -> `96.45%`; anything that is not a number -> `missing`."""
     return f"{x:.{digits}%}" if isinstance(x, int | float) else missing
+
+
+def shown(text: object) -> str:
+    """Text from outside (a file name, a category name from someone's cat_to_name.json) made safe for a
+    terminal: control characters, escape sequences and line breaks print as `\\x1b`, `\\n`, ... instead of
+    recolouring, retitling or faking lines."""
+    text = str(text)
+    if all(ch.isprintable() or ch == " " for ch in text):
+        return text
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch for ch in text
+    )

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._text import shown
 from ..distributed import world
 
 
 def err(msg: str) -> None:
     """An error line; under torchrun it names the process (`rank 1 of 4`)."""
     w = world()
-    print(f"flowerid: {w.label() + ': ' if w.distributed else ''}error: {msg}", file=sys.stderr)
+    print(f"flowerid: {w.label() + ': ' if w.distributed else ''}error: {shown(msg)}", file=sys.stderr)
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

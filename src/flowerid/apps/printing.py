@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 
+from .._text import shown
+
 
 def format_predictions(image: str, preds: list[dict], known: bool | None = None, num_classes: int = 0) -> str:
     """A photo's top-K as a table; a photo unlike anything trained on says so first, plainly."""
-    width = max(len(p["name"] or p["category"]) for p in preds)
-    lines = [image]
+    labels = [shown(p["name"] or p["category"]) for p in preds]  # names come from whoever made the data
+    width = max(len(label) for label in labels)
+    lines = [shown(image)]
     if known is False:
-        closest = preds[0]["name"] or preds[0]["category"]
+        closest = labels[0]
         known_ones = "the one category" if num_classes == 1 else f"one of the {num_classes} categories"
         lines.append(f"  not {known_ones} I know (closest: {closest})")
-    for rank, p in enumerate(preds, 1):
-        label = p["name"] or p["category"]
+    for rank, (p, label) in enumerate(zip(preds, labels, strict=True), 1):
         bar = "█" * int(round(p["probability"] * 20))
         lines.append(
             f"  {rank}. {label:<{width}}  {p['probability']:7.2%}  {bar}"
-            + (f"  [{p['category']}]" if p["name"] else "")
+            + (f"  [{shown(p['category'])}]" if p["name"] else "")
         )
     return "\n".join(lines)
 

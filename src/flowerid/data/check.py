@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .._text import shown
 from ..errors import DataError, FlowerIdError, ImageError
 from .folders import CATEGORY_NAMES_FILE, SPLITS, category_names_path, find_categories, list_images, load_category_names
 from .images import load_image
@@ -79,16 +80,16 @@ class DataReport:
 
     def format(self) -> str:
         splits = list(self.counts)
-        lines = [f"data: {self.root}", ""]
-        width = max([8, *(len(c) for c in self.categories)])
+        lines = [f"data: {shown(self.root)}", ""]
+        width = max([8, *(len(shown(c)) for c in self.categories)])
         lines.append(f"  {'category':<{width}}" + "".join(f" {s:>7}" for s in splits))
         for c in self.categories:
-            lines.append(f"  {c:<{width}}" + "".join(f" {self.counts[s].get(c, 0):>7}" for s in splits))
+            lines.append(f"  {shown(c):<{width}}" + "".join(f" {self.counts[s].get(c, 0):>7}" for s in splits))
         lines.append(f"  {'total':<{width}}" + "".join(f" {sum(self.counts[s].values()):>7}" for s in splits))
         lines.append("")
         for f in self.findings:
-            lines.append(f"{f.level}: {f.message}")
-            lines += [f"    {p}" for p in f.paths[:_SHOWN]]
+            lines.append(f"{f.level}: {shown(f.message)}")
+            lines += [f"    {shown(p)}" for p in f.paths[:_SHOWN]]
             if len(f.paths) > _SHOWN:
                 lines.append(f"    … and {len(f.paths) - _SHOWN} more")
         n_err, n_warn = len(self.errors), len(self.warnings)

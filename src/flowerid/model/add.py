@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write, file_sha256
-from .._text import Log
+from .._text import Log, shown
 from .._version import __version__
 from ..data.folders import CATEGORY_NAMES_FILE, default_category_names, find_categories, list_images
 from ..data.layout import find_layout
@@ -308,7 +308,7 @@ def add(
     result = AddResult(path, new["additions"][-1]["added"], new["additions"][-1]["corrected"], skipped)
     result.seconds = time.perf_counter() - t0
     for p, why in list(skipped.items())[:5]:
-        log(f"skipped {p}: {why}")
+        log(f"skipped {shown(p)}: {shown(why)}")
     log(
         f"added {len(result.added)} categor{'y' if len(result.added) == 1 else 'ies'}, corrected "
         f"{len(result.corrected)}, from {sum(len(x) for _, x in taught)} photos"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import file_sha256
-from .._text import pct
+from .._text import pct, shown
 from ..backbones import get_spec
 from ..errors import BackboneError
 from .checkpoint import load_checkpoint
@@ -69,8 +69,8 @@ def format_info(info: dict[str, Any]) -> str:
     """The summary as aligned lines for a terminal."""
     b, p, t, m = info["backbone"], info["preprocessing"], info["training"], info["metrics"]
     head = HeadConfig.from_dict(info["head"]) if info["head"] else None
-    labelled = [n or c for c, n in zip(info["categories"], info["names"], strict=True)]
-    shown = ", ".join(labelled[:6]) + (f", … ({len(labelled) - 6} more)" if len(labelled) > 6 else "")
+    labelled = [shown(n or c) for c, n in zip(info["categories"], info["names"], strict=True)]
+    first = ", ".join(labelled[:6]) + (f", … ({len(labelled) - 6} more)" if len(labelled) > 6 else "")
     rows = [
         ("checkpoint", info["path"] + ("  (built-in model)" if info["shipped"] else "")),
         ("file", f"{info['file_bytes']:,} bytes, sha256 {info['sha256']}"),
@@ -102,7 +102,7 @@ def format_info(info: dict[str, Any]) -> str:
             else f"linear {head.in_features} → {head.num_classes}"
         )
         rows.append(("head", shape + (f", dropout {head.dropout}" if head.dropout else "")))
-    rows.append(("categories", f"{info['num_classes']}: {shown}"))
+    rows.append(("categories", f"{info['num_classes']}: {first}"))
     if t:
         settings = ", ".join(
             f"{k.replace('_', ' ')} {t[k]}"
