@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_json
-from .._text import Log, pct
+from .._text import Log, pct, shown
 from .._version import __version__
 from ..data.folders import ImageFolder, scan_folder, write_skipped
 from ..errors import DataError, UsageError
@@ -381,7 +381,7 @@ def format_summary(result: Evaluation) -> str:
         lines.append("most confused (true → predicted):")
         width = max(len(str(c["count"])) for c in confused)
         for c in confused:
-            lines.append(f"  {c['count']:>{width}} × {c['label']}  ({c['rate']:.0%} of the true class)")
+            lines.append(f"  {c['count']:>{width}} × {shown(c['label'])}  ({c['rate']:.0%} of the true class)")
     else:
         lines.append("no confusions: every image's top-1 is right")
     if result.skipped:
@@ -396,7 +396,7 @@ def format_summary(result: Evaluation) -> str:
 def _per_class_lines(m: dict[str, Any]) -> list[str]:
     """Each category's precision and recall, the confusion matrix for a few, and for two the ROC area:
     what the user of a small model looks at."""
-    labels = [p["name"] or p["category"] for p in m["per_class"]]
+    labels = [shown(p["name"] or p["category"]) for p in m["per_class"]]
     width = max(8, *(len(label) for label in labels))
     lines = [f"  {'category':<{width}}  {'precision':>9}  {'recall':>7}  {'photos':>6}"]
     for label, p in zip(labels, m["per_class"], strict=True):
@@ -409,6 +409,6 @@ def _per_class_lines(m: dict[str, Any]) -> list[str]:
             lines.append(f"  {label:<{width}}  " + "  ".join(f"{v:>{cell}}" for v in row))
     b = m.get("binary")
     if b and b["auc"] is not None:
-        name = b["positive_name"] or b["positive"]
+        name = shown(b["positive_name"] or b["positive"])
         lines.append(f"  ROC AUC                 {b['auc']:7.4f}   ({name} as the positive category)")
     return lines
