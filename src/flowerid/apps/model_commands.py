@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._text import shown
 from ..distributed import world
 from ..errors import UsageError
 from .explain import add_explain_args, check_explain_args, run_explained
@@ -99,7 +100,7 @@ def run_predict(args: argparse.Namespace) -> int:
         from ..evaluation.photo_figures import write_prediction_plots
 
         for path in write_prediction_plots(clf, args.images, results, args.plot):
-            print(f"plot: {path}", file=sys.stderr)
+            print(f"plot: {shown(path)}", file=sys.stderr)
     return 1 if failed else 0
 
 
