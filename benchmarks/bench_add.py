@@ -385,7 +385,7 @@ def main() -> None:
         help="results JSON of earlier runs whose other presets join the plot (e.g. fast over fewer draws)",
     )
     args = ap.parse_args()
-    results: dict = {"rows": {}, "timing": {}, "joint": {}}
+    results: dict = {"rows": {}, "timing": {}, "joint": {}, "cold_train_seconds": {}}
     from flowerid.data.folders import list_images
 
     others = list_images(args.others) if args.others.is_dir() else None
@@ -411,8 +411,7 @@ def main() -> None:
             if args.joint:
                 joint.append(joint_reference(args.data, args.joint, draw))
         if args.phase == "all":
-            cold = time_cold_training(args.data, args.work, preset, args.first_draw)
-            timing = [t | {"cold_train_seconds": cold} for t in timing]
+            results["cold_train_seconds"][preset] = time_cold_training(args.data, args.work, preset, args.first_draw)
         results["rows"][preset], results["timing"][preset] = rows, timing
         results["joint"][preset] = joint
     if args.phase == "train":
@@ -422,7 +421,7 @@ def main() -> None:
     for preset, summary in summaries.items():
         print(table(summary, preset))
         t = results["timing"][preset]
-        add_s, cold = [x["add_seconds"] for x in t], t[0]["cold_train_seconds"]
+        add_s, cold = [x["add_seconds"] for x in t], results["cold_train_seconds"][preset]
         few = [x["add_k5_seconds"] for x in t]
         print(
             f"{preset}: add of 5 photos each {np.mean(few):.1f}s (slowest {max(few):.1f}s): "

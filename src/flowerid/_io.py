@@ -56,10 +56,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
 
 def os_error_reason(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
     """What an OSError means for a person: a file in the way of a folder is said as such, else strerror."""
-    target = Path(path if path is not None else exc.filename or ".")
-    blocker = next((p for p in (target, *target.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None and isinstance(exc, FileExistsError | NotADirectoryError):
-        return f"{blocker} is a file, not a folder"
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        target = Path(path if path is not None else exc.filename or ".")
+        blocker = next((p for p in (target, *target.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder"
     return exc.strerror or str(exc)
 
 

@@ -25,7 +25,7 @@ def shown(text: object) -> str:
     terminal: control characters, escape sequences and line breaks print as `\\x1b`, `\\n`, ... instead of
     recolouring, retitling or faking lines."""
     text = str(text)
-    if all(ch.isprintable() or ch == " " for ch in text):
+    if text.isprintable():
         return text
     return "".join(
         ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch for ch in text

@@ -114,7 +114,7 @@ _SPECIAL = (
 )
 
 
-def _open(source: ImageSource) -> Image.Image:
+def _open(source: ImageSource, name: str) -> Image.Image:
     if isinstance(source, bytes):
         return Image.open(io.BytesIO(source))
     with contextlib.suppress(OSError):  # a missing file is reported by open, below
@@ -122,7 +122,7 @@ def _open(source: ImageSource) -> Image.Image:
         # Opening a pipe waits for a writer, and a device never ends: refuse them before reading.
         for test, kind in _SPECIAL:
             if test(mode):
-                raise ImageError(_describe(source), f"is {kind}, not a photo file")
+                raise ImageError(name, f"is {kind}, not a photo file")
     return Image.open(source)
 
 
@@ -149,7 +149,7 @@ def load_image(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                img = _open(source)
+                img = _open(source, name)
         except ImageError:
             raise
         except FileNotFoundError:

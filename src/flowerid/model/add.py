@@ -63,10 +63,12 @@ def _norm(text: str | None) -> str:
     return " ".join((text or "").split()).casefold()
 
 
-def _category_folders(root: Path) -> dict[str, list[Path]]:
+def _category_folders(root: Path, log: Log) -> dict[str, list[Path]]:
     """Each category's folders in NEWDATA: one folder per category, or a training data folder's train and
     valid splits (any layout `train` recognises; test/ is left alone, for measuring)."""
     layout = find_layout(root)
+    if not layout.flat:
+        log(f"{root} is laid out for training ({layout.describe()}): teaching its train and valid photos")
     # Not layout.train when flat: a lone category folder with folders inside is that category, not a root.
     splits = [root] if layout.flat else [p for p in (layout.train, layout.valid) if p is not None]
     folders: dict[str, list[Path]] = {}
@@ -76,13 +78,15 @@ def _category_folders(root: Path) -> dict[str, list[Path]]:
     return folders
 
 
-def read_new_data(folder: str | os.PathLike, categories: list[str], names: list[str | None]) -> list[Group]:
+def read_new_data(
+    folder: str | os.PathLike, categories: list[str], names: list[str | None], log: Log = lambda _: None
+) -> list[Group]:
     """NEWDATA's category folders, checked: none empty, no new name that is an old category's under another id."""
     root = Path(folder)
     if not root.is_dir() or not find_categories(root):
         what = "is not a folder" if not root.is_dir() else "has no category folders"
         raise DataError(f"{root} {what}; expected {root}/<category>/<photos>")
-    found = _category_folders(root)
+    found = _category_folders(root, log)
     mapping = default_category_names(root, *{p.parent for ps in found.values() for p in ps}) or {}
     index = {c: i for i, c in enumerate(categories)}
     owner = {_norm(c): c for c in categories} | {_norm(n): c for c, n in zip(categories, names, strict=True) if n}
@@ -282,10 +286,7 @@ def add(
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("class_stats") is None:
         raise CheckpointError(NO_STATS.format(where=checkpoint))
-    groups = read_new_data(new_data, ckpt["categories"], ckpt["names"])
-    layout = find_layout(new_data)
-    if not layout.flat:
-        log(f"{new_data} is laid out for training ({layout.describe()}): teaching its train and valid photos")
+    groups = read_new_data(new_data, ckpt["categories"], ckpt["names"], log)
     out = Path(out)
     if out.is_dir():
         out = out / "checkpoint.pth"
