@@ -268,8 +268,10 @@ def test_names_and_paths_from_strangers_cannot_drive_the_terminal(trained, tmp_p
     assert main(["predict", str(photo), "--checkpoint", str(hostile), "--top-k", "3"]) == 0
     assert main(["info", str(hostile)]) == 0
     assert main(["predict", str(tmp_path / "gone\x1b[2J.jpg"), "--checkpoint", str(hostile)]) == 1
+    assert main(["predict", str(photo), "--checkpoint", str(hostile), "--explain", str(tmp_path / "why")]) == 0
     out, err = capsys.readouterr()
     for stream in (out, err):
         assert "\x1b" not in stream and "\x07" not in stream and "\r" not in stream
     assert "rose\\x1b[31m" in out and "tulip\\r\\nFAKE LINE" in out and "a\\x1b[2Jb.png" in out
     assert "gone\\x1b[2J.jpg" in err
+    assert "a\\x1b[2Jb.explain.png" in out  # the picture named after the photo

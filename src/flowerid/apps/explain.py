@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_write
+from .._text import shown
 from ..errors import ImageError, UsageError
 
 if TYPE_CHECKING:
@@ -104,13 +105,13 @@ def run_explained(clf: Classifier, args: argparse.Namespace) -> int:
         if not args.json:
             print(format_predictions(image, rec["predictions"], rec["known"], clf.num_classes))
             if draw:
-                print(f"  why: {folder / name}")
+                print(f"  why: {shown(str(folder / name))}")
     if args.plot:
         from ..evaluation.photo_figures import write_prediction_plots
 
         plain = [r if isinstance(r, ImageError) else r.predictions for r in results]
         for path in write_prediction_plots(clf, args.images, plain, args.plot):
-            print(f"plot: {path}", file=sys.stderr)
+            print(f"plot: {shown(path)}", file=sys.stderr)
     if args.json:
         print_json(records)
     elif draw and records:
