@@ -275,3 +275,13 @@ def test_names_and_paths_from_strangers_cannot_drive_the_terminal(trained, tmp_p
     assert "rose\\x1b[31m" in out and "tulip\\r\\nFAKE LINE" in out and "a\\x1b[2Jb.png" in out
     assert "gone\\x1b[2J.jpg" in err
     assert "a\\x1b[2Jb.explain.png" in out  # the picture named after the photo
+
+
+def test_train_prints_the_folders_it_names_escaped(tmp_path, capsys):
+    data = build_folder(tmp_path / "d", {"train": 4, "valid": 2})
+    (data / "train" / "1" / "bad\x1b]0;pwned\x07.jpg").write_bytes(b"not a photo")
+    run = tmp_path / "run\x1b[2J"
+    assert main(["train", str(data), "--save-dir", str(run), "--arch", TINY, "--epochs", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out and "\x07" not in out
+    assert "run\\x1b[2J" in out  # the save folder, named in the skipped-photos and saved lines

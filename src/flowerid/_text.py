@@ -30,3 +30,8 @@ def shown(text: object) -> str:
     return "".join(
         ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch for ch in text
     )
+
+
+def shown_lines(text: object) -> str:
+    """`shown` for a message of several lines of the program's own: its line breaks stay, nothing else does."""
+    return "\n".join(shown(line) for line in str(text).split("\n"))

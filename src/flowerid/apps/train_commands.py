@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .._text import shown_lines
 from ..errors import UsageError
 from .options import DATA_DIR_HELP, add_category_names, add_device, add_engine, add_json, add_valid_fraction
 
@@ -131,7 +132,8 @@ def run_train(args: argparse.Namespace) -> int:
         calibrate=not args.no_calibrate,
         use_cache=not args.no_cache,
     )
-    train(args.data_dir, args.save_dir, cfg, log=lambda s: print(s, flush=True))  # None on other torchrun ranks
+    # The log names folders and files of the user's data: printed escaped, as every other command does.
+    train(args.data_dir, args.save_dir, cfg, log=lambda s: print(shown_lines(s), flush=True))
     return 0
 
 
