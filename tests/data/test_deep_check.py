@@ -101,3 +101,26 @@ def test_exclude_photos_drops_listed_ones_and_names_unknown_ones(image_folder):
     assert not any(p.name == "img_000.jpg" and p.parent.name == "1" for p in kept.train.paths)
     with pytest.raises(DataError, match="no train/ photo in categories: 10"):
         exclude_photos(data, [str(p.relative_to(image_folder)) for p in data.train.paths if p.parent.name == "10"])
+
+
+@pytest.mark.parametrize("layout", ["split", "flat"])
+def test_exclude_photos_matches_every_form_of_path_when_the_data_folder_is_relative(tmp_path, monkeypatch, layout):
+    from ..conftest import build_folder
+
+    root = build_folder(tmp_path / "base", {"train": 4} if layout == "flat" else {"train": 4, "valid": 2})
+    if layout == "flat":
+        for d in (root / "train").iterdir():
+            d.rename(root / d.name)
+        (root / "train").rmdir()
+    monkeypatch.chdir(tmp_path)
+    data = load_dataset("base")  # relative, as `flowerid train base` gives it
+    inside = "" if layout == "flat" else "train/"
+    listed = [
+        f"{inside}1/img_000.jpg",  # relative to DATA_DIR (the docs, check --deep's issues.csv)
+        f"base/{inside}10/img_000.jpg",  # relative to the working folder
+        str(tmp_path / f"base/{inside}2/img_000.jpg"),  # absolute
+        f"./{inside}2/img_001.jpg",
+    ]
+    kept, left_out, unknown = exclude_photos(data, listed)
+    assert (left_out, unknown) == (4, [])
+    assert len(kept.train.samples) + len(kept.valid.samples) == len(data.train.samples) + len(data.valid.samples) - 4

@@ -135,7 +135,8 @@ def load_dataset(
 
 
 def exclude_photos(data: DataSet, listed: list[str]) -> tuple[DataSet, int, list[str]]:
-    """The data set without the listed photos (paths relative to the data folder, or absolute).
+    """The data set without the listed photos: paths relative to the data folder (as the docs and
+    check --deep's issues.csv give them), relative to the working folder, or absolute.
 
     Returns it with how many photos were left out and the listed paths that
     match no photo (a typo, or a file already moved), so the caller can say so.
@@ -144,17 +145,26 @@ def exclude_photos(data: DataSet, listed: list[str]) -> tuple[DataSet, int, list
     base = os.path.abspath(data.root)
 
     def key(path: str | os.PathLike) -> str:
-        return os.path.normpath(os.path.relpath(os.path.abspath(os.path.join(base, path)), base))
+        return os.path.normpath(os.path.relpath(os.path.abspath(path), base))
 
-    wanted = {key(p): p for p in listed}
+    def keys(listed_path: str) -> set[str]:
+        # Relative to the data folder, or to the working folder; an absolute path gives one key twice.
+        return {key(os.path.join(base, listed_path)), key(listed_path)}
+
+    # The samples' paths start with the data folder as it was given (maybe relative to the working
+    # folder), so they are keyed by their absolute path, never joined onto the data folder again.
+    wanted = set().union(*(keys(p) for p in listed)) if listed else set()
     matched: set[str] = set()
+    left_out = 0
 
     def keep(split: ImageFolder) -> ImageFolder:
+        nonlocal left_out
         kept = []
         for path, target in split.samples:
             k = key(path)
             if k in wanted:
                 matched.add(k)
+                left_out += 1
             else:
                 kept.append((path, target))
         return ImageFolder(split.root, split.categories, kept)
@@ -168,8 +178,8 @@ def exclude_photos(data: DataSet, listed: list[str]) -> tuple[DataSet, int, list
             + (" …" if len(emptied) > 10 else "")
             + "; keep some of them, or remove those category folders"
         )
-    unknown = sorted(str(p) for k, p in wanted.items() if k not in matched)
-    return dataclasses.replace(data, train=train, valid=valid, test=test), len(matched), unknown
+    unknown = sorted({str(p) for p in listed if not keys(p) & matched})
+    return dataclasses.replace(data, train=train, valid=valid, test=test), left_out, unknown
 
 
 SKIPPED_FILE = "skipped.tsv"
