@@ -124,3 +124,20 @@ def test_iphone_heic_and_avif_photos_are_read_and_found_by_their_bytes(tmp_path)
         assert rgb.shape == (48, 64, 3) and abs(int(rgb[..., 0].mean()) - 200) < 12
     (tmp_path / "clip.bin").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 40)  # an MP4 video
     assert not looks_like_image(tmp_path / "clip.bin")
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA", "P"])
+def test_a_huge_image_is_shrunk_before_it_is_converted(mode):
+    """Past 4096 x 4096 pixels an image is box-averaged by a whole factor (its shorter side kept >= min_size),
+    as JPEG draft decoding does, before RGB conversion copies it: a 10900 x 10900 16-bit PNG of 231 KB
+    took 2.4 GB to predict on."""
+    colour = {"I;16": 30000, "RGBA": (200, 0, 0, 255), "P": 0}[mode]
+    img = Image.new(mode, (4200, 4100), colour)
+    if mode == "P":
+        img.putpalette([200, 0, 0] * 256)
+    out = load_image(_bytes(img, "PNG"), min_size=256)
+    assert out.mode == "RGB" and out.size == (263, 257)  # 4200 / 16 and 4100 / 16, rounded up
+    expected = (116, 116, 116) if mode == "I;16" else (200, 0, 0)  # 30000 * 255 / 65535 = 116.7, truncated
+    assert out.getpixel((5, 5)) == expected
+    assert load_image(_bytes(img, "PNG")).size == (4200, 4100)  # without min_size: whole
+    assert load_image(_bytes(img.crop((0, 0, 4000, 4000)), "PNG"), min_size=256).size == (4000, 4000)

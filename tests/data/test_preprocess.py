@@ -46,3 +46,25 @@ def test_extreme_shapes(size):
 def test_dict_round_trip():
     p = get_spec("efficientnet_lite2").preprocessing
     assert Preprocessing.from_dict(p.to_dict()) == p
+
+
+def test_a_strip_is_resampled_only_where_the_crop_is(monkeypatch):
+    """A 100000 x 1 PNG is 370 bytes; resized whole it would be 25,600,000 x 256 pixels (a server was
+    killed for memory). Past 16:1 only the crop's box is resampled, with the same pixels as the whole
+    resize would give."""
+    p = get_spec("efficientnet_lite0").preprocessing
+    made: list[int] = []
+    resize = Image.Image.resize
+
+    def counted(self, size, *args, **kwargs):
+        made.append(size[0] * size[1])
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", counted)
+    for size in [(100000, 1), (1, 100000)]:
+        assert p(Image.new("RGB", size, (9, 9, 9))).shape == (3, 224, 224)
+    assert max(made) == 224 * 224
+    strip = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 6000, 3), dtype=np.uint8))
+    (w, h), (left, top) = p._resized(strip.size)
+    whole = resize(strip, (w, h), Image.Resampling.BICUBIC).crop((left, top, left + 224, top + 224))
+    np.testing.assert_allclose(p(strip), p.to_array(whole), atol=1.5 / 127.5)

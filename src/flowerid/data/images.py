@@ -207,6 +207,10 @@ def _decode(img: Image.Image, name: str, min_size: int | None, limit: int) -> Im
     except Exception as exc:  # truncated data, broken chunks, odd codecs, MemoryError...
         raise ImageError(name, f"cannot be decoded ({first_line(exc)})") from None
     full = (width, height)
+    try:
+        img = _reduced(img, min_size)
+    except Exception as exc:
+        raise ImageError(name, f"cannot be converted to RGB ({first_line(exc)})") from None
     with contextlib.suppress(Exception):  # a broken EXIF block must not lose the photo
         if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
             full = (height, width)  # turned a quarter: the photo's own pixels are the other way round
@@ -229,18 +233,47 @@ def photo_size(img: Image.Image) -> tuple[int, int]:
     return img.size
 
 
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# Past this many pixels a decoded image is shrunk by a whole factor before anything else copies it: a
+# 10900 x 10900 PNG (a few hundred KB) would otherwise take gigabytes through RGB conversion and resizing.
+_REDUCE_ABOVE = 4096 * 4096
+
+
+def _reduced(img: Image.Image, min_size: int | None) -> Image.Image:
+    """A very large image box-averaged by the largest whole factor that keeps its shorter side >= min_size,
+    as a JPEG's draft decoding does; other images as they are."""
+    if not min_size or img.width * img.height <= _REDUCE_ABOVE:
+        return img
+    factor = min(img.size) // min_size
+    if factor < 2:
+        return img
+    if img.mode in _WIDE_MODES:
+        img = _to_8bit(img)
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    return img.reduce(factor)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit grey to 8-bit ("L"), a band of rows at a time so a large image is not copied as float64."""
+    arr = np.asarray(img)
+    top = float(arr.max()) if arr.size else 0.0
+    scale = 255.0 / (65535.0 if top <= 65535.0 else top) if top > 255.0 else 1.0
+    out = np.empty(arr.shape, dtype=np.uint8)
+    for r in range(0, arr.shape[0], 256):
+        out[r : r + 256] = np.clip(arr[r : r + 256].astype(np.float64) * scale, 0, 255)
+    return Image.fromarray(out, mode="L")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode to RGB: transparency on white, 16/32-bit scaled to 8-bit."""
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = float(arr.max()) if arr.size else 0.0
-        if top > 255.0:
-            arr = arr * (255.0 / (65535.0 if top <= 65535.0 else top))
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode in _WIDE_MODES:
+        return _to_8bit(img).convert("RGB")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
         mode = "RGBA"

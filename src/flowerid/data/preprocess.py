@@ -21,6 +21,10 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 
+# Resizing a photo whole costs its resized size: past this many times resize_size squared (an aspect ratio
+# over 16:1), only the crop's box is resampled.
+_WHOLE_RESIZE_MAX = 16
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -70,9 +74,15 @@ class Preprocessing:
         app to do it. (Resampling only the crop's box is faster but not pixel-identical.)
         """
         (nw, nh), (left, top) = self._resized(img.size)
+        crop = self.crop_size
+        if nw * nh > _WHOLE_RESIZE_MAX * self.resize_size**2:
+            # A strip (100000 x 1 pixels is a 370-byte PNG) would resize to gigabytes: resample only the
+            # crop's box. Photos under 16:1 never come here, so their pixels stay those of the whole resize.
+            sx, sy = img.width / nw, img.height / nh
+            box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+            return img.resize((crop, crop), _RESAMPLE[self.interpolation], box=box)
         if (nw, nh) != img.size:
             img = img.resize((nw, nh), _RESAMPLE[self.interpolation])
-        crop = self.crop_size
         return img.crop((left, top, left + crop, top + crop))
 
     def _resized(self, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
