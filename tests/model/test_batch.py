@@ -110,6 +110,26 @@ def _read_rows(out: Path) -> list[dict]:
     return [flatten(r, 2) for r in read_jsonl(out)]
 
 
+def test_a_name_holding_a_bare_carriage_return_is_quoted_and_a_rerun_skips_it(tmp_path):
+    out = tmp_path / "r.csv"
+    w = open_results(out, top_k=2)
+    w.write([_record("x\rz.jpg"), {"image": "a.jpg", "error": "bad\rline"}])
+    w.close()
+    assert [(r["image"], r["error"]) for r in _read_rows(out)] == [("x\rz.jpg", ""), ("a.jpg", "bad\rline")]
+    w = open_results(out, top_k=2)
+    assert "x\rz.jpg" in w.done and len(w.done) == 2
+    w.close()
+
+
+def test_a_csv_written_with_an_unquoted_carriage_return_still_resumes(tmp_path):
+    out = tmp_path / "r.csv"
+    cols = columns(2)
+    out.write_bytes((",".join(cols) + "\n" + "x\rz.jpg,0,n0,0.5" + "," * (len(cols) - 4) + "\n").encode())
+    w = open_results(out, top_k=2)
+    assert "x\rz.jpg" in w.done and len(w.done) == 1
+    w.close()
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_a_half_written_last_row_is_cut_and_made_again(tmp_path, suffix):
     out = tmp_path / f"r{suffix}"

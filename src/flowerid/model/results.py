@@ -193,6 +193,21 @@ def _csv_text(row: dict[str, Any]) -> list[str]:
     return ["" if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in row.values()]
 
 
+def _csv_fields(line: bytes, path: Path) -> list[str]:
+    """One complete CSV record's fields. Files written before rows holding a bare "\r" were quoted have
+    it unquoted, which the csv module refuses; it is read through NUL, which no file name can hold."""
+    text = line.decode(*_ENC)
+    try:
+        try:
+            return next(csv.reader([text]), [])
+        except csv.Error:
+            if "\0" in text:
+                raise
+            return [f.replace("\0", "\r") for f in next(csv.reader([text.replace("\r", "\0")]), [])]
+    except csv.Error:
+        raise UsageError(f"{path} is not a CSV file flowerid can read; give --out another file") from None
+
+
 class CsvWriter:
     """Flat rows appended to a CSV file with a header line; a file with other columns is refused."""
 
@@ -208,6 +223,9 @@ class CsvWriter:
         self._raw = open(self.path, "ab")  # noqa: SIM115 (kept open for the run; closed by close())
         self._f = io.TextIOWrapper(self._raw, encoding=_ENC[0], errors=_ENC[1], newline="", write_through=True)
         self._csv = csv.writer(self._f, lineterminator="\n")
+        # With "\n" as line end the csv module leaves a bare "\r" unquoted (Python 3.11), which readers
+        # take for a line break; a row holding one is written with every field quoted.
+        self._csv_quoted = csv.writer(self._f, lineterminator="\n", quoting=csv.QUOTE_ALL)
         if not header_written:
             self._csv.writerow(self.cols)
             self._f.flush()
@@ -217,7 +235,7 @@ class CsvWriter:
         end, header = 0, None
         for line, offset in _complete_lines(self.path, quoted=True):
             end = offset
-            fields = next(csv.reader([line.decode(*_ENC)]), [])
+            fields = _csv_fields(line, self.path)
             if header is None:
                 header = fields
                 if header != self.cols:
@@ -233,7 +251,8 @@ class CsvWriter:
 
     def write(self, records: Iterable[Record]) -> None:
         for record in records:
-            self._csv.writerow(_csv_text(flatten(record, self.top_k, self.extra)))
+            fields = _csv_text(flatten(record, self.top_k, self.extra))
+            (self._csv_quoted if any("\r" in f for f in fields) else self._csv).writerow(fields)
             self.done.add(record["image"])
         self._f.flush()
 
@@ -335,7 +354,7 @@ def read_done(path: str | os.PathLike, done: DoneSet) -> None:
             done.add(record["image"])
     elif kind == "csv":
         for n, (line, _) in enumerate(_complete_lines(path, quoted=True)):
-            fields = next(csv.reader([line.decode(*_ENC)]), [])
+            fields = _csv_fields(line, path)
             if n and fields:  # the first line is the header
                 done.add(fields[0])
     else:
