@@ -464,3 +464,31 @@ def test_corrections_need_the_token_like_every_other_route(clf, tmp_path):
         assert not (tmp_path / "fixes").exists()
         ok = c.post("/correct?category=1", files={"file": _jpeg()}, headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_a_client_that_leaves_mid_upload_is_dropped_quietly(clf, multipart, caplog):
+    """Content-Length 100000, 30 bytes sent, then the socket closes: no traceback, no 500, one short line."""
+    app = create_app(clf, ServeConfig(corrections=None))
+    head = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n' if multipart else b""
+    ctype = b"multipart/form-data; boundary=xyz" if multipart else b"image/jpeg"
+    messages = [{"type": "http.request", "body": head + bytes(30), "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", ctype), (b"content-length", b"100000")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    with caplog.at_level("INFO"):
+        anyio.run(app, scope, receive, send)  # raised ClientDisconnect (and uvicorn logged a traceback)
+    assert all(m.get("status", 0) < 500 for m in sent)
+    assert not [r for r in caplog.records if r.levelno >= 30 or r.exc_info]
+    assert len([r for r in caplog.records if "left" in r.getMessage()]) <= 1

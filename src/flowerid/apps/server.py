@@ -10,6 +10,7 @@ gets a JSON 4xx of the form {"error": code, "detail": message}. Who may ask at a
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from ..data.images import load_image, max_pixels_default
@@ -114,7 +116,19 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
 
 
 async def read_upload(request: Request, limit: int) -> bytes:
-    """The image bytes of a request: a multipart field `file`, or else the raw body."""
+    """The image bytes of a request: a multipart field `file`, or else the raw body.
+
+    A client that goes away mid-upload (a phone leaving the Wi-Fi, a closed tab) is not the
+    server's error: one short log line, no traceback, and an answer no one will read.
+    """
+    try:
+        return await _read_upload(request, limit)
+    except ClientDisconnect:
+        logging.getLogger("uvicorn.error").info("a client left before its upload ended; dropped")
+        raise Rejected(400, "upload_cut_off", "the connection closed before the upload ended") from None
+
+
+async def _read_upload(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise Rejected(413, "upload_too_large", f"the upload is over the {_mb(limit)} limit; send a smaller photo")
