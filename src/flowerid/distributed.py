@@ -121,11 +121,21 @@ def init(device: str = "cpu") -> World:
 
 
 def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
-    if "torch.distributed" in sys.modules:
-        dist = _dist()
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    """Leave the process group, if this process joined one.
+
+    Never imports: a Ctrl-C in the first second can leave torch half-imported, and importing it again
+    then fails with a traceback instead of the interrupted message (exit 130).
+    """
+    dist = sys.modules.get("torch.distributed")
+    is_initialized = getattr(dist, "is_initialized", None)
+    if is_initialized is None:
+        return
+    try:
+        joined = dist.is_available() and is_initialized()
+    except Exception:  # a half-initialised module: no group was joined through it
+        return
+    if joined:
+        dist.destroy_process_group()
 
 
 def _first_line(exc: BaseException) -> str:

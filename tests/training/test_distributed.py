@@ -195,3 +195,22 @@ def test_no_cache_under_torchrun_is_refused(image_folder, tmp_path, monkeypatch)
     monkeypatch.setattr(d, "init", lambda device="cpu": d.world())  # no job to join here
     with pytest.raises(UsageError, match="drop --no-cache"):
         train(image_folder, tmp_path, TrainConfig(arch=TINY, epochs=1, use_cache=False), log=lambda s: None)
+
+
+def test_leaving_the_job_after_an_early_ctrl_c_imports_nothing(monkeypatch):
+    """Ctrl-C while torch is being imported leaves a half-made torch.distributed in sys.modules; the CLI's
+    shutdown must not import it again (that raised a traceback instead of exiting 130)."""
+    import types
+
+    from flowerid.distributed import shutdown
+
+    bare = types.ModuleType("torch.distributed")
+    monkeypatch.setitem(sys.modules, "torch.distributed", bare)
+    monkeypatch.setattr(torch, "distributed", bare)  # what `import torch.distributed` would hand back
+    shutdown()
+    half = types.ModuleType("torch.distributed")
+    half.is_initialized = lambda: (_ for _ in ()).throw(RuntimeError("half-initialised"))
+    half.is_available = lambda: True
+    monkeypatch.setitem(sys.modules, "torch.distributed", half)
+    monkeypatch.setattr(torch, "distributed", half)
+    shutdown()
