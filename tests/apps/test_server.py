@@ -492,3 +492,16 @@ def test_a_client_that_leaves_mid_upload_is_dropped_quietly(clf, multipart, capl
     assert all(m.get("status", 0) < 500 for m in sent)
     assert not [r for r in caplog.records if r.levelno >= 30 or r.exc_info]
     assert len([r for r in caplog.records if "left" in r.getMessage()]) <= 1
+
+
+@pytest.mark.parametrize("damaged", ['{"x":', "[1,2]"])
+def test_a_damaged_names_file_is_507_and_named_to_the_owner(fixing, capfd, damaged):
+    c, root = fixing
+    root.mkdir()
+    (root / "cat_to_name.json").write_text(damaged)
+    detail = _error(c.post("/correct", params={"name": "Blue poppy"}, files={"file": _jpeg()}), 507, "not_saved")
+    assert str(root) not in detail
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "cat_to_name.json" in line]
+    assert len(lines) == 1 and str(root / "cat_to_name.json") in lines[0] and "fix" in lines[0]
+    assert "Traceback" not in err

@@ -19,6 +19,7 @@ from io import BytesIO
 from pathlib import Path
 
 from .._io import atomic_write_bytes, atomic_write_json
+from .._text import first_line
 from ..data.folders import CATEGORY_NAMES_FILE
 from ..data.images import load_image
 from ..errors import DataError, UsageError
@@ -34,6 +35,7 @@ _FORMATS = {
     "HEIF": "heic",
     "AVIF": "avif",
 }
+_NAMES_FIX = 'make it a JSON object of folder: name ({"blue_poppy": "Blue poppy"}), or remove it'
 _LOCK = threading.Lock()  # cat_to_name.json is read, changed and written whole
 
 
@@ -117,9 +119,9 @@ def _record_name(root: Path, folder: str, display: str) -> None:
         try:
             mapping = json.loads(names_file.read_text(encoding="utf-8")) if names_file.exists() else {}
         except (OSError, ValueError) as exc:
-            raise DataError(f"{names_file} cannot be read ({exc}); fix or remove it") from None
+            raise DataError(f"{names_file} cannot be read ({first_line(exc)}); {_NAMES_FIX}") from None
         if not isinstance(mapping, dict):
-            raise DataError(f"{names_file} is not a JSON object; fix or remove it")
+            raise DataError(f"{names_file} is not a JSON object; {_NAMES_FIX}")
         if folder not in mapping:
             mapping[folder] = display
             atomic_write_json(names_file, mapping)

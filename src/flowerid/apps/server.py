@@ -27,9 +27,10 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from .._text import first_line
 from .._version import __version__
 from ..data.images import load_image, max_pixels_default
-from ..errors import DecompressionBombError, ImageError, NotAnImageError, OutputError, UsageError
+from ..errors import DataError, DecompressionBombError, ImageError, NotAnImageError, OutputError, UsageError
 from ..model.builtin import names_flowers
 from ..model.predictor import Classifier, Prediction, photo_fields
 from .access import protect
@@ -322,10 +323,12 @@ def create_app(
             raise _image_rejection(exc) from None
         except UsageError as exc:
             raise Rejected(400, "bad_correction", str(exc)) from None
-        except OutputError as exc:  # the owner's folder, not the sender's photo: say so there, not the path here
-            print(f"flowerid serve: a correction was not kept: {exc}", file=sys.stderr, flush=True)
+        except (OutputError, DataError) as exc:  # the owner's folder, not the sender's photo: say so there
+            print(f"flowerid serve: a correction was not kept: {first_line(exc)}", file=sys.stderr, flush=True)
             raise Rejected(
-                507, "not_saved", "the server could not keep the photo (its corrections folder cannot be written)"
+                507,
+                "not_saved",
+                "the server could not keep the photo (a problem with its corrections folder, which its log names)",
             ) from None
         return {"saved": True, "category": path.parent.name}
 
