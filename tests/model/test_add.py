@@ -167,6 +167,18 @@ def test_read_new_data_lists_new_and_existing_folders(tmp_path):
         read_new_data(tmp_path / "none", ["1"], [None])
 
 
+def test_a_name_in_another_unicode_composition_is_the_same_category(tmp_path):
+    """A Mac writes 'rosé' as 'e' + combining accent (NFD); the model's category was typed as one letter
+    (NFC). That folder corrects the category rather than adding a second 'rosé'; two spellings of one
+    new name are one new category; a name typed in full-width letters still clashes."""
+    nfc, nfd = "ros\u00e9", "rose\u0301"
+    new = _new(tmp_path, {nfd: YELLOW, "caf\u00e9": YELLOW, "cafe\u0301": YELLOW})
+    groups = read_new_data(new, [nfc, "2"], ["the rose", "b"])
+    assert sorted((g.category, g.existing, len(g.paths)) for g in groups) == [("caf\u00e9", False, 8), (nfc, True, 4)]
+    with pytest.raises(DataError, match="clashes with existing category"):
+        read_new_data(_new(tmp_path / "w", {"\uff34\uff28\uff25 ROSE": YELLOW}), [nfc], ["the rose"])
+
+
 def test_a_folder_laid_out_for_training_teaches_its_train_and_valid_photos(trained, tmp_path):
     """People give the folder they have: train/ valid/ test/ splits are read as train reads them."""
     new = build_folder(tmp_path / "split", {"train": 4, "val": 2, "test": 3}, {"20": YELLOW}, names=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +61,9 @@ class AddResult:
 
 
 def _norm(text: str | None) -> str:
-    return " ".join((text or "").split()).casefold()
+    """A name as a person reads it: one composition of accents (a Mac writes 'é' as e + accent), full-width
+    letters as plain ones, no case, single spaces."""
+    return " ".join(unicodedata.normalize("NFKC", text or "").split()).casefold()
 
 
 def _category_folders(root: Path, log: Log) -> dict[str, list[Path]]:
@@ -86,9 +89,13 @@ def read_new_data(
     if not root.is_dir() or not find_categories(root):
         what = "is not a folder" if not root.is_dir() else "has no category folders"
         raise DataError(f"{root} {what}; expected {root}/<category>/<photos>")
-    found = _category_folders(root, log)
+    found: dict[str, list[Path]] = {}
+    for cat, where in _category_folders(root, log).items():
+        found.setdefault(unicodedata.normalize("NFC", cat), []).extend(where)
     mapping = default_category_names(root, *{p.parent for ps in found.values() for p in ps}) or {}
     index = {c: i for i, c in enumerate(categories)}
+    # A folder copied through a Mac spells 'rosé' in another composition than the model's category: the same one.
+    same = {unicodedata.normalize("NFC", c): c for c in categories}
     owner = {_norm(c): c for c in categories} | {_norm(n): c for c, n in zip(categories, names, strict=True) if n}
     groups = []
     for cat, where in found.items():
@@ -96,7 +103,8 @@ def read_new_data(
         if not paths:
             shown = " and ".join(str(d) for d in where)
             raise DataError(f"{shown} holds no photos; put the category's photos in it or remove it")
-        name = mapping.get(cat)
+        name = mapping.get(cat) or next((n for c, n in mapping.items() if unicodedata.normalize("NFC", c) == cat), None)
+        cat = same.get(cat, cat)
         if cat in index:
             old = names[index[cat]]
             if name and old and _norm(name) != _norm(old):
