@@ -76,6 +76,20 @@ def test_a_file_that_is_not_a_photo_is_not_kept(tmp_path):
     assert not (tmp_path / "fixes").exists()
 
 
-def test_a_new_name_whose_folder_is_an_old_category_is_refused():
-    with pytest.raises(UsageError, match="share a folder with category '10'"):
-        folder_for(CATS, NAMES, None, "10!")
+@pytest.mark.parametrize("typed", ["Rose!", "rose.", "ROSE", "  rose ", "Ｒｏｓｅ", "74", "rose\t"])
+def test_a_name_add_would_see_as_an_existing_category_is_that_category(tmp_path, typed):
+    """`flowerid add` compares folders and names after its own normalisation: what it would call a clash is
+    filed under the existing category instead, so the folder never makes `add` refuse."""
+    from flowerid.model.add import read_new_data
+
+    cats, names = ["1", "74"], ["pink primrose", "rose"]
+    assert folder_for(cats, names, None, typed) == ("74", None)
+    root = tmp_path / "fixes"
+    save_correction(root, _png(), cats, names, name=typed)
+    groups = read_new_data(root, cats, names)  # raised "clashes with existing category '74'" for "Rose!"
+    assert [(g.category, g.existing) for g in groups] == [("74", True)]
+
+
+def test_a_name_whose_folder_is_an_old_category_is_that_category():
+    assert folder_for(CATS, NAMES, None, "10!") == ("10", None)
+    assert folder_for(["Rose"], [None], None, "rose!") == ("Rose", None)

@@ -4,8 +4,10 @@
 name; the photo is checked to be an image the model can read, then written atomically as
 DIR/<category folder>/<its sha256>.<format> (the same photo twice is one file). A new name gets a
 folder whose name is made safe (no path separators, no dots first, letters, digits, `_` and `-`
-only) and its display name in DIR/cat_to_name.json. The model is never changed here: `flowerid
-add CHECKPOINT DIR --out NEW` takes the folder when its owner decides to.
+only) and its display name in DIR/cat_to_name.json; a name that `add` would read as an existing
+category (its id or name, in other case or spacing, or a folder that reads as one: "Rose!" is kept
+in `rose`) is filed under that category, so this folder never makes `add` see a clash. The model is
+never changed here: `flowerid add CHECKPOINT DIR --out NEW` takes the folder when its owner decides to.
 """
 
 from __future__ import annotations
@@ -48,18 +50,17 @@ def safe_folder(name: str) -> str:
     return slug
 
 
-def _same(a: str | None, b: str | None) -> bool:
-    return a is not None and b is not None and " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
-
-
 def folder_for(
     categories: list[str], names: list[str | None], category: str | None, name: str | None
 ) -> tuple[str, str | None]:
     """(folder, display name to record or None) for a correction to `category` (an id) or a new `name`.
 
-    A typed name that is an existing category's id or name is that category, so the corrections
-    folder never asks `flowerid add` for a clash.
+    `flowerid add` calls a new folder a clash when the folder or its name matches an existing
+    category's id or name after its normalisation (`_norm`). A typed name for which either would
+    match is filed under that existing category instead, so this folder never makes `add` refuse.
     """
+    from ..model.add import _norm  # add's own comparison, so the two cannot drift apart
+
     if (category is None) == (name is None):
         raise UsageError("say what the photo is: either category (one the model knows) or name (a new one)")
     if category is not None:
@@ -71,14 +72,12 @@ def folder_for(
     name = " ".join(name.split())
     if not name or len(name) > MAX_NAME:
         raise UsageError(f"a new category's name must be 1 to {MAX_NAME} characters")
-    for c, n in zip(categories, names, strict=True):
-        if _same(name, c) or _same(name, n):
-            return c, None
+    owner = {_norm(c): c for c in categories} | {_norm(n): c for c, n in zip(categories, names, strict=True) if n}
+    if _norm(name) in owner:
+        return owner[_norm(name)], None
     folder = safe_folder(name)
-    if folder in categories:
-        raise UsageError(
-            f"{name!r} would share a folder with category {folder!r}; choose that category or another name"
-        )
+    if _norm(folder) in owner:  # "Rose!" is kept in folder rose, which add reads as the model's "rose"
+        return owner[_norm(folder)], None
     return folder, name
 
 
