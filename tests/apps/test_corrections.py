@@ -93,3 +93,15 @@ def test_a_name_add_would_see_as_an_existing_category_is_that_category(tmp_path,
 def test_a_name_whose_folder_is_an_old_category_is_that_category():
     assert folder_for(CATS, NAMES, None, "10!") == ("10", None)
     assert folder_for(["Rose"], [None], None, "rose!") == ("Rose", None)
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "\u202eevil", "x\u200by", "a\x1bb", "\ufeffrose"])
+def test_control_and_invisible_format_characters_are_refused(tmp_path, name):
+    with pytest.raises(UsageError, match="control or invisible"):
+        save_correction(tmp_path / "fixes", _png(), CATS, NAMES, name=name)
+    assert not (tmp_path / "fixes").exists()
+
+
+def test_whitespace_in_a_name_is_collapsed(tmp_path):
+    save_correction(tmp_path / "fixes", _png(), CATS, NAMES, name=" Blue\t\n poppy\u2028 ")
+    assert json.loads((tmp_path / "fixes" / "cat_to_name.json").read_text()) == {"blue_poppy": "Blue poppy"}

@@ -505,3 +505,11 @@ def test_a_damaged_names_file_is_507_and_named_to_the_owner(fixing, capfd, damag
     lines = [line for line in err.splitlines() if "cat_to_name.json" in line]
     assert len(lines) == 1 and str(root / "cat_to_name.json") in lines[0] and "fix" in lines[0]
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("query", ["?name=a%00b", "?name=%E2%80%AEevil"])
+def test_a_name_with_control_characters_is_refused(fixing, query):
+    c, root = fixing
+    detail = _error(c.post("/correct" + query, files={"file": _jpeg()}), 400, "bad_correction")
+    assert "control or invisible" in detail
+    assert not root.exists()

@@ -38,6 +38,7 @@ _FORMATS = {
     "AVIF": "avif",
 }
 _NAMES_FIX = 'make it a JSON object of folder: name ({"blue_poppy": "Blue poppy"}), or remove it'
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs"})  # Unicode categories: controls, format characters, surrogates
 _LOCK = threading.Lock()  # cat_to_name.json is read, changed and written whole
 
 
@@ -48,6 +49,21 @@ def safe_folder(name: str) -> str:
     if not slug:
         raise UsageError(f"{name!r} has no letters or digits to name a folder by; type what it is called")
     return slug
+
+
+def clean_name(name: str) -> str:
+    """`name` with its runs of whitespace as single spaces; refused if it holds any other control character
+    or an invisible format character (NUL, ESC, a right-to-left override, a zero-width space...).
+
+    Refused rather than stripped: such a name comes from a broken client or is meant to make the name
+    look like what it is not, and the sender is told, instead of the owner finding a changed name.
+    """
+    bad = sorted({f"U+{ord(ch):04X}" for ch in name if unicodedata.category(ch) in _INVISIBLE and not ch.isspace()})
+    if bad:
+        raise UsageError(
+            f"a name cannot hold control or invisible formatting characters ({', '.join(bad)}); type it plainly"
+        )
+    return " ".join(name.split())
 
 
 def folder_for(
@@ -69,7 +85,7 @@ def folder_for(
         if category.startswith(".") or any(ch in category for ch in "/\\\0"):
             raise UsageError(f"category {category!r} cannot name a folder safely")
         return category, None
-    name = " ".join(name.split())
+    name = clean_name(name)
     if not name or len(name) > MAX_NAME:
         raise UsageError(f"a new category's name must be 1 to {MAX_NAME} characters")
     owner = {_norm(c): c for c in categories} | {_norm(n): c for c, n in zip(categories, names, strict=True) if n}
