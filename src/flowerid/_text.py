@@ -35,3 +35,13 @@ def shown(text: object) -> str:
 def shown_lines(text: object) -> str:
     """`shown` for a message of several lines of the program's own: its line breaks stay, nothing else does."""
     return "\n".join(shown(line) for line in str(text).split("\n"))
+
+
+def utf8_safe(text: str) -> str:
+    """Text that can be written as UTF-8 or drawn: bytes of a name that is not UTF-8 (which Python holds as
+    surrogates) as `\\xNN`, any other lone surrogate (a JSON `\\ud800`) as `\\ud800`."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")

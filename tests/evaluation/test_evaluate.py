@@ -264,6 +264,46 @@ def test_confusion_figure_at_102_classes():
     assert len(fig.axes[0].get_xticklabels()) == 102
 
 
+ODD = os.fsdecode(b"r\xffd")  # a folder name that is not UTF-8, as Python holds it (a surrogate)
+
+
+def test_figures_draw_names_that_are_not_utf8_or_hold_dollars_and_control_characters(tmp_path):
+    from flowerid.evaluation.figures import confusion_figure, drawable, figure_png, mistakes_figure, per_class_figure
+    from flowerid.evaluation.metrics import Outcomes, compute_metrics
+    from flowerid.evaluation.photo_figures import batch_figure, prediction_figure
+
+    cats = [ODD, "a$\\foo$b", "x\x1by", "\ud800"]
+    y = np.repeat(np.arange(4), 3)
+    probs = np.random.default_rng(0).dirichlet(np.ones(4), size=len(y))
+    m = compute_metrics(Outcomes.from_probs(y, probs), cats, [None] * 4)
+    m = {**m, "categories": cats, "names": [None] * 4}
+    m["predictions"] = [{"path": str(tmp_path / f"{ODD}.jpg"), "true": ODD, "predicted": "x\x1by", "probability": 0.9}]
+    for fig in (confusion_figure(m), per_class_figure(m), mistakes_figure(m)):
+        assert figure_png(fig)[:4] == b"\x89PNG"
+    preds = [{"category": c, "name": None, "probability": 0.25} for c in cats]
+    img = np.zeros((8, 8, 3))
+    assert figure_png(prediction_figure(img, preds, title=f"{ODD}.jpg"))[:4] == b"\x89PNG"
+    assert figure_png(batch_figure([img, img], [ODD, "\ud800"], title=f"/data/{ODD}"))[:4] == b"\x89PNG"
+    assert drawable(ODD) == "r\\xffd" and drawable("a$b") == "a\\$b" and drawable("x\x1by") == "x\\x1by"
+
+
+def test_evaluate_predict_plot_and_show_a_category_folder_that_is_not_utf8(tmp_path, capsys):
+    from flowerid.training.run import TrainConfig, train
+
+    data = build_folder(tmp_path / "data", {"train": 3, "valid": 2}, names=False)
+    for split in ("train", "valid"):
+        os.rename(data / split / "1", data / split / ODD)
+    result = train(data, tmp_path / "run", TrainConfig(arch="tiny_test", epochs=1, num_workers=0), log=lambda s: None)
+    ck = str(result.checkpoint_path)
+    assert main(["evaluate", ck, str(data / "valid"), "--out", str(tmp_path / "ev")]) == 0
+    assert "r\\xffd" in (tmp_path / "ev" / "report.html").read_text(encoding="utf-8")
+    assert _png_size(tmp_path / "ev" / "confusion.png")[0] > 300
+    photo = next((data / "valid" / ODD).iterdir())
+    assert main(["predict", str(photo), "--checkpoint", ck, "--plot", str(tmp_path / "p.png")]) == 0
+    assert main(["show", str(data), "--out", str(tmp_path / "s.png"), "-n", "4", "--arch", "tiny_test"]) == 0
+    assert _png_size(tmp_path / "p.png")[0] > 300 and _png_size(tmp_path / "s.png")[0] > 300
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared flowers data")
 def test_shared_valid_subset(tmp_path):

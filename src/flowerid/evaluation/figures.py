@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from .._io import atomic_write_bytes
+from .._text import shown, utf8_safe
 from ..data.preprocess import Preprocessing
 from ..errors import ImageError
 
@@ -37,8 +38,16 @@ def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     return buf.getvalue()
 
 
+def drawable(text: object) -> str:
+    """Text from outside (a category, a file or folder name) as matplotlib can draw it, literally: control
+    characters escaped as `shown` prints them, bytes that are not UTF-8 (kept as surrogates) as \\xNN, which
+    matplotlib cannot render at all, and `$` escaped, which would start (maybe broken) mathtext."""
+    return utf8_safe(shown(text)).replace("$", r"\$")
+
+
 def label_of(category: str, name: str | None) -> str:
-    return name or category
+    """The drawn label of a category: its name where known."""
+    return drawable(name or category)
 
 
 def _labels(metrics: dict[str, Any]) -> list[str]:
@@ -228,18 +237,18 @@ def mistakes_figure(
     names = dict(zip(metrics["categories"], _labels(metrics), strict=True))
     wrong = [r for r in metrics["predictions"] if r["predicted"] != r["true"]]
     wrong.sort(key=lambda r: -r["probability"])
-    shown = wrong[:limit]
-    if not shown:
+    worst = wrong[:limit]
+    if not worst:
         fig = Figure(figsize=(5, 1.5), layout="constrained")
         fig.text(0.5, 0.5, f"No misclassified images among {metrics['n']}.", ha="center", va="center")
         return fig
-    ncols = min(ncols, len(shown))
-    nrows = -(-len(shown) // ncols)
+    ncols = min(ncols, len(worst))
+    nrows = -(-len(worst) // ncols)
     fig = Figure(figsize=(2.3 * ncols, 2.75 * nrows + 0.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax in axes:
         ax.set_axis_off()
-    for ax, rec in zip(axes, shown, strict=False):
+    for ax, rec in zip(axes, worst, strict=False):
         img = _model_view(rec["path"], preprocessing)
         if img is None:
             ax.text(0.5, 0.5, "(unreadable now)", ha="center", va="center", fontsize=8, transform=ax.transAxes)
@@ -253,7 +262,7 @@ def mistakes_figure(
             ha="center", va="top", transform=ax.transAxes,
         )  # fmt: skip
     fig.suptitle(
-        f"Most confident mistakes: {len(shown)} of {len(wrong)} misclassified images (of {metrics['n']})", fontsize=11
+        f"Most confident mistakes: {len(worst)} of {len(wrong)} misclassified images (of {metrics['n']})", fontsize=11
     )
     return fig
 

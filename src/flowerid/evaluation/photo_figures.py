@@ -14,7 +14,7 @@ from matplotlib.ticker import PercentFormatter
 
 from ..data.preprocess import Preprocessing
 from ..errors import ImageError
-from .figures import BLUE, GREEN, label_of, save_figure, wrap
+from .figures import BLUE, GREEN, drawable, label_of, save_figure, wrap
 
 
 def prediction_figure(
@@ -32,7 +32,7 @@ def prediction_figure(
     img_ax.imshow(image)
     img_ax.set_axis_off()
     if title:
-        img_ax.set_title(wrap(title, 40), fontsize=9)
+        img_ax.set_title(wrap(drawable(title), 40), fontsize=9)
     labels = [wrap(label_of(p["category"], p["name"]), 26) for p in preds]
     probs = [p["probability"] for p in preds]
     colours = [GREEN if true_label is not None and p["category"] == true_label else BLUE for p in preds]
@@ -63,9 +63,9 @@ def batch_figure(
         ax.set_axis_off()
     for ax, img, label in zip(axes, images, labels, strict=False):
         ax.imshow(img)
-        ax.set_title(wrap(label, 26), fontsize=8.5)
+        ax.set_title(wrap(drawable(label), 26), fontsize=8.5)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(drawable(title), fontsize=11)
     return fig
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_json
-from .._text import Log, pct, shown
+from .._text import Log, pct, shown, utf8_safe
 from .._version import __version__
 from ..data.folders import ImageFolder, scan_folder, write_skipped
 from ..errors import DataError, UsageError
@@ -342,7 +342,7 @@ def write_outputs(
                 im.convert("RGB").save(buf, format="JPEG", quality=85)
             pngs = {**pngs, "mistakes": buf.getvalue()}
         html = render_report(result.metrics, pngs, checkpoint_info or {}, result.skipped, (result.why, result.why_note))
-        files.append(atomic_write_bytes(out_dir / "report.html", html.encode("utf-8")))
+        files.append(atomic_write_bytes(out_dir / "report.html", utf8_safe(html).encode("utf-8")))
     result.files = files
     return files
 
