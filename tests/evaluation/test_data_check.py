@@ -192,3 +192,18 @@ def test_check_deep_survives_hostile_files(hostile_folder, tmp_path, capsys):
     kept, left_out, unknown = exclude_photos(data, read_exclude_list(issues))  # every row matches a photo
     assert left_out == len({r["path"] for r in rows}) and unknown == []
     (tmp_path / "out" / "review.html").read_text(encoding="utf-8")  # the page is valid UTF-8
+
+
+def test_the_deep_summary_prints_names_from_outside_escaped(tmp_path):
+    from flowerid.apps.train_commands import format_deep
+
+    issues = [
+        dc.Issue("a\tb/x\n1.jpg", dc.LABEL, "a\tb", "\x1b[31mx", 0.9),
+        dc.Issue("a\nb/y.jpg", dc.DUPLICATE, "a\nb", "", 0.99, "c\rd/z.jpg"),
+        dc.Issue("\x1b[31mx/w.jpg", dc.OUTLIER, "\x1b[31mx", "", 5.0),
+    ]
+    findings = dc.Findings(issues, np.zeros((3, 3)), np.zeros(3))
+    text = format_deep(findings, tmp_path / "o\nut" / "issues.csv", tmp_path / "o\nut" / "review.html")
+    assert "\x1b" not in text and "\t" not in text and "\r" not in text
+    assert len(text.splitlines()) == 9  # a blank, a title and a row for each kind, and the two closing lines
+    assert "a\\tb/x\\n1.jpg: filed under a\\tb, looks like \\x1b[31mx" in text and "c\\rd/z.jpg" in text

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .._text import shown_lines
+from .._text import shown, shown_lines
 from ..errors import UsageError
 from .options import DATA_DIR_HELP, add_category_names, add_device, add_engine, add_json, add_valid_fraction
 
@@ -213,24 +213,27 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if report.errors or found or (args.strict and report.warnings) else 0
 
 
-def format_deep(findings, csv_path: Path, html_path: Path, shown: int = 5) -> str:
-    """The deep check's summary: counts, the first few of each kind, where the files are."""
+def format_deep(findings, csv_path: Path, html_path: Path, first: int = 5) -> str:
+    """The deep check's summary: counts, the first few of each kind, where the files are. File, folder and
+    category names are the user's, so they print escaped: a name holding a line break cannot fake a line."""
     from ..data.deep_check import DUPLICATE, LABEL, OUTLIER
 
     lines = [""]
     for kind, title in ((LABEL, "suspect labels"), (DUPLICATE, "near-duplicate pairs"), (OUTLIER, "outliers")):
         rows = findings.of_kind(kind)
         lines.append(f"deep: {len(rows)} {title}")
-        for i in rows[:shown]:
+        for i in rows[:first]:
+            path = shown(i.path)
             if kind == LABEL:
-                lines.append(f"    {i.path}: filed under {i.given}, looks like {i.suggested} ({i.score:.3f})")
+                given, suggested = shown(i.given), shown(i.suggested)
+                lines.append(f"    {path}: filed under {given}, looks like {suggested} ({i.score:.3f})")
             elif kind == DUPLICATE:
-                lines.append(f"    {i.path} = {i.other} ({i.score:.3f})")
+                lines.append(f"    {path} = {shown(i.other)} ({i.score:.3f})")
             else:
-                lines.append(f"    {i.path} ({i.score:.1f})")
-        if len(rows) > shown:
-            lines.append(f"    … and {len(rows) - shown} more")
-    lines.append(f"deep: every finding is in {csv_path}; look at them in {html_path}")
+                lines.append(f"    {path} ({i.score:.1f})")
+        if len(rows) > first:
+            lines.append(f"    … and {len(rows) - first} more")
+    lines.append(f"deep: every finding is in {shown(csv_path)}; look at them in {shown(html_path)}")
     lines.append(
         "      to train without some, delete the rows to keep and run `flowerid train DATA --exclude issues.csv`"
     )
