@@ -8,7 +8,7 @@ import json
 import pytest
 
 from flowerid.apps.corrections import folder_for, safe_folder, save_correction
-from flowerid.errors import ImageError, UsageError
+from flowerid.errors import DataError, ImageError, OutputError, UsageError
 
 from ..conftest import make_photo
 
@@ -105,3 +105,36 @@ def test_control_and_invisible_format_characters_are_refused(tmp_path, name):
 def test_whitespace_in_a_name_is_collapsed(tmp_path):
     save_correction(tmp_path / "fixes", _png(), CATS, NAMES, name=" Blue\t\n poppy\u2028 ")
     assert json.loads((tmp_path / "fixes" / "cat_to_name.json").read_text()) == {"blue_poppy": "Blue poppy"}
+
+
+def test_a_photo_that_cannot_be_written_leaves_no_name_behind(tmp_path):
+    """The photo first, then its name: a failed photo must not leave a name with no folder of photos."""
+    root = tmp_path / "fixes"
+    root.mkdir()
+    (root / "blue_poppy").write_bytes(b"a file where the folder goes")
+    with pytest.raises(OutputError):
+        save_correction(root, _png(), CATS, NAMES, name="Blue poppy")
+    assert not (root / "cat_to_name.json").exists()
+
+
+def test_a_name_that_cannot_be_written_takes_its_new_photo_back(tmp_path, monkeypatch):
+    from flowerid.apps import corrections
+
+    def full_disk(*args, **kwargs):
+        raise OutputError("cannot write cat_to_name.json: No space left on device")
+
+    root = tmp_path / "fixes"
+    monkeypatch.setattr(corrections, "atomic_write_json", full_disk)
+    with pytest.raises(OutputError):
+        save_correction(root, _png(), CATS, NAMES, name="Blue poppy")
+    assert not (root / "blue_poppy").exists()
+
+
+@pytest.mark.parametrize("damaged", ['{"x":', "[1,2]"])
+def test_a_damaged_names_file_keeps_nothing(tmp_path, damaged):
+    root = tmp_path / "fixes"
+    root.mkdir()
+    (root / "cat_to_name.json").write_text(damaged)
+    with pytest.raises(DataError, match="cat_to_name.json"):
+        save_correction(root, _png(), CATS, NAMES, name="Blue poppy")
+    assert (root / "cat_to_name.json").read_text() == damaged and not (root / "blue_poppy").exists()

@@ -12,6 +12,7 @@ never changed here: `flowerid add CHECKPOINT DIR --out NEW` takes the folder whe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -24,7 +25,7 @@ from .._io import atomic_write_bytes, atomic_write_json
 from .._text import first_line
 from ..data.folders import CATEGORY_NAMES_FILE
 from ..data.images import load_image
-from ..errors import DataError, UsageError
+from ..errors import DataError, OutputError, UsageError
 
 MAX_NAME = 60  # characters of a new category's name
 _FORMATS = {
@@ -108,7 +109,8 @@ def save_correction(
     min_size: int = 1,
     max_pixels: int | None = None,
 ) -> Path:
-    """Check the photo, then write it into root/<folder>/; returns the file written."""
+    """Check the photo, then write it into root/<folder>/ and then a new name into cat_to_name.json (each
+    atomically, the photo taken back if its name cannot be written); returns the file written."""
     folder, display = folder_for(categories, names, category, name)
     from PIL import Image
 
@@ -120,23 +122,34 @@ def save_correction(
     if dest.resolve().parent != root.resolve():
         raise UsageError(f"{folder!r} is not a safe folder name")
     path = dest / f"{hashlib.sha256(data).hexdigest()[:24]}.{ext}"
-    if display is not None:
-        _record_name(root, folder, display)
-    if not path.exists():
-        atomic_write_bytes(path, data)
+    if display is None:
+        if not path.exists():
+            atomic_write_bytes(path, data)
+        return path
+    with _LOCK:  # a new name's folder is written only here, under the lock
+        mapping = _read_names(root)  # first: a damaged names file keeps nothing
+        new = not path.exists()
+        if new:
+            atomic_write_bytes(path, data)  # the photo, then its name: never a name without its photo
+        if folder not in mapping:  # the first name given wins
+            try:
+                atomic_write_json(root / CATEGORY_NAMES_FILE, {**mapping, folder: display})
+            except OutputError:
+                if new:  # take the photo back: a folder without its name would be a new category named by it
+                    path.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        dest.rmdir()
+                raise
     return path
 
 
-def _record_name(root: Path, folder: str, display: str) -> None:
-    """Add folder -> display name to root/cat_to_name.json (first name given wins)."""
-    with _LOCK:
-        names_file = root / CATEGORY_NAMES_FILE
-        try:
-            mapping = json.loads(names_file.read_text(encoding="utf-8")) if names_file.exists() else {}
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{names_file} cannot be read ({first_line(exc)}); {_NAMES_FIX}") from None
-        if not isinstance(mapping, dict):
-            raise DataError(f"{names_file} is not a JSON object; {_NAMES_FIX}")
-        if folder not in mapping:
-            mapping[folder] = display
-            atomic_write_json(names_file, mapping)
+def _read_names(root: Path) -> dict[str, object]:
+    """root/cat_to_name.json as it is ({} if there is none); a damaged one is a DataError naming it."""
+    names_file = root / CATEGORY_NAMES_FILE
+    try:
+        mapping = json.loads(names_file.read_text(encoding="utf-8")) if names_file.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{names_file} cannot be read ({first_line(exc)}); {_NAMES_FIX}") from None
+    if not isinstance(mapping, dict):
+        raise DataError(f"{names_file} is not a JSON object; {_NAMES_FIX}")
+    return mapping
