@@ -186,3 +186,17 @@ def test_a_one_category_model_says_so_in_words():
     preds = [{"name": "rose", "category": "1", "probability": 1.0}]
     assert "  not the one category I know (closest: rose)" in format_predictions("x", preds, False, 1)
     assert "  not one of the 3 categories I know (closest: rose)" in format_predictions("x", preds, False, 3)
+
+
+def test_the_library_takes_a_numpy_photo_and_refuses_a_top_k_that_is_not_a_whole_number(trained):
+    data, result = trained
+    clf = flowerid.load(result.checkpoint_path)
+    path = next((data / "test" / "10").iterdir())
+    as_array = np.asarray(Image.open(path).convert("RGB"))
+    assert clf.predict(as_array, top_k=2) == clf.predict(path, top_k=2)
+    assert clf.predict(path, top_k=np.int64(2)) == clf.predict(path, top_k=2)
+    for bad in (2.5, "3", True):
+        with pytest.raises(UsageError, match="whole number"):
+            clf.predict(path, top_k=bad)
+        with pytest.raises(UsageError, match="whole number"):
+            clf.predict_many([path], top_k=bad)

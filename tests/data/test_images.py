@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from flowerid.data.images import load_image, looks_like_image
-from flowerid.errors import DecompressionBombError, ImageError
+from flowerid.errors import DecompressionBombError, ImageError, UsageError
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -141,3 +141,39 @@ def test_a_huge_image_is_shrunk_before_it_is_converted(mode):
     assert out.getpixel((5, 5)) == expected
     assert load_image(_bytes(img, "PNG")).size == (4200, 4100)  # without min_size: whole
     assert load_image(_bytes(img.crop((0, 0, 4000, 4000)), "PNG"), min_size=256).size == (4000, 4000)
+
+
+def test_a_photo_as_callers_hold_one(tmp_path):
+    """Numpy arrays (OpenCV, matplotlib), open files, bytearrays: read as photos; anything else is a usage
+    error that says what a photo may be, not a stat() message with the object's repr."""
+    rgb = np.zeros((30, 40, 3), dtype=np.uint8)
+    rgb[..., 0] = 200
+    assert load_image(rgb).getpixel((3, 3)) == (200, 0, 0)
+    assert load_image(rgb.astype(np.float32) / 255).getpixel((3, 3)) == (200, 0, 0)  # matplotlib's 0..1
+    assert load_image(np.full((30, 40), 90, dtype=np.uint8)).getpixel((1, 1)) == (90, 90, 90)
+    assert load_image(np.ones((30, 40, 1), dtype=bool)).getpixel((1, 1)) == (255, 255, 255)
+    assert load_image(np.zeros((30, 40, 4), dtype=np.uint8)).getpixel((1, 1)) == (255, 255, 255)  # transparent
+    assert load_image(np.full((30, 40), 65535, dtype=np.uint16)).getpixel((1, 1)) == (255, 255, 255)
+    for bad, why in [
+        (np.zeros((30, 40, 2), np.uint8), "not a picture"),
+        (np.zeros(7, np.uint8), "not a picture"),
+        (np.full((3, 3), np.nan), "NaN"),
+        (np.zeros((3, 3), dtype=object), "not numbers"),
+    ]:
+        with pytest.raises(ImageError, match=why) as exc:
+            load_image(bad)
+        assert "numpy array" in str(exc.value) and "[[" not in str(exc.value)
+    png = _bytes(Image.new("RGB", (20, 10), (1, 2, 3)), "PNG")
+    assert load_image(bytearray(png)).size == (20, 10)
+    (tmp_path / "a.png").write_bytes(png)
+    with open(tmp_path / "a.png", "rb") as f:
+        assert load_image(f).getpixel((0, 0)) == (1, 2, 3)
+        assert not f.closed  # the caller's file stays the caller's
+    with open(tmp_path / "a.png") as f, pytest.raises(ImageError, match="open it with 'rb'"):
+        load_image(f)
+    assert load_image(io.BytesIO(png)).size == (20, 10)
+    for wrong, hint in [(None, "got NoneType"), (["a.jpg"], "use predict_many"), (3, "got int")]:
+        with pytest.raises(UsageError, match=hint):
+            load_image(wrong)
+    with pytest.raises(ImageError, match="download the photo first"):
+        load_image("https://example.com/rose.jpg")

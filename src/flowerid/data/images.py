@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import stat
+import typing
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .._text import first_line
 from ..errors import DecompressionBombError, ImageError, NotAnImageError, UsageError
 
-ImageSource = str | os.PathLike | bytes | Image.Image
+#: A photo as callers hold one: a path, its bytes, an open binary file, a PIL image or a numpy array
+#: (height x width, or x 3 / x 4 channels; uint8, or floats in 0..1 as matplotlib gives them).
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray | typing.BinaryIO
 
 #: File name endings treated as images when scanning folders.
 IMAGE_EXTENSIONS = frozenset(
@@ -103,7 +106,45 @@ def _describe(source: ImageSource) -> str:
         return f"<{len(source)} bytes>"
     if isinstance(source, Image.Image):
         return "<PIL image>"
+    if isinstance(source, np.ndarray):
+        return f"<numpy array {'x'.join(map(str, source.shape))} {source.dtype}>"
+    if hasattr(source, "read"):
+        return str(getattr(source, "name", "<file object>"))
     return str(source)
+
+
+def _as_source(source: object) -> ImageSource:
+    """What a caller passed, as something `load_image` reads; UsageError, saying what it takes, for the rest."""
+    if isinstance(source, bytearray | memoryview):
+        return bytes(source)
+    if isinstance(source, str | os.PathLike | bytes | Image.Image | np.ndarray) or hasattr(source, "read"):
+        return source  # type: ignore[return-value]
+    several = " (for several photos, use predict_many)" if isinstance(source, list | tuple) else ""
+    raise UsageError(
+        "a photo is a path, its bytes, an open binary file, a PIL image or a numpy array; "
+        f"got {type(source).__name__}{several}"
+    )
+
+
+def _from_array(arr: np.ndarray, name: str) -> Image.Image:
+    """A numpy picture as a PIL image: height x width (grey) or x 1/3/4 channels; uint8, or floats in 0..1."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or 0 in arr.shape:
+        raise ImageError(name, "is not a picture: expected height x width, with 3 or 4 channels or none")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageError(name, "holds NaN or infinite values")
+        top = 1.0 if float(arr.max()) <= 1.0 else 255.0  # matplotlib's floats are in 0..1
+        arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ImageError(name, f"has values of type {arr.dtype}, not numbers of a picture")
+        top = float(arr.max())
+        arr = np.clip(arr if top <= 255 else arr * (255.0 / top), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(arr))
 
 
 _SPECIAL = (
@@ -114,9 +155,21 @@ _SPECIAL = (
 )
 
 
+_MAX_STREAM = 512 * 2**20  # an open file is read whole: a stream that never ends stops here
+
+
 def _open(source: ImageSource, name: str) -> Image.Image:
     if isinstance(source, bytes):
         return Image.open(io.BytesIO(source))
+    if hasattr(source, "read"):  # read here: Pillow would close the caller's file with the image
+        if isinstance(source, io.TextIOBase):
+            raise ImageError(name, "is a file opened as text; open it with 'rb'")
+        data = source.read(_MAX_STREAM + 1)  # type: ignore[union-attr]
+        if not isinstance(data, bytes):
+            raise ImageError(name, "is a file opened as text; open it with 'rb'")
+        if len(data) > _MAX_STREAM:
+            raise ImageError(name, f"is over {_MAX_STREAM // 2**20} MB, more than any photo")
+        return Image.open(io.BytesIO(data))
     with contextlib.suppress(OSError):  # a missing file is reported by open, below
         mode = os.stat(source).st_mode
         # Opening a pipe waits for a writer, and a device never ends: refuse them before reading.
@@ -139,8 +192,11 @@ def load_image(
     DecompressionBombError) for anything that cannot be read: whatever Pillow
     raises on a hostile file becomes an ImageError naming the file and why.
     """
+    source = _as_source(source)
     name = _describe(source)
     limit = max_pixels if max_pixels is not None else max_pixels_default()
+    if isinstance(source, np.ndarray):
+        source = _from_array(source, name)
     if isinstance(source, Image.Image):
         img = source
     else:
@@ -153,7 +209,8 @@ def load_image(
         except ImageError:
             raise
         except FileNotFoundError:
-            raise ImageError(name, "file not found") from None
+            web = isinstance(source, str) and source.lower().startswith(("http://", "https://"))
+            raise ImageError(name, "file not found" + ("; download the photo first" if web else "")) from None
         except IsADirectoryError:
             raise ImageError(name, "is a folder, not an image") from None
         except PermissionError:

@@ -168,9 +168,9 @@ class Classifier:
         return [Prediction(self.categories[i], self.names[i], float(probs[i]), known, unknown_score) for i in order]
 
     def predict(self, image: ImageSource, top_k: int = 5) -> list[Prediction]:
-        """Top-K predictions for one photo (a path, bytes or a PIL image); each says whether the photo is `known`."""
-        if top_k < 1:
-            raise UsageError("top_k must be at least 1")
+        """Top-K predictions for one photo (a path, bytes, an open binary file, a PIL image or a numpy array);
+        each says whether the photo is `known`."""
+        _check_top_k(top_k)
         probs, scores = self.forward(self.preprocess(image)[None])
         return self.top_k(probs[0], top_k, None if scores is None else scores[0])
 
@@ -228,8 +228,7 @@ class Classifier:
         self, images: Sequence[ImageSource], top_k: int = 5, batch_size: int = 32
     ) -> list[list[Prediction] | ImageError]:
         """Predict a list of photos in batches; an unreadable one yields its ImageError."""
-        if top_k < 1:
-            raise UsageError("top_k must be at least 1")
+        _check_top_k(top_k)
         out: list[list[Prediction] | ImageError] = [ImageError("", "")] * len(images)
 
         def failed(i: int, exc: ImageError) -> None:
@@ -283,3 +282,10 @@ def load(
 
         path = shipped_model_path()
     return Classifier.load(Path(path), device, category_names, engine)
+
+
+def _check_top_k(top_k: object) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer):
+        raise UsageError(f"top_k must be a whole number, got {top_k!r}")
+    if top_k < 1:
+        raise UsageError("top_k must be at least 1")
