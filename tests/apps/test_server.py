@@ -513,3 +513,11 @@ def test_a_name_with_control_characters_is_refused(fixing, query):
     detail = _error(c.post("/correct" + query, files={"file": _jpeg()}), 400, "bad_correction")
     assert "control or invisible" in detail
     assert not root.exists()
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/labels"])
+def test_head_answers_like_get_without_a_body(client, path):
+    got, head = client.get(path), client.head(path)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))

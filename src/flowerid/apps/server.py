@@ -171,6 +171,31 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     return data
 
 
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered as GET is, headers and all, without the body (RFC 9110).
+
+    Monitors and link checkers ask `HEAD /health` and `HEAD /`; the routes are declared GET only.
+    The inner app gets a copy of the scope, so the server still knows the request was HEAD.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def bodiless(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, bodiless)
+
+
 def _image_rejection(exc: ImageError) -> Rejected:
     if isinstance(exc, DecompressionBombError):
         return Rejected(413, "too_many_pixels", f"the image is refused: {exc.reason}")
@@ -346,6 +371,7 @@ def create_app(
             max_pixels=max_pixels,
         )
 
+    app.add_middleware(HeadAsGet)  # inside the gate, which answers a HEAD of the token link itself
     protect(app, cfg.token, cfg.rate_limit)  # around every route, those added above and any added later
     return app
 
