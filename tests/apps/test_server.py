@@ -249,8 +249,11 @@ def test_bad_top_k_is_422(client, top_k):
 
 
 def test_unknown_route_is_404_json(client):
-    assert client.get("/nope").status_code == 404
-    assert client.get("/predict").status_code == 405
+    """The same {"error", "detail"} shape as every other refusal, not FastAPI's {"detail": "Not Found"}."""
+    assert "/nope" in _error(client.get("/nope"), 404, "not_found")
+    _error(client.get("/docs-assets/no-such-file.js"), 404, "not_found")
+    resp = client.get("/predict")
+    assert "POST" in _error(resp, 405, "method_not_allowed") and resp.headers["allow"] == "POST"
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

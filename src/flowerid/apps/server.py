@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
@@ -196,6 +198,23 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, bodiless)
 
 
+def _http_error_body(request: Request, exc: StarletteHTTPException) -> dict[str, str]:
+    """{"error": code, "detail": message} for a refusal raised by the router or static files."""
+    try:
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        code = "http_error"
+    path = request.url.path
+    if exc.status_code == 404:
+        detail = f"nothing at {path}; the API's addresses are listed at /docs"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow") or "another method"
+        detail = f"{path} does not take {request.method}; use {allowed}"
+    else:
+        detail = str(exc.detail)
+    return {"error": code, "detail": detail}
+
+
 def _image_rejection(exc: ImageError) -> Rejected:
     if isinstance(exc, DecompressionBombError):
         return Rejected(413, "too_many_pixels", f"the image is refused: {exc.reason}")
@@ -236,6 +255,11 @@ def create_app(
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> JSONResponse:
         return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (no such route, wrong method) in the API's one shape, not {"detail": ...}.
+        return JSONResponse(_http_error_body(request, exc), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
