@@ -50,6 +50,10 @@ class BackboneError(FlowerIdError):
     """An unknown backbone name or weights that cannot be had."""
 
 
+class UnknownBackboneError(BackboneError, UsageError):
+    """A backbone name the user gave (`--arch`) that no backbone has: a bad argument, exit 2."""
+
+
 class WeightsUnavailableError(BackboneError):
     """Pretrained weights that need a network (or a file) this machine lacks."""
 

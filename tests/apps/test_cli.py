@@ -115,6 +115,27 @@ def test_bad_numbers_are_usage_errors(trained, tmp_path, capsys):
     assert "--batch-size must be at least 1" in capsys.readouterr().err
 
 
+def _heritage_train():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("heritage_train", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_unknown_backbone_is_a_bad_argument(image_folder, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", str(image_folder), "--arch", "nosuch", "--save-dir", run]) == 2
+    err = capsys.readouterr().err
+    assert "--arch: unknown backbone 'nosuch'" in err and "efficientnet_lite0" in err
+    assert _heritage_train().main([str(image_folder), "--arch", "VGG16", "--save_dir", run]) == 2
+    assert "did you mean vgg16?" in capsys.readouterr().err
+    assert main(["show", str(image_folder), "--arch", "nosuch", "--out", str(tmp_path / "s.png")]) == 2
+    assert main(["check", str(image_folder), "--deep", "--arch", "nosuch", "--out", str(tmp_path / "c")]) == 2
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s.png").exists()
+
+
 def test_backbones_lists_registry(capsys):
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out

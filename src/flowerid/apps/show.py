@@ -46,7 +46,7 @@ def show_folder(
         prep = Preprocessing.from_dict(ck["preprocessing"])
         names = {c: nm for c, nm in zip(ck["categories"], ck["names"], strict=True) if nm}
     else:
-        prep = get_spec(arch or DEFAULT_BACKBONE).preprocessing
+        prep = get_spec(arch or DEFAULT_BACKBONE, setting="arch").preprocessing
     if category_names is not None:
         names = load_category_names(category_names)
     elif names is None:

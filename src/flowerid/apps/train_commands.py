@@ -176,6 +176,10 @@ def run_check(args: argparse.Namespace) -> int:
     from ..data.check import check_data
     from ..training.config import MIN_STEPS, TUNE_FROM
 
+    if args.deep:
+        from ..backbones import get_spec
+
+        get_spec(args.arch, setting="arch")  # a misspelt --arch stops before the plain check's output
     report = check_data(
         args.data_dir,
         min_size=args.min_size,

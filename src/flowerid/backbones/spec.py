@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..data.preprocess import Preprocessing
-from ..errors import BackboneError, UsageError
+from ..errors import BackboneError, UnknownBackboneError, UsageError
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -122,14 +122,22 @@ def list_backbones(*, offline_only: bool = False) -> list[str]:
     return [s.name for s in list_specs(offline_only=offline_only)]
 
 
-def get_spec(name: str) -> BackboneSpec:
+def get_spec(name: str, setting: str | None = None) -> BackboneSpec:
+    """The registered backbone `name`. With `setting` (the user's `arch`), an unknown name is a bad
+    argument (UnknownBackboneError, exit 2) rather than a broken checkpoint's BackboneError (exit 1)."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise BackboneError(
-            f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())} "
-            f"(offline: {', '.join(list_backbones(offline_only=True))})"
-        ) from None
+        pass
+    same = [n for n in _REGISTRY if n.casefold() == str(name).casefold()]
+    message = (
+        f"unknown backbone {name!r}"
+        + (f" (did you mean {same[0]}?)" if same else "")
+        + f"; choose one of: {', '.join(list_backbones())} (offline: {', '.join(list_backbones(offline_only=True))})"
+    )
+    if setting is not None:
+        raise UnknownBackboneError(f"{setting}: {message}", setting=setting)
+    raise BackboneError(message)
 
 
 def ensemble_spec(

@@ -242,6 +242,9 @@ class TrainConfig:
 
     def check(self) -> None:
         """UsageError naming the first setting that cannot work (the CLI shows it as its flag)."""
+        from ..backbones import get_spec
+
+        get_spec(self.arch, setting="arch")  # an unknown name is the user's to fix: exit 2, the names listed
         if self.epochs < 1:
             raise UsageError("epochs must be at least 1", setting="epochs")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
