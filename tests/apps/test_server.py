@@ -524,3 +524,13 @@ def test_head_answers_like_get_without_a_body(client, path):
     assert head.status_code == 200 and head.content == b""
     assert head.headers["content-type"] == got.headers["content-type"]
     assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+
+
+@pytest.mark.parametrize("path", ["/health/", "/labels/", "/predict/"])
+def test_no_trailing_slash_redirect_to_a_host_the_client_named(client, path):
+    """A redirect built from the Host header would send the browser wherever the request said (evil.example)."""
+    resp = client.request(
+        "POST" if path == "/predict/" else "GET", path, headers={"host": "evil.example"}, follow_redirects=False
+    )
+    _error(resp, 404, "not_found")
+    assert "location" not in resp.headers

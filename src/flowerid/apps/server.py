@@ -240,6 +240,7 @@ def create_app(
     app = FastAPI(
         docs_url=None,  # served below from the bundled Swagger UI, so the docs work offline
         redoc_url=None,
+        redirect_slashes=False,  # a redirect names the Host header's host: `/health/` for evil.example went there
         title="flowerid",
         version=__version__,
         summary="Name the flower in a photo.",
