@@ -79,3 +79,16 @@ def test_a_names_or_exclude_file_that_never_ends_is_refused(tmp_path, monkeypatc
     (tmp_path / "names.json").write_text(json.dumps({str(i): "x" * 20 for i in range(10)}))
     with pytest.raises(DataError, match="over 100 bytes; is it the right file"):
         load_category_names(tmp_path / "names.json")
+
+
+def test_names_and_exclude_files_that_start_with_a_byte_order_mark_are_read(tmp_path):
+    """Notepad saves UTF-8 with a BOM; the file is the user's, not a Python puzzle."""
+    names = tmp_path / "cat_to_name.json"
+    names.write_bytes(b"\xef\xbb\xbf" + json.dumps({"1": "pink primrose"}).encode())
+    assert load_category_names(names) == {"1": "pink primrose"}
+    issues = tmp_path / "issues.csv"
+    issues.write_bytes(b"\xef\xbb\xbfpath,kind,given,suggested,score,other\ntrain/1/a.jpg,label,1,2,0.9,\n")
+    assert read_exclude_list(issues) == ["train/1/a.jpg"]
+    listed = tmp_path / "ex.txt"
+    listed.write_bytes(b"\xef\xbb\xbftrain/1/a.jpg\n")
+    assert read_exclude_list(listed) == ["train/1/a.jpg"]

@@ -222,7 +222,8 @@ def load_category_names(path: str | os.PathLike) -> dict[str, str]:
     """Read a {category: name} JSON file such as cat_to_name.json."""
     path = Path(path)
     try:
-        data = json.loads(read_small_file(path, "category names file", DataError).decode("utf-8"))
+        # utf-8-sig: Notepad starts a UTF-8 file with a byte-order mark, which plain utf-8 keeps and JSON refuses
+        data = json.loads(read_small_file(path, "category names file", DataError).decode("utf-8-sig"))
     except FileNotFoundError:
         raise DataError(f"category names file {path} not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -260,7 +261,8 @@ def read_exclude_list(path: str | os.PathLike) -> list[str]:
     deleting or commenting them out.
     """
     try:
-        text = read_small_file(Path(path), "the exclude list", UsageError).decode("utf-8", errors="surrogateescape")
+        raw = read_small_file(Path(path), "the exclude list", UsageError)
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")  # Notepad's BOM
     except OSError as exc:
         raise UsageError(f"cannot read the exclude list {path}: {exc.strerror or exc}") from None
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
