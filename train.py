@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         train(a.data_dir, a.save_dir, cfg, log=lambda s: print(s, flush=True))
         return 0
 
-    return run(go, a)
+    return run(go, a, flag=lambda setting: f"--{setting}")  # its flags keep the underscores: --learning_rate
 
 
 if __name__ == "__main__":

@@ -136,6 +136,18 @@ def test_an_unknown_backbone_is_a_bad_argument(image_folder, tmp_path, capsys):
     assert not (tmp_path / "run").exists() and not (tmp_path / "s.png").exists()
 
 
+def test_heritage_train_names_its_own_flags_in_errors(image_folder, tmp_path, capsys):
+    heritage = _heritage_train()
+    run = ["--arch", TINY, "--save_dir", str(tmp_path / "run")]
+    assert heritage.main([str(image_folder), "--learning_rate", "0", *run]) == 2
+    err = capsys.readouterr().err
+    assert "--learning_rate must be a positive number" in err and "--learning-rate" not in err
+    assert heritage.main([str(image_folder), "--hidden_units", "-1", *run]) == 2
+    assert "--hidden_units must be" in capsys.readouterr().err
+    assert main(["train", str(image_folder), "--learning-rate", "0", *run[:2]]) == 2
+    assert "--learning-rate must be a positive number" in capsys.readouterr().err
+
+
 def test_backbones_lists_registry(capsys):
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out

@@ -89,8 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Call a command, turning flowerid errors and Ctrl-C into messages and exit codes."""
+def cli_flag(setting: str) -> str:
+    """The flag of a setting on this command line: `learning_rate` -> `--learning-rate`."""
+    return "--" + setting.replace("_", "-")
+
+
+def run(
+    func: Callable[[argparse.Namespace], int], args: argparse.Namespace, flag: Callable[[str], str] = cli_flag
+) -> int:
+    """Call a command, turning flowerid errors and Ctrl-C into messages and exit codes.
+
+    `flag` spells a setting as the command's own flag, so a message names what the user typed (the heritage
+    train.py spells `--learning_rate`)."""
     try:
         from ..data.images import max_pixels_default
 
@@ -102,7 +112,7 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
             print(f"\nflowerid: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FlowerIdError as exc:
-        err(_as_cli_message(exc))
+        err(_as_cli_message(exc, flag))
         return exc.exit_code
     except OSError as exc:
         if exc.filename is None or os.environ.get("FLOWERID_TRACEBACK"):
@@ -126,12 +136,12 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
         shutdown()
 
 
-def _as_cli_message(exc: FlowerIdError) -> str:
+def _as_cli_message(exc: FlowerIdError, flag: Callable[[str], str] = cli_flag) -> str:
     """The library names a setting as Python spells it (`epochs`); here it is the flag (`--epochs`)."""
     setting = getattr(exc, "setting", None)
     if not setting:
         return str(exc)
-    return re.sub(rf"\b{re.escape(setting)}\b", "--" + setting.replace("_", "-"), str(exc), count=1)
+    return re.sub(rf"\b{re.escape(setting)}\b", lambda _: flag(setting), str(exc), count=1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
