@@ -358,3 +358,16 @@ def test_the_access_log_hides_the_token_of_the_link():
     )  # fmt: skip
     assert next(f for f in logger.filters if isinstance(f, access._HideTokens)).filter(record)
     assert TOKEN not in record.getMessage() and "/?token=***&x=1" in record.getMessage()
+
+
+def test_the_gate_s_answers_carry_the_security_headers_too(clf):
+    with background_server(create_app(clf, ServeConfig(token=TOKEN, rate_limit=3))) as url:
+        refused = httpx.get(url + "labels")
+        link = httpx.get(url + f"?token={TOKEN}", follow_redirects=False)
+        head = httpx.head(url + "health")
+        limited = httpx.get(url + "labels")
+    assert (refused.status_code, link.status_code, limited.status_code, head.status_code) == (401, 303, 429, 200)
+    for resp in (refused, link, limited, head):
+        assert resp.headers["x-content-type-options"] == "nosniff" and resp.headers["x-frame-options"] == "DENY"
+        assert resp.headers["referrer-policy"] == "no-referrer" and resp.headers["cache-control"] == "no-store"
+    assert head.content == b"" and int(head.headers["content-length"]) > 0  # uvicorn too sends no body to HEAD

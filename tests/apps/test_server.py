@@ -534,3 +534,40 @@ def test_no_trailing_slash_redirect_to_a_host_the_client_named(client, path):
     )
     _error(resp, 404, "not_found")
     assert "location" not in resp.headers
+
+
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
+
+
+def test_every_answer_carries_the_security_headers(client):
+    answers = {
+        "page": client.get("/"),
+        "health": client.get("/health"),
+        "docs": client.get("/docs"),
+        "asset": client.get("/docs-assets/swagger-ui.css"),
+        "404": client.get("/nope"),
+        "422": client.post("/predict?top_k=0", content=_jpeg()),
+        "413": client.post("/predict", content=bytes(100 * 1024)),
+        "predict": client.post("/predict", content=_jpeg()),
+        "head": client.head("/health"),
+    }
+    for what, resp in answers.items():
+        for header, value in SECURITY_HEADERS.items():
+            assert resp.headers.get(header) == value, (what, header, resp.headers)
+        assert "frame-ancestors 'none'" in resp.headers.get("content-security-policy", ""), what
+        json_answer = resp.headers["content-type"].startswith("application/json")
+        assert (resp.headers.get("cache-control") == "no-store") == json_answer, (what, resp.headers)
+    assert answers["page"].headers["cache-control"] == "no-cache"  # the page itself revalidates, as before
+
+
+def test_an_unexpected_error_is_a_json_500_with_the_security_headers(clf, monkeypatch):
+    app = create_app(clf)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        resp = c.get("/boom")
+    assert _error(resp, 500, "internal_error") and "a bug" not in resp.text
+    assert resp.headers["x-content-type-options"] == "nosniff" and resp.headers["cache-control"] == "no-store"

@@ -173,6 +173,46 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     return data
 
 
+#: On every answer: no MIME sniffing, no framing (clickjacking), no address sent on to other sites.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+_SECURITY_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
+
+
+class SecurityHeaders:
+    """ASGI middleware, outermost: SECURITY_HEADERS on every answer, the gate's 401/429 and its redirect
+    included, and `Cache-Control: no-store` on JSON (predictions and model details are not for caches)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": secured(message.get("headers", []))}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def secured(headers: Any) -> list[tuple[bytes, bytes]]:
+    """`headers` (raw ASGI pairs) with SECURITY_HEADERS set, and no-store in place of any caching of JSON."""
+    mine = {k for k, _ in _SECURITY_RAW}
+    out = [(k, v) for k, v in headers if k.lower() not in mine]
+    ctype = next((v for k, v in out if k.lower() == b"content-type"), b"")
+    if ctype.lower().startswith(b"application/json"):
+        out = [(k, v) for k, v in out if k.lower() != b"cache-control"] + [(b"cache-control", b"no-store")]
+    return out + _SECURITY_RAW
+
+
 class HeadAsGet:
     """ASGI middleware: HEAD is answered as GET is, headers and all, without the body (RFC 9110).
 
@@ -261,6 +301,15 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Starlette's own refusals (no such route, wrong method) in the API's one shape, not {"detail": ...}.
         return JSONResponse(_http_error_body(request, exc), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers a bug outside every middleware: the API's shape and the headers set here.
+        # The traceback still goes to the server's log; the client learns nothing of it.
+        body = {"error": "internal_error", "detail": "the server failed on this request; its log says why"}
+        response = JSONResponse(body, status_code=500)
+        response.raw_headers[:] = secured(response.raw_headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -398,6 +447,7 @@ def create_app(
 
     app.add_middleware(HeadAsGet)  # inside the gate, which answers a HEAD of the token link itself
     protect(app, cfg.token, cfg.rate_limit)  # around every route, those added above and any added later
+    app.add_middleware(SecurityHeaders)  # outside the gate, so its refusals carry them too
     return app
 
 
