@@ -177,6 +177,22 @@ def test_cli_evaluate_default_out_and_errors(trained, tmp_path, capsys):
     assert err.startswith("flowerid: error:") and "Traceback" not in err
 
 
+def test_a_folder_name_too_long_to_prefix_gets_a_shortened_default_out(trained, tmp_path, capsys):
+    data, result = trained
+    ck = tmp_path / "run" / "checkpoint.pth"
+    ck.parent.mkdir()
+    shutil.copy(result.checkpoint_path, ck)
+    long = tmp_path / ("v" * 253)
+    shutil.copytree(data / "valid", long)
+    assert main(["evaluate", str(ck), str(long), "--no-figures"]) == 0
+    (out,) = [p for p in (tmp_path / "run").iterdir() if p.name.startswith("eval-")]
+    assert (out / "metrics.json").exists() and len(out.name) <= 100 and out.name.startswith("eval-vvv")
+    other = tmp_path / ("v" * 252 + "w")
+    long.rename(other)
+    assert main(["evaluate", str(ck), str(other), "--no-figures"]) == 0
+    assert len([p for p in (tmp_path / "run").iterdir() if p.name.startswith("eval-")]) == 2  # kept apart
+
+
 def test_train_writes_curves(trained):
     _, result = trained
     assert _png_size(result.checkpoint_path.parent / "curves.png")[0] > 500

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -168,6 +170,22 @@ def add_check_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(interrupt_hint="run it again: the features computed so far are cached")
 
 
+OUT_NAME_MAX = 100  # bytes: file systems take 255 a name, and the folder's own files need room for their names
+
+
+def default_out_name(prefix: str, folder: str | os.PathLike) -> str:
+    """`prefix` + the folder's name, the default output folder of evaluate and check --deep. A name too long
+    for one (file systems allow 255 bytes) is cut, with a short hash of the whole name so two stay apart."""
+    name = Path(folder).resolve().name
+    if len(os.fsencode(prefix + name)) <= OUT_NAME_MAX:
+        return prefix + name
+    digest = hashlib.blake2b(os.fsencode(name), digest_size=4).hexdigest()
+    cut = name
+    while len(os.fsencode(f"{prefix}{cut}-{digest}")) > OUT_NAME_MAX:
+        cut = cut[:-1]
+    return f"{prefix}{cut}-{digest}"
+
+
 def run_check(args: argparse.Namespace) -> int:
     """Exit 0 when the data can be trained on as it is, 1 when something would make training wrong.
 
@@ -197,7 +215,7 @@ def run_check(args: argparse.Namespace) -> int:
         from ..evaluation.data_check import run_deep_check
 
         root = Path(args.data_dir)
-        out = Path(args.out) if args.out else Path(f"check-{root.resolve().name}")
+        out = Path(args.out) if args.out else Path(default_out_name("check-", root))
         names = default_category_names(root) or {}
         findings, csv_path, html_path = run_deep_check(
             root, out, args.arch, device=args.device, engine=args.engine, names=names
@@ -276,7 +294,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     checkpoint = resolve_checkpoint(args.checkpoint)
     beside = Path() if args.checkpoint == BUILTIN else checkpoint.parent  # never write into the installed package
-    out = args.out or beside / f"eval-{Path(args.folder).resolve().name}"
+    out = args.out or beside / default_out_name("eval-", args.folder)
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print  # stdout stays pure JSON
     result = evaluate(
         checkpoint,
