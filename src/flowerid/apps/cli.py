@@ -1,4 +1,4 @@
-"""Command line: `flowerid train|predict|evaluate|add|show|check|serve|info|export|backbones`: the command table,
+"""Command line: `flowerid train|predict|evaluate|add|arrange|show|check|serve|info|export|backbones`: the command table,
 the parser and the one place errors become exit codes. The commands live in train_commands.py and
 model_commands.py, the options they share in options.py."""
 
@@ -14,6 +14,7 @@ from .._io import os_error_reason
 from .._version import __version__
 from ..distributed import shutdown, world
 from ..errors import FlowerIdError
+from .arrange_command import add_arrange_args, run_arrange
 from .model_commands import (
     add_export_args,
     add_info_args,
@@ -60,6 +61,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         "teach a checkpoint new categories, or more photos of old ones, without retraining",
         add_add_args,
         run_add,
+    ),
+    "arrange": (
+        "lay out photos labelled by their file names or a CSV as one folder per category",
+        add_arrange_args,
+        run_arrange,
     ),
     "show": ("draw a random batch of labelled photos as the model sees them", add_show_args, run_show),
     "info": (

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 from .. import distributed
-from .._text import Log
+from .._text import Log, shown
 from ..backbones import get_spec
 from ..backbones.engines import resolve_device
+from ..data.arrange import labels_in_names
 from ..data.folders import (
     default_category_names,
     exclude_photos,
@@ -25,6 +26,7 @@ from ..data.folders import (
     read_exclude_list,
 )
 from ..data.layout import describe_split
+from ..errors import DataError
 from .common import Run, TrainResult, silent
 from .config import TrainConfig, adapt_to_data
 from .modes import MODES, mode_for
@@ -50,6 +52,8 @@ def train(
     if not w.is_main:
         log = silent
     data = load_dataset(data_dir, cfg.valid_fraction, cfg.split_seed)
+    if len(data.categories) == 1:
+        _one_category(data_dir, data.categories[0], data.train.paths, log)
     if cfg.exclude:
         data, left_out, unknown = exclude_photos(data, read_exclude_list(cfg.exclude))
         log(f"left out {left_out} photo{'s' * (left_out != 1)} listed in {cfg.exclude}")
@@ -71,3 +75,20 @@ def train(
     )
     run = Run(data, data_dir, Path(save_dir), cfg, names, device, log, t_start)
     return mode_for(cfg.mode).train(run)
+
+
+def _one_category(data_dir: str | os.PathLike, category: str, paths: list[Path], log: Log) -> None:
+    """One category folder is usually a layout flowerid did not read as meant: photos labelled by their
+    file names (Kaggle's `train/cat.1.jpg`) are refused with the command that lays them out."""
+    labels = labels_in_names(paths)
+    if labels:
+        seen = ", ".join(f"{shown(label)}: {n}" for label, n in labels.most_common(3))
+        raise DataError(
+            f"{data_dir} has one category folder ({shown(category)!r}) whose file names carry labels "
+            f"({seen}{', ...' if len(labels) > 3 else ''}); lay them out as one folder per category with "
+            f"`flowerid arrange {data_dir} NEW_FOLDER`, then train on NEW_FOLDER"
+        )
+    log(
+        f"one category ({shown(category)}): every photo will be named that, and only the unknown-photo score "
+        "tells other things apart; train on two or more category folders for a classifier"
+    )
