@@ -255,9 +255,18 @@ def _http_error_body(request: Request, exc: StarletteHTTPException) -> dict[str,
     return {"error": code, "detail": detail}
 
 
-def _image_rejection(exc: ImageError) -> Rejected:
+def _image_rejection(exc: ImageError, max_pixels: int) -> Rejected:
+    """The answer to a photo the loader refused, in the sender's terms.
+
+    Too many pixels quotes this server's limit, not the loader's reason: that may quote Pillow's own
+    limit and tells a CLI user to raise FLOWERID_MAX_PIXELS, which a remote sender cannot do.
+    """
     if isinstance(exc, DecompressionBombError):
-        return Rejected(413, "too_many_pixels", f"the image is refused: {exc.reason}")
+        return Rejected(
+            413,
+            "too_many_pixels",
+            f"the photo is too large: this server takes photos of up to {max_pixels:,} pixels; send a smaller one",
+        )
     if isinstance(exc, NotAnImageError):
         return Rejected(415, "not_an_image", "the upload is not an image Pillow can read (JPEG, PNG, WebP, ...)")
     return Rejected(422, "undecodable_image", f"the image cannot be decoded: {exc.reason}")
@@ -392,7 +401,7 @@ def create_app(
             else:
                 preds = await anyio.to_thread.run_sync(_predict, data, top_k, limiter=limiter)
         except ImageError as exc:
-            raise _image_rejection(exc) from None
+            raise _image_rejection(exc, max_pixels) from None
         return {
             **photo_fields(preds),
             "predictions": [p.to_dict() for p in preds],
@@ -419,7 +428,7 @@ def create_app(
         try:
             path = await anyio.to_thread.run_sync(_save_correction, data, category, name, limiter=limiter)
         except ImageError as exc:
-            raise _image_rejection(exc) from None
+            raise _image_rejection(exc, max_pixels) from None
         except UsageError as exc:
             raise Rejected(400, "bad_correction", str(exc)) from None
         except (OutputError, DataError) as exc:  # the owner's folder, not the sender's photo: say so there
