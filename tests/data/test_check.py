@@ -137,3 +137,10 @@ def test_near_duplicates_across_splits(image_folder, capsys):
     code, out = _run(capsys, str(image_folder), "--min-size", "16")
     assert "1 near-duplicate pair(s) across splits" in out, out
     assert "train/1/img_000.jpg ~ valid/1/bigger.jpg" in out
+
+
+def test_two_categories_sharing_a_display_name_are_named(image_folder, capsys):
+    (image_folder / "cat_to_name.json").write_text(json.dumps({"1": "Rose", "10": "rose ", "2": "Tulip"}))
+    code, out = _run(capsys, str(image_folder), "--min-size", "16")
+    assert "gives 1 name(s) to more than one category" in out and "Rose: 1, 10" in out
+    assert "Tulip" not in out and code == 0  # a warning: training works, predictions are ambiguous

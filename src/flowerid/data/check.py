@@ -258,9 +258,30 @@ def check_data(
             missing = [c for c in categories if c not in names]
             if missing:
                 findings.append(Finding(WARNING, f"{CATEGORY_NAMES_FILE} has no name for some categories", missing))
+            findings += _shared_names(categories, names)
         except FlowerIdError as exc:
             findings.append(Finding(WARNING, str(exc)))
     return DataReport(root, categories, counts, unreadable, findings)
+
+
+def _shared_names(categories: list[str], names: dict[str, str]) -> list[Finding]:
+    """Categories whose display names are the same (ignoring case and spaces around): predict would show that
+    name for each, and the user could not tell which category a photo was put in."""
+    by_name: dict[str, list[str]] = {}
+    for c in categories:
+        if names.get(c, "").strip():
+            by_name.setdefault(names[c].strip().casefold(), []).append(c)
+    shared = [f"{names[ids[0]].strip()}: {', '.join(ids)}" for ids in by_name.values() if len(ids) > 1]
+    if not shared:
+        return []
+    return [
+        Finding(
+            WARNING,
+            f"{CATEGORY_NAMES_FILE} gives {len(shared)} name(s) to more than one category: predictions would not "
+            "say which one; give each its own name",
+            sorted(shared),
+        )
+    ]
 
 
 def _small_and_unbalanced(
