@@ -17,7 +17,6 @@ import hmac
 import ipaddress
 import logging
 import math
-import re
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -211,13 +210,28 @@ def protect(app: Any, token: str | None, rate_limit: int) -> None:
         app.add_middleware(RateLimit, limiter=RateLimiter(rate_limit))
 
 
-_TOKEN_IN_QUERY = re.compile(r"(?<=token=)[^&\s]+")
+def hide_query_tokens(text: str) -> str:
+    """`text` (a logged `path?query`) with the value of every parameter that decodes to `token` as ***.
+
+    By the decoded name, as the gate reads it (`parse_qsl`): `?tok%65n=T` is the token link too, and
+    a search for the literal `token=` left it in the log.
+    """
+    path, sep, query = text.partition("?")
+    if not sep:
+        return text
+    pieces = []
+    for piece in query.split("&"):
+        key, eq, _ = piece.partition("=")
+        if eq and urllib.parse.unquote(key.replace("+", " ")) == "token":
+            piece = f"{key}=***"
+        pieces.append(piece)
+    return f"{path}?{'&'.join(pieces)}"
 
 
 class _HideTokens(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN_IN_QUERY.sub("***", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(hide_query_tokens(a) if isinstance(a, str) else a for a in record.args)
         return True
 
 
