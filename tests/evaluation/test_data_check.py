@@ -104,6 +104,24 @@ def test_issues_csv_round_trips_into_an_exclude_list(tmp_path):
     assert read_exclude_list(plain) == ["train/1/a.jpg", "valid/2/d.jpg"]
 
 
+def test_issues_csv_paths_holding_line_breaks_exclude_their_photos(tmp_path):
+    from ..conftest import build_folder
+
+    root = build_folder(tmp_path / "data", {"train": 2, "valid": 1})
+    for split in ("train", "valid"):  # category folders named with a line feed and a carriage return
+        (root / split / "1").rename(root / split / "a\nb")
+        (root / split / "10").rename(root / split / "c\rd")
+    issues = [
+        dc.Issue("train/a\nb/img_000.jpg", dc.OUTLIER, "a\nb", "", 5.0),
+        dc.Issue("train/c\rd/img_000.jpg", dc.LABEL, "c\rd", "2", 0.9),
+        dc.Issue("train/2/img_000.jpg", dc.DUPLICATE, "2", "", 0.99, "train/c\rd/img_001.png"),
+    ]
+    listed = read_exclude_list(write_issues_csv(tmp_path / "issues.csv", issues))
+    assert listed == [i.path for i in issues]
+    _, left_out, unknown = exclude_photos(load_dataset(root), listed)
+    assert (left_out, unknown) == (3, [])
+
+
 # ------------------------------------------------------------------ a planted folder, end to end
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -265,7 +266,12 @@ def read_exclude_list(path: str | os.PathLike) -> list[str]:
         text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")  # Notepad's BOM
     except OSError as exc:
         raise UsageError(f"cannot read the exclude list {path}: {exc.strerror or exc}") from None
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = [line for line in text.split("\n") if line.strip() and not line.lstrip().startswith("#")]
     if lines and next(csv.reader([lines[0]]))[:2] == ["path", "kind"]:
-        return [row[0] for row in csv.reader(lines[1:]) if row and row[0].strip()]
+        # Read as CSV records, not lines: a quoted path may hold a line break (a folder named "a\nb").
+        try:
+            rows = list(csv.reader(io.StringIO(text, newline="")))[1:]
+        except csv.Error as exc:
+            raise UsageError(f"the exclude list {path} is not a CSV file flowerid can read: {exc}") from None
+        return [row[0] for row in rows if row and row[0].strip() and not row[0].lstrip().startswith("#")]
     return [line.strip() for line in lines]

@@ -61,9 +61,11 @@ def write_issues_csv(path: str | os.PathLike, issues: Sequence[Issue]) -> Path:
     """issues.csv: one row per finding, columns CSV_COLUMNS, written atomically."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)  # Python 3.11 leaves a bare \r unquoted
     w.writerow(CSV_COLUMNS)
     for i in issues:
-        w.writerow([i.path, i.kind, i.given, i.suggested, f"{i.score:.4f}", i.other])
+        row = [i.path, i.kind, i.given, i.suggested, f"{i.score:.4f}", i.other]
+        (quoted if any("\r" in f for f in row) else w).writerow(row)
     return atomic_write_bytes(path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
 
