@@ -144,3 +144,17 @@ def test_two_categories_sharing_a_display_name_are_named(image_folder, capsys):
     code, out = _run(capsys, str(image_folder), "--min-size", "16")
     assert "gives 1 name(s) to more than one category" in out and "Rose: 1, 10" in out
     assert "Tulip" not in out and code == 0  # a warning: training works, predictions are ambiguous
+
+
+def test_one_name_in_two_unicode_compositions(tmp_path):
+    """valid/ copied from a Mac spells 'rosé' as 'e' + accent: not a category train lacks; two spellings
+    side by side in train/ are named, since train joins them."""
+    nfc, nfd = "ros\u00e9", "rose\u0301"
+    build_folder(tmp_path, {"train": 3}, classes={nfc: (200, 0, 0), "tulip": (0, 0, 200)}, names=False)
+    build_folder(tmp_path, {"valid": 1}, classes={nfd: (200, 0, 90), "tulip": (0, 90, 200)}, names=False)
+    report = check_data(tmp_path, min_size=16)
+    assert not any("lacks" in f.message for f in report.findings), report.findings
+    build_folder(tmp_path / "x", {"train": 3}, classes={nfc: (200, 0, 0), nfd: (0, 0, 200)}, names=False)
+    build_folder(tmp_path / "x", {"valid": 1}, classes={nfc: (200, 0, 90)}, names=False)
+    twice = [f for f in check_data(tmp_path / "x", min_size=16).findings if "two ways" in f.message]
+    assert len(twice) == 1 and len(twice[0].paths) == 2

@@ -92,3 +92,17 @@ def test_names_and_exclude_files_that_start_with_a_byte_order_mark_are_read(tmp_
     listed = tmp_path / "ex.txt"
     listed.write_bytes(b"\xef\xbb\xbftrain/1/a.jpg\n")
     assert read_exclude_list(listed) == ["train/1/a.jpg"]
+
+
+def test_one_name_in_two_unicode_compositions_is_one_category(tmp_path):
+    """train/ typed on Linux ('rosé' as one letter, NFC) and valid/ copied from a Mac ('e' + accent, NFD):
+    valid's folder is train's category, not one 'the model does not know'; two spellings side by side in
+    train/ are one category; a names file in either spelling names it."""
+    nfc, nfd = "ros\u00e9", "rose\u0301"
+    build_folder(tmp_path, {"train": 2}, classes={nfc: (200, 0, 0), "tulip": (0, 0, 200)}, names=False)
+    build_folder(tmp_path, {"train": 1, "valid": 1}, classes={nfd: (210, 0, 0), "tulip": (0, 0, 210)}, names=False)
+    data = load_dataset(tmp_path)
+    assert len(data.categories) == 2 and data.train.counts()[data.categories[0]] == 3
+    assert data.valid.counts() == {data.categories[0]: 1, "tulip": 1}
+    assert names_for(data.categories, {nfc: "garden rose"}) == ["garden rose", None]
+    assert names_for(data.categories, {nfd: "garden rose"}) == ["garden rose", None]

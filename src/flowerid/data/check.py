@@ -24,7 +24,16 @@ from PIL import Image
 
 from .._text import shown
 from ..errors import DataError, FlowerIdError, ImageError
-from .folders import CATEGORY_NAMES_FILE, SPLITS, category_names_path, find_categories, list_images, load_category_names
+from .folders import (
+    CATEGORY_NAMES_FILE,
+    SPLITS,
+    category_names_path,
+    find_categories,
+    list_images,
+    load_category_names,
+    same_name,
+)
+from .arrange import labels_in_names
 from .images import load_image
 from .layout import VALID_FRACTION, find_layout, hold_out, not_a_folder
 
@@ -215,8 +224,16 @@ def check_data(
     findings: list[Finding] = []
     files, split_categories = _gather(root, findings, valid_fraction)
     train_cats = split_categories.get("train", [])
+    train_names = {same_name(c) for c in train_cats}
     for s, cats in split_categories.items():
-        unknown = [f"{s}/{c}" for c in cats if c not in train_cats]
+        unknown = [f"{s}/{c}" for c in cats if same_name(c) not in train_names]
+        twice = [f"{s}/{c}" for c in cats if sum(same_name(o) == same_name(c) for o in cats) > 1]
+        if twice:
+            findings.append(
+                Finding(
+                    WARNING, f"folders in {s or '.'}/ that spell one name two ways (Unicode); train joins them", twice
+                )
+            )
         if s != "train" and train_cats and unknown:
             findings.append(Finding(ERROR, f"categories in {s}/ that train/ lacks: no model can learn them", unknown))
     done = 0
@@ -227,6 +244,18 @@ def check_data(
                 progress(done, len(files))
 
     categories = train_cats or sorted({f.category for f in files})
+    labels = labels_in_names([f.path for f in files]) if len(categories) == 1 else None
+    if labels:
+        seen = ", ".join(f"{label}: {n}" for label, n in labels.most_common(3))
+        findings.append(
+            Finding(
+                ERROR,
+                f"one category folder whose file names carry labels ({seen}"
+                f"{', ...' if len(labels) > 3 else ''}); lay them out as one folder per category with "
+                f"`flowerid arrange {root} NEW_FOLDER`",
+                [categories[0]],
+            )
+        )
     counts = {s: dict.fromkeys(split_categories[s], 0) for s in SPLITS if s in split_categories}
     unreadable = {str(f.path): f.error for f in files if f.error}
     for f in files:
@@ -255,7 +284,8 @@ def check_data(
     if names_path is not None:
         try:
             names = load_category_names(names_path)
-            missing = [c for c in categories if c not in names]
+            spelt = {same_name(k) for k in names}
+            missing = [c for c in categories if c not in names and same_name(c) not in spelt]
             if missing:
                 findings.append(Finding(WARNING, f"{CATEGORY_NAMES_FILE} has no name for some categories", missing))
             findings += _shared_names(categories, names)

@@ -7,11 +7,13 @@ import dataclasses
 import io
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_bytes
+from .._text import shown
 from ..errors import DataError, FlowerIdError, UsageError
 from .images import looks_like_image
 from .layout import SPLIT_SEED, VALID_FRACTION, Layout, find_layout, hold_out
@@ -64,6 +66,11 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(out)
 
 
+def same_name(folder: str) -> str:
+    """A folder name in one Unicode composition (NFC): 'rosé' typed on Linux and copied from a Mac are one."""
+    return unicodedata.normalize("NFC", folder)
+
+
 def scan_folder(root: str | os.PathLike, categories: list[str] | None = None) -> ImageFolder:
     """List a split's images. With `categories`, folders map onto that order by name.
 
@@ -75,23 +82,27 @@ def scan_folder(root: str | os.PathLike, categories: list[str] | None = None) ->
     if not found:
         raise DataError(f"{root} has no category folders; expected {root}/<category>/<image files>")
     if categories is None:
-        categories = found
-    else:
-        unknown = [c for c in found if c not in categories]
-        if unknown:
-            raise DataError(
-                f"{root} has categories the model does not know: {', '.join(unknown[:10])}"
-                + (" …" if len(unknown) > 10 else "")
-                + " (every category needs a folder in train/)"
-            )
+        firsts: dict[str, str] = {}  # one category per name, under the spelling its first folder has
+        for c in found:
+            firsts.setdefault(same_name(c), c)
+        categories = list(firsts.values())
     index = {c: i for i, c in enumerate(categories)}
+    # A folder copied through a Mac spells 'rosé' in another Unicode composition: the same category.
+    index |= {same_name(c): i for i, c in enumerate(categories) if same_name(c) not in index}
+    unknown = [c for c in found if c not in index and same_name(c) not in index]
+    if unknown:
+        raise DataError(
+            f"{root} has categories the model does not know: {', '.join(map(shown, unknown[:10]))}"
+            + (" …" if len(unknown) > 10 else "")
+            + " (every category needs a folder in train/)"
+        )
     samples: list[tuple[Path, int]] = []
     empty: list[str] = []
     for name in found:
         files = list_images(root / name)
         if not files:
             empty.append(name)
-        samples.extend((p, index[name]) for p in files)
+        samples.extend((p, index[name] if name in index else index[same_name(name)]) for p in files)
     if empty:
         raise DataError(f"{root}: category folders with no images: {', '.join(empty[:10])}")
     return ImageFolder(root, list(categories), samples)
@@ -252,7 +263,8 @@ def default_category_names(*folders: str | os.PathLike) -> dict[str, str] | None
 def names_for(categories: list[str], mapping: dict[str, str] | None) -> list[str | None]:
     if not mapping:
         return [None] * len(categories)
-    return [mapping.get(c) for c in categories]
+    spelt = {same_name(k): v for k, v in mapping.items()}  # a names file typed in another composition
+    return [mapping.get(c, spelt.get(same_name(c))) for c in categories]
 
 
 def read_exclude_list(path: str | os.PathLike) -> list[str]:
