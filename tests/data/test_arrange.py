@@ -109,3 +109,5 @@ def test_train_on_photos_labelled_by_their_names_points_at_arrange(tmp_path, cap
     err = capsys.readouterr().err
     assert "whose file names carry labels (cat: " in err and "flowerid arrange" in err
     assert not (tmp_path / "run" / "checkpoint.pth").exists()
+    assert main(["check", str(src)]) == 1
+    assert f"flowerid arrange {src} NEW_FOLDER" in capsys.readouterr().out
