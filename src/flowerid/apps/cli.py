@@ -1,5 +1,5 @@
-"""Command line: `flowerid train|predict|evaluate|add|arrange|show|check|serve|info|export|backbones`: the command table,
-the parser and the one place errors become exit codes. The commands live in train_commands.py and
+"""Command line: `flowerid train|predict|evaluate|add|arrange|show|check|serve|info|export|backbones`: the
+command table, the parser and the one place errors become exit codes. The commands live in train_commands.py and
 model_commands.py, the options they share in options.py."""
 
 from __future__ import annotations

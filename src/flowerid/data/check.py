@@ -24,6 +24,7 @@ from PIL import Image
 
 from .._text import shown
 from ..errors import DataError, FlowerIdError, ImageError
+from .arrange import labels_in_names
 from .folders import (
     CATEGORY_NAMES_FILE,
     SPLITS,
@@ -33,7 +34,6 @@ from .folders import (
     load_category_names,
     same_name,
 )
-from .arrange import labels_in_names
 from .images import load_image
 from .layout import VALID_FRACTION, find_layout, hold_out, not_a_folder
 
