@@ -138,3 +138,15 @@ def test_a_damaged_names_file_keeps_nothing(tmp_path, damaged):
     with pytest.raises(DataError, match="cat_to_name.json"):
         save_correction(root, _png(), CATS, NAMES, name="Blue poppy")
     assert (root / "cat_to_name.json").read_text() == damaged and not (root / "blue_poppy").exists()
+
+
+def test_a_names_file_its_owner_saved_in_notepad_is_kept(tmp_path):
+    """Notepad starts UTF-8 with a byte-order mark: the owner's names stay, and the new one joins them."""
+    import json
+
+    root = tmp_path / "fixes"
+    root.mkdir()
+    (root / "cat_to_name.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"mine": "my rose"}).encode())
+    save_correction(root, _png(), CATS, NAMES, name="Blue poppy")
+    names = json.loads((root / "cat_to_name.json").read_text(encoding="utf-8-sig"))
+    assert names["mine"] == "my rose" and names["blue_poppy"] == "Blue poppy"

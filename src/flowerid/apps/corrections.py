@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .._io import atomic_write_bytes, atomic_write_json
 from .._text import first_line
-from ..data.folders import CATEGORY_NAMES_FILE
+from ..data.folders import CATEGORY_NAMES_FILE, read_small_file
 from ..data.images import load_image
 from ..errors import DataError, OutputError, UsageError
 
@@ -147,7 +147,8 @@ def _read_names(root: Path) -> dict[str, object]:
     """root/cat_to_name.json as it is ({} if there is none); a damaged one is a DataError naming it."""
     names_file = root / CATEGORY_NAMES_FILE
     try:
-        mapping = json.loads(names_file.read_text(encoding="utf-8")) if names_file.exists() else {}
+        raw = read_small_file(names_file, "names file", DataError) if names_file.exists() else b"{}"
+        mapping = json.loads(raw.decode("utf-8-sig"))  # a byte-order mark, if its owner edited it in Notepad
     except (OSError, ValueError) as exc:
         raise DataError(f"{names_file} cannot be read ({first_line(exc)}); {_NAMES_FIX}") from None
     if not isinstance(mapping, dict):
