@@ -36,10 +36,10 @@ def run_arrange(args: argparse.Namespace) -> int:
     print(f"{'category':<{width}}  " + "  ".join(f"{s or 'photos':>7}" for s in splits))
     for label in labels:
         print(f"{shown(label):<{width}}  " + "  ".join(f"{result.counts[s][label]:>7}" for s in splits))
-    left = len(result.unlabelled) + len(result.missing)
+    left = len(result.left_out)
     print(
         f"{len(labels)} categories in {shown(result.dest)} ({'copies' if args.copy else 'links to the photos'})"
-        + (f"; {left} left out (above)" if left else "")
+        + (f"; {left} left out (the first five above)" if left else "")
     )
     print(f"next: flowerid check {shown(result.dest)}, then flowerid train {shown(result.dest)}")
     return 0

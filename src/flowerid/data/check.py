@@ -24,7 +24,7 @@ from PIL import Image
 
 from .._text import shown
 from ..errors import DataError, FlowerIdError, ImageError
-from .arrange import labels_in_names
+from .arrange import arrange_hint, labelled_by_names
 from .folders import (
     CATEGORY_NAMES_FILE,
     SPLITS,
@@ -244,18 +244,13 @@ def check_data(
                 progress(done, len(files))
 
     categories = train_cats or sorted({f.category for f in files})
-    labels = labels_in_names([f.path for f in files]) if len(categories) == 1 else None
-    if labels:
-        seen = ", ".join(f"{label}: {n}" for label, n in labels.most_common(3))
-        findings.append(
-            Finding(
-                ERROR,
-                f"one category folder whose file names carry labels ({seen}"
-                f"{', ...' if len(labels) > 3 else ''}); lay them out as one folder per category with "
-                f"`flowerid arrange {root} NEW_FOLDER`",
-                [categories[0]],
-            )
-        )
+    by_category: dict[str, list[Path]] = defaultdict(list)
+    for f in files:
+        if f.split in ("train", "valid", ""):
+            by_category[f.category].append(f.path)
+    found = labelled_by_names(dict(by_category))
+    if found:
+        findings.append(Finding(ERROR, f"{root} is read as categories, but " + arrange_hint(root, *found), [found[0]]))
     counts = {s: dict.fromkeys(split_categories[s], 0) for s in SPLITS if s in split_categories}
     unreadable = {str(f.path): f.error for f in files if f.error}
     for f in files:

@@ -114,7 +114,7 @@ def find_layout(data_dir: str | os.PathLike) -> Layout:
         where = "photos directly in it" if _has_photos_directly(root) else "nothing to train on"
         raise DataError(
             f"{root} has {where}; expected one folder of photos per category ({root}/<category>/<photos>), "
-            f"or split folders such as train/ and val/ each holding those"
+            f"or split folders such as train/ and val/ each holding those" + _names_hint(root, [root])
         )
     if len(subdirs) == 1 and not _has_photos_directly(root) and _subdirs(subdirs[0]):
         return find_layout(subdirs[0])  # an archive unpacked into a folder of its own name
@@ -122,9 +122,19 @@ def find_layout(data_dir: str | os.PathLike) -> Layout:
     if len(named) >= 2:
         raise DataError(
             f"{root}: {', '.join(n + '/' for n in named)} hold photos directly; split folders hold one folder "
-            f"per category ({root}/{named[0]}/<category>/<photos>)"
+            f"per category ({root}/{named[0]}/<category>/<photos>)" + _names_hint(root, [root / n for n in named])
         )
     return Layout(root, root, None, None, flat=True)
+
+
+def _names_hint(root: Path, folders: list[Path]) -> str:
+    """'; the file names ... carry labels: flowerid arrange ...' where they do, else nothing."""
+    from .arrange import arrange_hint, labelled_by_names  # arrange reads layouts: imported when needed
+    from .folders import list_images
+
+    photos = {d.name: [p for p in list_images(d) if p.parent == d] for d in folders}
+    found = labelled_by_names(photos)
+    return "; " + arrange_hint(root, *found) if found else ""
 
 
 def _split_layout(root: Path, subdirs: list[Path], found: dict[str, Path]) -> Layout:

@@ -16,8 +16,9 @@ from .. import distributed
 from .._text import Log, shown
 from ..backbones import get_spec
 from ..backbones.engines import resolve_device
-from ..data.arrange import labels_in_names
+from ..data.arrange import arrange_hint, labelled_by_names
 from ..data.folders import (
+    DataSet,
     default_category_names,
     exclude_photos,
     load_category_names,
@@ -52,8 +53,12 @@ def train(
     if not w.is_main:
         log = silent
     data = load_dataset(data_dir, cfg.valid_fraction, cfg.split_seed)
+    _check_labelled_by_names(data_dir, data)
     if len(data.categories) == 1:
-        _one_category(data_dir, data.categories[0], data.train.paths, log)
+        log(
+            f"one category ({shown(data.categories[0])}): every photo will be named that, and only the "
+            "unknown-photo score tells other things apart; train on two or more category folders for a classifier"
+        )
     if cfg.exclude:
         data, left_out, unknown = exclude_photos(data, read_exclude_list(cfg.exclude))
         log(f"left out {left_out} photo{'s' * (left_out != 1)} listed in {cfg.exclude}")
@@ -77,18 +82,17 @@ def train(
     return mode_for(cfg.mode).train(run)
 
 
-def _one_category(data_dir: str | os.PathLike, category: str, paths: list[Path], log: Log) -> None:
-    """One category folder is usually a layout flowerid did not read as meant: photos labelled by their
-    file names (Kaggle's `train/cat.1.jpg`) are refused with the command that lays them out."""
-    labels = labels_in_names(paths)
-    if labels:
-        seen = ", ".join(f"{shown(label)}: {n}" for label, n in labels.most_common(3))
+def _check_labelled_by_names(data_dir: str | os.PathLike, data: DataSet) -> None:
+    """A data set read as one category per split-like folder (Kaggle's `train/cat.1.jpg`, `test1/`), or as
+    one category, whose file names carry the labels: refused, with the command that lays it out."""
+    folders: dict[str, list[Path]] = {c: [] for c in data.categories}
+    for split in (data.train, data.valid):
+        for path, target in split.samples:
+            folders[data.categories[target]].append(path)
+    found = labelled_by_names(folders)
+    if found:
         raise DataError(
-            f"{data_dir} has one category folder ({shown(category)!r}) whose file names carry labels "
-            f"({seen}{', ...' if len(labels) > 3 else ''}); lay them out as one folder per category with "
-            f"`flowerid arrange {data_dir} NEW_FOLDER`, then train on NEW_FOLDER"
+            f"{data_dir} is read as categories {', '.join(map(repr, data.categories[:3]))}, but "
+            + arrange_hint(data_dir, *found)
+            + ", then train on NEW_FOLDER"
         )
-    log(
-        f"one category ({shown(category)}): every photo will be named that, and only the unknown-photo score "
-        "tells other things apart; train on two or more category folders for a classifier"
-    )
