@@ -177,3 +177,20 @@ def test_a_photo_as_callers_hold_one(tmp_path):
             load_image(wrong)
     with pytest.raises(ImageError, match="download the photo first"):
         load_image("https://example.com/rose.jpg")
+
+
+def test_a_finished_file_a_huge_array_and_16_bit_arrays(tmp_path):
+    """An open file already read to its end is an empty photo, not a TypeError that stops predict_many;
+    an array over the pixel limit is refused before any copy is made; uint16 reads as a 16-bit PNG does."""
+    png = _bytes(Image.new("RGB", (20, 10)), "PNG")
+    stream = io.BytesIO(png)
+    stream.read()
+    with pytest.raises(ImageError, match="empty"):
+        load_image(stream)
+    with pytest.raises(ImageError, match="empty"):
+        load_image(io.BytesIO(b""))
+    huge = np.broadcast_to(np.uint8(100), (20000, 20000, 3))  # no memory of its own: a copy would take 1.2 GB
+    with pytest.raises(DecompressionBombError, match="20000x20000"):
+        load_image(huge)
+    dim = np.full((8, 8), 30000, dtype=np.uint16)
+    assert load_image(dim).getpixel((0, 0)) == (116, 116, 116)  # 30000 of 65535, not of its own maximum

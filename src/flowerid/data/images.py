@@ -142,8 +142,9 @@ def _from_array(arr: np.ndarray, name: str) -> Image.Image:
     elif arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.integer):
             raise ImageError(name, f"has values of type {arr.dtype}, not numbers of a picture")
-        top = float(arr.max())
-        arr = np.clip(arr if top <= 255 else arr * (255.0 / top), 0, 255).astype(np.uint8)
+        top = float(arr.max())  # as a 16-bit PNG is read: 0..65535 to 0..255, wider ranges by their top
+        arr = np.clip(arr if top <= 255 else arr * (255.0 / (65535.0 if top <= 65535 else top)), 0, 255)
+        arr = arr.astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
@@ -158,18 +159,24 @@ _SPECIAL = (
 _MAX_STREAM = 512 * 2**20  # an open file is read whole: a stream that never ends stops here
 
 
+def _read_stream(source: typing.BinaryIO, name: str) -> bytes:
+    """An open file's bytes, read here: Pillow would close the caller's file with the image."""
+    if isinstance(source, io.TextIOBase):
+        raise ImageError(name, "is a file opened as text; open it with 'rb'")
+    try:
+        data = source.read(_MAX_STREAM + 1)
+    except (OSError, ValueError) as exc:  # closed, or not readable
+        raise ImageError(name, f"cannot be read ({first_line(exc)})") from None
+    if not isinstance(data, bytes | bytearray):
+        raise ImageError(name, "is a file opened as text; open it with 'rb'")
+    if len(data) > _MAX_STREAM:
+        raise ImageError(name, f"is over {_MAX_STREAM // 2**20} MB, more than any photo")
+    return bytes(data)
+
+
 def _open(source: ImageSource, name: str) -> Image.Image:
     if isinstance(source, bytes):
         return Image.open(io.BytesIO(source))
-    if hasattr(source, "read"):  # read here: Pillow would close the caller's file with the image
-        if isinstance(source, io.TextIOBase):
-            raise ImageError(name, "is a file opened as text; open it with 'rb'")
-        data = source.read(_MAX_STREAM + 1)  # type: ignore[union-attr]
-        if not isinstance(data, bytes):
-            raise ImageError(name, "is a file opened as text; open it with 'rb'")
-        if len(data) > _MAX_STREAM:
-            raise ImageError(name, f"is over {_MAX_STREAM // 2**20} MB, more than any photo")
-        return Image.open(io.BytesIO(data))
     with contextlib.suppress(OSError):  # a missing file is reported by open, below
         mode = os.stat(source).st_mode
         # Opening a pipe waits for a writer, and a device never ends: refuse them before reading.
@@ -196,7 +203,12 @@ def load_image(
     name = _describe(source)
     limit = max_pixels if max_pixels is not None else max_pixels_default()
     if isinstance(source, np.ndarray):
+        if source.ndim >= 2 and source.shape[0] * source.shape[1] > limit:  # before any copy is made
+            h, w = source.shape[:2]
+            raise DecompressionBombError(name, f"{w}x{h} = {w * h:,} pixels is over the pixel limit of {limit:,}")
         source = _from_array(source, name)
+    elif hasattr(source, "read"):
+        source = _read_stream(source, name)  # type: ignore[arg-type]
     if isinstance(source, Image.Image):
         img = source
     else:
