@@ -206,3 +206,17 @@ def test_heritage_gpu_flag_without_cuda_fails_clearly(tmp_path):
     proc = _run(str(ROOT / "train.py"), str(data), "--save_dir", str(tmp_path), "--gpu")
     assert proc.returncode == 1
     assert "no CUDA" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`flowerid ... | head`: the pipe closes before the output is written; no traceback, exit 141
+    (128 + SIGPIPE, as the shell reports other tools)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowerid", "backbones"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the program has started: every write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == ""

@@ -5,6 +5,7 @@ model_commands.py, the options they share in options.py."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -41,6 +42,7 @@ from .train_commands import (
 )
 
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports a tool its reader left
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
@@ -117,6 +119,8 @@ def run(
         if world().is_main:  # under torchrun every process is interrupted; one says so
             print(f"\nflowerid: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _reader_left()
     except FlowerIdError as exc:
         err(_as_cli_message(exc, flag))
         return exc.exit_code
@@ -155,7 +159,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
-    return run(args.func, args)
+    code = run(args.func, args)
+    try:
+        sys.stdout.flush()  # what is still buffered goes now, where a closed pipe can be answered
+    except BrokenPipeError:
+        return _reader_left()
+    return code
+
+
+def _reader_left() -> int:
+    """The reader went away (`flowerid predict DIR | head`): stop quietly, as other command-line tools do,
+    with stdout pointed at nothing so the interpreter's last flush raises nothing either."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
