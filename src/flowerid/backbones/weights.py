@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import file_sha256
+from .._text import first_line
 from ..errors import BackboneError, WeightsUnavailableError
 from .spec import BackboneSpec, list_backbones
 
@@ -99,11 +101,23 @@ def read_weights_file(path: Path) -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # A checkpoint names this file: a pipe would hang the reader, a device never ends, and a file
+        # that is no torch file (/etc/passwd) is refused before torch reads a byte of it as one.
+        if path.exists() and not path.is_file():
+            raise WeightsUnavailableError(f"weights file {path} is not a regular file")
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:2] != b"PK" and head[:1] != b"\x80":
+            raise WeightsUnavailableError(f"{path} is not a weights file (a torch state dict)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except WeightsUnavailableError:
+        raise
     except FileNotFoundError:
         raise WeightsUnavailableError(f"weights file {path} not found") from None
-    except Exception as exc:
-        raise WeightsUnavailableError(f"cannot read weights file {path}: {exc}") from None
+    except Exception as exc:  # torch's message goes on for lines, advising weights_only=False: not to users
+        raise WeightsUnavailableError(f"cannot read weights file {path}: {first_line(exc)}") from None
 
 
 def load_ensemble_state(spec: BackboneSpec, module: nn.Module, path: Path) -> None:

@@ -105,6 +105,8 @@ def _read(path: Path) -> Any:
     if "torch" in sys.modules:
         import torch
 
+        _torchfile.check_archive(str(path))  # torch would unpack a compression bomb too
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about odd pickle protocols: noise for users
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -199,9 +201,14 @@ def validate(ckpt: Any, where: str = "checkpoint") -> dict[str, Any]:
         raise CheckpointError(f"{where} has no head weights")
     if not all(n is None or isinstance(n, str) for n in names):
         raise CheckpointError(f"{where}: names must be text or null")
+    if len(set(cats)) != len(cats):
+        twice = sorted({c for c in cats if cats.count(c) > 1})
+        raise CheckpointError(f"{where} lists a category twice ({', '.join(map(repr, twice[:3]))}); it is damaged")
+    _check_records(ckpt, where)
     _check_backbone(ckpt["backbone"], where)
     _check_preprocessing(ckpt["preprocessing"], where)
     _check_head(head, len(cats), where)
+    _check_features(ckpt, where)
     if ckpt.get("unknown") is not None:  # absent or None: from before flowerid could tell; it names every photo
         from .head import HeadConfig
         from .unknown import UnknownDetector
@@ -306,6 +313,63 @@ def _check_head(head: dict[str, Any], num_classes: int, where: str) -> None:
     except _BAD:
         raise CheckpointError(f"{where} has no valid head configuration") from None
     state = head["state_dict"]
-    got = {k: tuple(v.shape) for k, v in state.items() if "float" in str(getattr(v, "dtype", ""))}
+    got = {k: tuple(v.shape) for k, v in state.items() if str(getattr(v, "dtype", "")).split(".")[-1] in _FLOATS}
     if got != expected or len(state) != len(expected):
-        raise CheckpointError(f"{where}: the head weights do not match the head's recorded shape")
+        raise CheckpointError(f"{where}: the head weights do not match the head's recorded shape (float32)")
+    if not all(_finite(v) for v in state.values()):
+        raise CheckpointError(f"{where}: the head's weights hold NaN or infinite values; it is damaged")
+
+
+def _check_features(ckpt: dict[str, Any], where: str) -> None:
+    """The head takes as many features as its backbone gives (an unknown backbone is reported where it is built)."""
+    from ..backbones.spec import get_spec
+    from ..errors import BackboneError
+    from .head import HeadConfig
+
+    try:
+        features = get_spec(ckpt["backbone"]["name"]).num_features
+    except BackboneError:
+        return
+    taken = HeadConfig.from_dict(ckpt["head"]["config"]).in_features
+    if taken != features:
+        raise CheckpointError(
+            f"{where}: its head takes {taken} features, but {ckpt['backbone']['name']} gives {features}"
+        )
+
+
+_FLOATS = ("float16", "float32", "float64")  # torch.float32 and numpy's float32 alike; not bfloat16
+
+
+def _finite(value: Any) -> bool:
+    """Every number of a tensor (torch or numpy) is finite."""
+    if hasattr(value, "isfinite") and hasattr(value, "all") and not hasattr(value, "__array_interface__"):
+        return bool(value.isfinite().all())  # torch
+    import numpy as np
+
+    return bool(np.isfinite(np.asarray(value)).all())
+
+
+_RECORD_DEPTH = 16  # metrics, training and additions are a few levels of plain data
+
+
+def _check_records(ckpt: dict[str, Any], where: str) -> None:
+    """The free-form records (metrics, training, additions) as `info` and `add` read them: dicts and a list of
+    dicts of plain data, not deeper than anything flowerid writes."""
+    for key, kind in (("metrics", dict), ("training", dict), ("additions", list)):
+        value = ckpt.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (kind is list and not all(isinstance(v, dict) for v in value)):
+            raise CheckpointError(f"{where}: its {key} record is not what flowerid writes; it is damaged")
+        if _depth(value) > _RECORD_DEPTH:
+            raise CheckpointError(f"{where}: its {key} record is nested deeper than flowerid writes; it is damaged")
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > _RECORD_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list | tuple):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
