@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -260,7 +259,10 @@ def run_info(args: argparse.Namespace) -> int:
 
     builtin = args.checkpoint in (None, BUILTIN)
     info = checkpoint_info(resolve_checkpoint(args.checkpoint), shipped=builtin)
-    print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_info(info))
+    if args.json:
+        print_json(info)
+    else:
+        print(format_info(info))
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 from .._text import shown
 
@@ -25,10 +27,22 @@ def format_predictions(image: str, preds: list[dict], known: bool | None = None,
     return "\n".join(lines)
 
 
-def print_json(records: list[dict]) -> None:
-    text = json.dumps(records, indent=2, ensure_ascii=False)
+def print_json(records: Any) -> None:
+    """Valid JSON whatever a stranger's checkpoint holds: NaN and infinities (which JSON has not) as null."""
+    records = _finite(records)
+    text = json.dumps(records, indent=2, ensure_ascii=False, allow_nan=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a file name that is not UTF-8: \u escapes keep the JSON valid
-        text = json.dumps(records, indent=2)
+        text = json.dumps(records, indent=2, allow_nan=False)
     print(text)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
