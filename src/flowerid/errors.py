@@ -68,3 +68,10 @@ class OutputError(FlowerIdError):
 
 class DeviceError(FlowerIdError):
     """A device that was asked for but is not there."""
+
+
+class ResultsFileError(DataError):
+    """An existing `--out` file that flowerid cannot resume: not its results, or damaged by a hand edit.
+
+    Refused rather than overwritten or cut, so rows whose photos are gone are never lost.
+    """

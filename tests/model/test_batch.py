@@ -11,7 +11,7 @@ import pytest
 
 from flowerid.data.walk import iter_photos
 from flowerid.distributed import shard
-from flowerid.errors import UsageError
+from flowerid.errors import ResultsFileError, UsageError
 from flowerid.model import batch as batch_module
 from flowerid.model.batch import part_path, predict_to_file
 from flowerid.model.predictor import Classifier
@@ -353,3 +353,40 @@ def test_rows_say_whether_each_photo_is_known_as_predict_does(tree, tmp_path):
         expected = clf.predict(p, top_k=1)[0]
         assert rows[p]["known"] == str(expected.known)
         assert float(rows[p]["unknown_score"]) == pytest.approx(expected.unknown_score, abs=1e-5)
+
+
+def _csv_with_rows(out: Path, names: list[str]) -> None:
+    w = open_results(out, top_k=2)
+    w.write([_record(n) for n in names])
+    w.close()
+
+
+def test_a_stray_quote_in_a_hand_edited_csv_keeps_every_later_row(tmp_path):
+    out = tmp_path / "r.csv"
+    _csv_with_rows(out, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    lines = out.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace(",n1,", ',5" green,')  # row 2's name_2, as typed in an editor
+    out.write_text("".join(lines))
+    w = open_results(out, top_k=2)
+    w.close()
+    assert len(w.done) == 4 and all(n in w.done for n in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"))
+    assert out.read_text() == "".join(lines)  # nothing cut
+
+
+@pytest.mark.parametrize("trailing_newline", [True, False])
+def test_a_quote_that_swallows_later_rows_is_refused_naming_the_line(tmp_path, trailing_newline):
+    out = tmp_path / "r.csv"
+    _csv_with_rows(out, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    lines = out.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace(",n1,", ',"5 green,')  # an opening quote that never closes
+    text = "".join(lines) if trailing_newline else "".join(lines).rstrip("\n")
+    out.write_text(text)
+    with pytest.raises(ResultsFileError, match=rf"{out.name} line 3 cannot be read as CSV; fix or remove it"):
+        open_results(out, top_k=2)
+    assert out.read_text() == text
+    lines[2] = lines[2].replace(',"5 green,', ',"5 green",')  # closed: fine again
+    lines[3] = lines[3].replace(",n1,", ',"x,')  # ... and one in row 3 that a later quote closes: too many fields
+    lines[4] = lines[4].replace("d.jpg,0,", 'd.jpg,0",')
+    out.write_text("".join(lines))
+    with pytest.raises(ResultsFileError, match=r"line 4 cannot be read as CSV"):
+        open_results(out, top_k=2)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import ResultsFileError, UsageError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 BASE_COLUMNS = ("image", "category", "name", "probability", "error")
@@ -124,22 +124,15 @@ def _json_line(record: Record) -> bytes:
         return (json.dumps(record) + "\n").encode("ascii")
 
 
-def _complete_lines(path: Path, quoted: bool = False) -> Iterator[tuple[bytes, int]]:
-    """Each complete line (CSV: record) of a file with the offset just after it.
-
-    A record is complete when it ends in a newline outside quotes; in CSV a quote inside
-    a field is doubled, so the count of quote characters is even exactly there.
-    """
-    offset, pending, quotes = 0, b"", 0
+def _complete_lines(path: Path) -> Iterator[tuple[bytes, int]]:
+    """Each complete line of a file with the offset just after it (a last line without its newline is not)."""
+    offset = 0
     with open(path, "rb") as f:
         for line in f:
-            pending += line
-            if quoted:
-                quotes += line.count(b'"')
-            if line.endswith(b"\n") and quotes % 2 == 0:
-                offset += len(pending)
-                yield pending, offset
-                pending, quotes = b"", 0
+            if not line.endswith(b"\n"):
+                return
+            offset += len(line)
+            yield line, offset
 
 
 def _repair(path: Path, good_end: int) -> None:
@@ -193,19 +186,93 @@ def _csv_text(row: dict[str, Any]) -> list[str]:
     return ["" if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in row.values()]
 
 
-def _csv_fields(line: bytes, path: Path) -> list[str]:
-    """One complete CSV record's fields. Files written before rows holding a bare "\r" were quoted have
-    it unquoted, which the csv module refuses; it is read through NUL, which no file name can hold."""
-    text = line.decode(*_ENC)
-    try:
+class _CsvLines:
+    """A CSV file's lines as text for csv.reader, counting lines and bytes so a record's end is known.
+
+    Files written before rows holding a bare "\r" were quoted have it unquoted, which the csv module
+    refuses; such a line is read with it as NUL, which no file name can hold, and `swapped` says so.
+    """
+
+    def __init__(self, f: io.BufferedReader) -> None:
+        self.f = f
+        self.offset = 0  # just after the last line handed out
+        self.line = 0  # its number, from 1
+        self.last = b""
+        self.eof = False
+        self.swapped = False
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        raw = self.f.readline()
+        if not raw:
+            self.eof = True
+            raise StopIteration
+        self.offset += len(raw)
+        self.line += 1
+        self.last = raw
+        text = raw.decode(*_ENC)
+        body = text.rstrip("\r\n")
+        if "\r" in body and "\0" not in text:
+            self.swapped = True
+            text = body.replace("\r", "\0") + text[len(body) :]
+        return text
+
+
+def _unreadable(path: Path, line: int) -> ResultsFileError:
+    return ResultsFileError(f"{path} line {line} cannot be read as CSV; fix or remove it, or write to another --out")
+
+
+def _csv_records(path: Path) -> Iterator[tuple[list[str], int]]:
+    """Each complete record of a CSV result file (the header first) with the offset just after it.
+
+    The csv module finds where records end, as any reader of the file will: a quote opens a quoted
+    field only at a field's start, so a stray quote typed inside a field is text, and never swallows
+    the rows after it. A record of the wrong width (a quote that did swallow rows) is refused with its
+    line. A record left open at the end is what a killed writer leaves and is not yielded, unless it
+    holds whole rows after its first line: then it is a hand edit, and refused.
+    """
+    with open(path, "rb") as f:
+        lines = _CsvLines(f)
+        reader = csv.reader(lines)
+        width = None
+        while True:
+            start, start_offset, lines.swapped = lines.line + 1, lines.offset, False
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
+                raise _unreadable(path, start) from None
+            if lines.eof or not lines.last.endswith(b"\n"):  # open at the end of the file
+                if lines.eof and width is not None and _holds_rows(path, start_offset, width):
+                    raise _unreadable(path, start)
+                return
+            if lines.swapped:
+                fields = [v.replace("\0", "\r") for v in fields]
+            if width is None:
+                width = len(fields)
+            elif fields and len(fields) != width:
+                raise _unreadable(path, start)
+            yield fields, lines.offset
+
+
+def _holds_rows(path: Path, offset: int, width: int) -> bool:
+    """Whether a quoted field open at the end of the file holds rows (a typed quote) rather than part of a
+    name (a killed writer): it ends in a line break, or a later line is a whole row by itself."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = f.read().decode(*_ENC)
+    if tail.endswith("\n"):
+        return True
+    for line in tail.split("\n")[1:]:
         try:
-            return next(csv.reader([text]), [])
+            if len(next(csv.reader([line.replace("\r", "\0")]), [])) == width:
+                return True
         except csv.Error:
-            if "\0" in text:
-                raise
-            return [f.replace("\0", "\r") for f in next(csv.reader([text.replace("\r", "\0")]), [])]
-    except csv.Error:
-        raise UsageError(f"{path} is not a CSV file flowerid can read; give --out another file") from None
+            pass
+    return False
 
 
 class CsvWriter:
@@ -233,9 +300,8 @@ class CsvWriter:
     def _read_existing(self) -> bool:
         """Collect the photos the file holds, cut a half-written last row; False when it has no header yet."""
         end, header = 0, None
-        for line, offset in _complete_lines(self.path, quoted=True):
+        for fields, offset in _csv_records(self.path):
             end = offset
-            fields = _csv_fields(line, self.path)
             if header is None:
                 header = fields
                 if header != self.cols:
@@ -353,8 +419,7 @@ def read_done(path: str | os.PathLike, done: DoneSet) -> None:
         for record in read_jsonl(path):
             done.add(record["image"])
     elif kind == "csv":
-        for n, (line, _) in enumerate(_complete_lines(path, quoted=True)):
-            fields = _csv_fields(line, path)
+        for n, (fields, _) in enumerate(_csv_records(path)):
             if n and fields:  # the first line is the header
                 done.add(fields[0])
     else:
