@@ -200,3 +200,22 @@ def test_the_library_takes_a_numpy_photo_and_refuses_a_top_k_that_is_not_a_whole
             clf.predict(path, top_k=bad)
         with pytest.raises(UsageError, match="whole number"):
             clf.predict_many([path], top_k=bad)
+
+
+def test_a_backbone_that_gives_nan_is_an_error_not_nan_answers(trained):
+    """A damaged tuned backbone file gives NaN features: a CheckpointError, not NaN probabilities that
+    crashed the table, wrote invalid JSON and a CSV of `nan`."""
+    from flowerid.errors import CheckpointError
+
+    data, result = trained
+    clf = flowerid.load(result.checkpoint_path)
+    path = next((data / "test" / "10").iterdir())
+    batch = clf.preprocess(path)[None]
+    features = clf.backbone.engine(batch)
+    assert clf.forward(batch)[0].shape[0] == 1  # works as ever
+
+    def broken(b):
+        return np.full((len(b), features.shape[1]), np.nan, np.float32)
+
+    with pytest.raises(CheckpointError, match="NaN or infinite features"):
+        clf.forward(batch, engine=broken)

@@ -150,6 +150,10 @@ class Classifier:
         `engine` replaces the backbone's own (one of its `for_streams` engines, for batch work).
         """
         feats = (engine or self.backbone.engine)(np.ascontiguousarray(batch, dtype=np.float32))
+        if not np.isfinite(feats).all():  # the head's own weights are checked when they load; these are the backbone's
+            raise CheckpointError(
+                f"the backbone {self.spec.name} gives NaN or infinite features: its weights file is damaged"
+            )
         logits = self.head(feats)
         scores = self.unknown.score(feats, logits) if self.unknown is not None else None
         return softmax(logits), scores
