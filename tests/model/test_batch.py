@@ -171,7 +171,7 @@ def test_other_columns_or_a_foreign_file_are_refused_not_overwritten(tmp_path):
         CsvWriter(out, top_k=3)
     mine = tmp_path / "mine.jsonl"
     mine.write_text('{"user": "data"}\n')
-    with pytest.raises(UsageError, match="not a flowerid result row"):
+    with pytest.raises(ResultsFileError, match="mine.jsonl exists and is not a flowerid results file"):
         JsonlWriter(mine)
     assert mine.read_text() == '{"user": "data"}\n'
     with pytest.raises(UsageError, match=r"\.csv, \.jsonl or \.parquet"):
@@ -390,3 +390,38 @@ def test_a_quote_that_swallows_later_rows_is_refused_naming_the_line(tmp_path, t
     out.write_text("".join(lines))
     with pytest.raises(ResultsFileError, match=r"line 4 cannot be read as CSV"):
         open_results(out, top_k=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "first_line"),
+    [
+        ("mine.csv", "name,amount,alice,100", "the header image,category,"),
+        ("mine.csv", "name,amount\nalice,100\n", "the header image,category,"),
+        ("mine.jsonl", '{"my":"record"}', 'a JSON record with an "image" field'),
+        ("mine.jsonl", "just some notes", 'a JSON record with an "image" field'),
+        ("mine.parquet", "not parquet at all", None),
+    ],
+)
+def test_a_file_that_is_not_flowerid_results_is_refused_and_kept(tmp_path, name, content, first_line):
+    mine = tmp_path / name
+    mine.write_text(content)
+    with pytest.raises(ResultsFileError, match=rf"{name} exists and is not a flowerid results file") as e:
+        open_results(mine, top_k=1).close()
+    assert "choose another --out" in str(e.value)
+    if first_line:
+        assert f"its first line is not {first_line}" in str(e.value)
+    assert mine.read_text() == content
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_an_empty_file_or_a_header_cut_short_is_used(tmp_path, suffix):
+    out = tmp_path / f"r{suffix}"
+    out.write_bytes(b"")
+    w = open_results(out, top_k=1)
+    w.write([_record("a.jpg", 1)])
+    w.close()
+    assert [r["image"] for r in _read_rows(out)] == ["a.jpg"]
+    if suffix != ".parquet":
+        out.write_bytes(b"image,catego" if suffix == ".csv" else b'{"ima')  # killed while writing the first line
+        open_results(out, top_k=1).close()
+        assert len(_read_rows(out)) == 0

@@ -142,6 +142,40 @@ def _repair(path: Path, good_end: int) -> None:
             f.truncate(good_end)
 
 
+def _first_line(path: Path) -> tuple[bytes, bool]:
+    """The file's first line (at most 64 KiB of it, newline cut off) and whether it ends in a newline."""
+    with open(path, "rb") as f:
+        line = f.readline(65536)
+    whole = line.endswith(b"\n")
+    return line.rstrip(b"\r\n") if whole else line, whole
+
+
+def _not_ours(path: Path, what: str) -> ResultsFileError:
+    return ResultsFileError(f"{path} exists and is not a flowerid results file ({what}); choose another --out")
+
+
+_JSONL_START = b'{"image": '
+
+
+def _check_jsonl_start(path: Path) -> None:
+    """Refuse a non-empty file whose first line is not a result row, before anything is cut from it.
+
+    A complete first line must be a record with an "image" field; one without its newline (a writer
+    killed at once) must begin as flowerid writes rows.
+    """
+    line, whole = _first_line(path)
+    if whole:
+        try:
+            record = json.loads(line.decode(*_ENC))
+        except ValueError:
+            record = None
+        ours = isinstance(record, dict) and isinstance(record.get("image"), str)
+    else:
+        ours = line.startswith(_JSONL_START) or _JSONL_START.startswith(line)
+    if not ours:
+        raise _not_ours(path, 'its first line is not a JSON record with an "image" field')
+
+
 def read_jsonl(path: Path, repair: bool = False) -> Iterator[Record]:
     """The complete records of a JSON Lines result file; with `repair`, a half-written last line is cut off."""
     end = 0
@@ -167,6 +201,7 @@ class JsonlWriter:
         self.path = Path(path)
         self.done = done if done is not None else DoneSet()
         if self.path.exists():
+            _check_jsonl_start(self.path)
             for record in read_jsonl(self.path, repair=True):
                 self.done.add(record["image"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +320,7 @@ class CsvWriter:
         self.top_k, self.extra = top_k, tuple(extra)
         self.cols = columns(top_k, extra)
         self.done = done if done is not None else DoneSet()
-        header_written = self.path.exists() and self._read_existing()
+        header_written = self.path.exists() and self._check_start() and self._read_existing()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._raw = open(self.path, "ab")  # noqa: SIM115 (kept open for the run; closed by close())
         self._f = io.TextIOWrapper(self._raw, encoding=_ENC[0], errors=_ENC[1], newline="", write_through=True)
@@ -296,6 +331,17 @@ class CsvWriter:
         if not header_written:
             self._csv.writerow(self.cols)
             self._f.flush()
+
+    def _check_start(self) -> bool:
+        """Refuse a non-empty file whose first line is not a results header; True when there is one to read.
+
+        A first line without its newline is a header cut short by a killed writer only if it begins ours.
+        """
+        line, whole = _first_line(self.path)
+        ours = ",".join(BASE_COLUMNS).encode()
+        if line.startswith(ours) or (not whole and ours.startswith(line)):
+            return True
+        raise _not_ours(self.path, f"its first line is not the header {','.join(self.cols)}")
 
     def _read_existing(self) -> bool:
         """Collect the photos the file holds, cut a half-written last row; False when it has no header yet."""
@@ -350,7 +396,7 @@ class ParquetWriter:
         self.top_k, self.extra = top_k, tuple(extra)
         self.cols = columns(top_k, extra)
         self.done = done if done is not None else DoneSet()
-        if self.path.exists():
+        if self.path.exists() and self.path.stat().st_size:  # an empty file is replaced on close
             self._check_schema()
             read_done(self.path, self.done)
         self.journal = JsonlWriter(journal_path(self.path), self.done)
@@ -362,10 +408,10 @@ class ParquetWriter:
     def _check_schema(self) -> None:
         try:
             names = self.pq.read_schema(self.path).names
-        except Exception as exc:
-            raise UsageError(
-                f"{self.path} is not a Parquet file flowerid can read ({exc}); give --out another file"
-            ) from None
+        except Exception:  # pyarrow raises several kinds on bytes that are not Parquet
+            raise _not_ours(self.path, "it is not a Parquet file") from None
+        if names[: len(BASE_COLUMNS)] != list(BASE_COLUMNS):
+            raise _not_ours(self.path, f"its columns do not begin {', '.join(BASE_COLUMNS)}")
         if names != self.cols:
             raise UsageError(
                 f"{self.path} holds results with other columns; run with the same --top-k as before, "
@@ -383,7 +429,7 @@ class ParquetWriter:
         schema = self._schema()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with pq.ParquetWriter(tmp, schema) as out:
-            if self.path.exists():
+            if self.path.exists() and self.path.stat().st_size:
                 for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.CHUNK):
                     out.write_batch(batch.cast(schema) if batch.schema != schema else batch)
             rows: list[dict[str, Any]] = []
@@ -412,7 +458,7 @@ def read_done(path: str | os.PathLike, done: DoneSet) -> None:
     """Add the photos a result file names to `done`, reading only: the file is neither checked nor repaired
     (under torchrun the main process opens it for writing first, which does both)."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() or not path.stat().st_size:
         return
     kind = result_format(path)
     if kind == "jsonl":
