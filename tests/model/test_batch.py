@@ -425,3 +425,38 @@ def test_an_empty_file_or_a_header_cut_short_is_used(tmp_path, suffix):
         out.write_bytes(b"image,catego" if suffix == ".csv" else b'{"ima')  # killed while writing the first line
         open_results(out, top_k=1).close()
         assert len(_read_rows(out)) == 0
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ({"image": "x", "predictions": [{"category": 5}]}, 'prediction 1 lacks "name"'),
+        ({"image": "x", "predictions": {"category": "5"}}, '"predictions" is not a list'),
+        ({"image": "x", "predictions": [{"category": "5", "name": None, "probability": "high"}]}, "probability"),
+        ({"image": "x", "known": "yes", "predictions": []}, '"known"'),
+        ({"image": "x", "error": 404}, '"error"'),
+        ({"name": "x"}, '"image"'),
+    ],
+)
+def test_a_hand_edited_journal_row_is_refused_with_its_line_before_any_work(tmp_path, row, problem):
+    out = tmp_path / "o3.parquet"
+    good = json.dumps(_record("a.jpg", 1))
+    journal = tmp_path / "o3.parquet.part"
+    journal.write_text(f"{good}\n{json.dumps(row)}\n")
+    with pytest.raises(ResultsFileError, match=r"o3\.parquet\.part line 2 is not a flowerid result row") as e:
+        open_results(out, top_k=1)
+    assert problem in str(e.value) and "write to another --out" in str(e.value)
+    assert journal.read_text() == f"{good}\n{json.dumps(row)}\n" and not out.exists()
+
+
+def test_predict_refuses_a_bad_journal_before_naming_any_photo(tree, tmp_path, monkeypatch):
+    clf, root, _ = tree
+    out = tmp_path / "o3.parquet"
+    (tmp_path / "o3.parquet.part").write_text('{"image":"x","predictions":[{"category":5}]}\n')
+
+    def no_work(*a, **k):
+        raise AssertionError("predicted before the journal was checked")
+
+    monkeypatch.setattr(batch_module, "_name_group", no_work)
+    with pytest.raises(ResultsFileError, match="line 1 is not a flowerid result row"):
+        predict_to_file(clf, [str(root)], out, progress=False)

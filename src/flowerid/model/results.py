@@ -176,6 +176,44 @@ def _check_jsonl_start(path: Path) -> None:
         raise _not_ours(path, 'its first line is not a JSON record with an "image" field')
 
 
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _row_problem(record: object) -> str | None:
+    """What keeps a JSON value from being a result row that every format can write, or None.
+
+    Checked as rows are read, so a hand-edited journal or part file is refused before any photo
+    is named, not with a KeyError when its rows are folded in at the end.
+    """
+    if not isinstance(record, dict):
+        return "it is not a JSON object"
+    if not isinstance(record.get("image"), str):
+        return 'its "image" is not text'
+    if record.get("error") is not None and not isinstance(record["error"], str):
+        return 'its "error" is not text'
+    if record.get("known") is not None and not isinstance(record["known"], bool):
+        return 'its "known" is not true or false'
+    if record.get("unknown_score") is not None and not _number(record["unknown_score"]):
+        return 'its "unknown_score" is not a number'
+    preds = record.get("predictions")
+    if preds is None:
+        return None
+    if not isinstance(preds, list):
+        return 'its "predictions" is not a list'
+    for k, pred in enumerate(preds, 1):
+        if not isinstance(pred, dict):
+            return f"its prediction {k} is not an object"
+        for key in ("category", "name", "probability"):
+            if key not in pred:
+                return f'its prediction {k} lacks "{key}"'
+        if not isinstance(pred["category"], str) or not (pred["name"] is None or isinstance(pred["name"], str)):
+            return f'its prediction {k} has a "category" or "name" that is not text'
+        if not _number(pred["probability"]):
+            return f'its prediction {k} has a "probability" that is not a number'
+    return None
+
+
 def read_jsonl(path: Path, repair: bool = False) -> Iterator[Record]:
     """The complete records of a JSON Lines result file; with `repair`, a half-written last line is cut off."""
     end = 0
@@ -186,9 +224,13 @@ def read_jsonl(path: Path, repair: bool = False) -> Iterator[Record]:
         try:
             record = json.loads(line.decode(*_ENC))
         except ValueError:
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-            raise UsageError(f"{path} line {n} is not a flowerid result row; give --out another file")
+            problem: str | None = "it is not JSON"
+        else:
+            problem = _row_problem(record)
+        if problem:
+            raise ResultsFileError(
+                f"{path} line {n} is not a flowerid result row ({problem}); fix or remove it, or write to another --out"
+            )
         yield record
     if repair:
         _repair(path, end)
