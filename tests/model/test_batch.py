@@ -460,3 +460,25 @@ def test_predict_refuses_a_bad_journal_before_naming_any_photo(tree, tmp_path, m
     monkeypatch.setattr(batch_module, "_name_group", no_work)
     with pytest.raises(ResultsFileError, match="line 1 is not a flowerid result row"):
         predict_to_file(clf, [str(root)], out, progress=False)
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_get_a_quote_and_resume_reads_them_back(tmp_path):
+    risky = ["=cmd|calc.jpg", "+1.jpg", "-1.jpg", "@x.jpg", "\tt.jpg", "\rr.jpg", "'=quoted.jpg", "'plain.jpg"]
+    out = tmp_path / "r.csv"
+    pred = {"category": "=cmd|calc", "name": "@SUM(1)", "probability": 1.0}
+    record = {"image": "=cmd|calc.jpg", "predictions": [pred]}
+    w = open_results(out, top_k=1, extra=["unknown_score"])
+    w.write([{**record, "unknown_score": -0.5}, *({"image": n, "error": "-boom"} for n in risky[1:])])
+    w.close()
+    rows = _read_rows(out)
+    assert [r["image"] for r in rows] == ["'" + n for n in risky[:7]] + ["'plain.jpg"]
+    assert (rows[0]["category"], rows[0]["name"], rows[0]["unknown_score"]) == ("'=cmd|calc", "'@SUM(1)", "-0.5")
+    assert rows[1]["error"] == "'-boom"
+    w = open_results(out, top_k=1, extra=["unknown_score"])
+    assert len(w.done) == len(risky) and all(n in w.done for n in risky) and "'=cmd|calc.jpg" not in w.done
+    w.close()
+    out = tmp_path / "r.jsonl"  # JSON Lines keeps the exact text
+    w = open_results(out)
+    w.write([record])
+    w.close()
+    assert next(read_jsonl(out)) == record

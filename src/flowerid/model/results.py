@@ -259,8 +259,26 @@ class JsonlWriter:
         self._f.close()
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection"); category
+# names come from whoever trained the checkpoint, so such text gets a leading ' in CSV files only.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _defused(text: str) -> str:
+    """Text as a CSV cell: ' before a formula start, and before text that would read back as one
+    (a ' then a formula start), so `_undefused` gives back exactly the text."""
+    return "'" + text if text.lstrip("'").startswith(_FORMULA_START) else text
+
+
+def _undefused(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and cell.lstrip("'").startswith(_FORMULA_START) else cell
+
+
 def _csv_text(row: dict[str, Any]) -> list[str]:
-    return ["" if v is None else (repr(v) if isinstance(v, float) else str(v)) for v in row.values()]
+    return [
+        "" if v is None else repr(v) if isinstance(v, float) else _defused(v) if isinstance(v, str) else str(v)
+        for v in row.values()
+    ]
 
 
 class _CsvLines:
@@ -328,6 +346,7 @@ def _csv_records(path: Path) -> Iterator[tuple[list[str], int]]:
                 return
             if lines.swapped:
                 fields = [v.replace("\0", "\r") for v in fields]
+            fields = [_undefused(v) for v in fields]
             if width is None:
                 width = len(fields)
             elif fields and len(fields) != width:
