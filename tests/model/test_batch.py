@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from flowerid._io import file_sha256
 from flowerid.data.walk import iter_photos
 from flowerid.distributed import shard
 from flowerid.errors import ResultsFileError, UsageError
 from flowerid.model import batch as batch_module
-from flowerid.model.batch import part_path, predict_to_file
+from flowerid.model.batch import part_path, predict_to_file, stamp_path
 from flowerid.model.predictor import Classifier
 from flowerid.model.results import (
     CsvWriter,
@@ -482,3 +483,46 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_get_a_quote_and_resume_re
     w.write([record])
     w.close()
     assert next(read_jsonl(out)) == record
+
+
+def test_resuming_with_another_checkpoint_or_top_k_is_refused(tree, trained, tmp_path):
+    clf, root, photos = tree
+    ckpt = tmp_path / "a.pth"
+    ckpt.write_bytes(Path(trained[1].checkpoint_path).read_bytes())
+    other = tmp_path / "b.pth"
+    other.write_bytes(ckpt.read_bytes() + b"retrained")  # only its digest is read here
+    out = tmp_path / "out.jsonl"
+    predict_to_file(clf, [photos[0]], out, checkpoint=ckpt, progress=False)
+    stamp = json.loads(stamp_path(out).read_text())
+    assert stamp["top_k"] == 1 and stamp["checkpoint"] == str(ckpt) and len(stamp["sha256"]) == 64
+    with pytest.raises(UsageError, match=r"out\.jsonl was written by checkpoint .*a\.pth \(sha256 [0-9a-f]{12}"):
+        predict_to_file(clf, [str(root)], out, checkpoint=other, progress=False)
+    with pytest.raises(UsageError, match=r"written with --top-k 1; run with the same --top-k"):
+        predict_to_file(clf, [str(root)], out, checkpoint=ckpt, top_k=2, progress=False)
+    assert [r["image"] for r in read_jsonl(out)] == [photos[0]]
+    moved = tmp_path / "moved.pth"  # the same bytes anywhere are the same model
+    moved.write_bytes(ckpt.read_bytes())
+    s = predict_to_file(clf, [str(root)], out, checkpoint=moved, progress=False)
+    assert s.already == 1 and s.predicted + s.errors == len(photos) - 1
+    out.unlink()  # a stamp whose file is gone says nothing: a new run writes its own
+    predict_to_file(clf, [photos[0]], out, checkpoint=other, progress=False)
+    assert json.loads(stamp_path(out).read_text())["checkpoint"] == str(other)
+
+
+def test_a_file_from_before_the_stamp_resumes_as_before(tree, trained, tmp_path):
+    clf, root, photos = tree
+    out = tmp_path / "out.csv"
+    predict_to_file(clf, [photos[0]], out, progress=False)  # no checkpoint given: no stamp
+    assert not stamp_path(out).exists()
+    s = predict_to_file(clf, [str(root)], out, checkpoint=trained[1].checkpoint_path, progress=False)
+    assert s.already == 1 and not stamp_path(out).exists()
+
+
+def test_predict_out_stamps_its_file_with_the_checkpoint(trained, tmp_path):
+    from flowerid.apps.cli import main
+
+    data, result = trained
+    out = tmp_path / "o.csv"
+    args = ["predict", str(data / "valid"), "--out", str(out), "--checkpoint", str(result.checkpoint_path)]
+    assert main(args) == 0
+    assert json.loads(stamp_path(out).read_text())["sha256"] == file_sha256(result.checkpoint_path)

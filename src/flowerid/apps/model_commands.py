@@ -106,11 +106,13 @@ def run_predict(args: argparse.Namespace) -> int:
 def _predict_to_file(clf: Classifier, args: argparse.Namespace) -> int:
     """`predict ... --out FILE`: every photo into FILE; an unreadable photo is a row with its error, not a failure."""
     from ..model.batch import predict_to_file
+    from ..model.builtin import resolve_checkpoint
 
     def warn(path: str, reason: str) -> None:
         err(f"{path}: {reason} (folder skipped)")
 
-    s = predict_to_file(clf, args.images, args.out, top_k=args.top_k, warn=warn)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    s = predict_to_file(clf, args.images, args.out, top_k=args.top_k, warn=warn, checkpoint=checkpoint)
     if world().is_main:
         print(
             f"named {s.predicted} photo{'s' if s.predicted != 1 else ''} into {args.out} in {s.seconds:.1f}s "

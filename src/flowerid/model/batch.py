@@ -18,6 +18,7 @@ the next run, whatever its number of processes.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import threading
 import time
@@ -29,10 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import distributed
+from .._io import atomic_write_json, file_sha256
 from .._numeric import one_blas_thread
 from ..backbones.engines import default_threads
 from ..data.walk import Warn, iter_photos
-from ..errors import UsageError
+from ..errors import ResultsFileError, UsageError
 from .predictor import photo_fields
 from .results import (
     PHOTO_FIELDS,
@@ -63,6 +65,42 @@ class BatchSummary:
     already: int = 0
     seconds: float = 0.0
     rate: float = 0.0  # photos per second, named or unreadable
+
+
+def stamp_path(out: str | os.PathLike) -> Path:
+    """FILE.flowerid.json: which checkpoint and --top-k wrote FILE, checked when a run resumes it."""
+    return Path(f"{os.fspath(out)}.flowerid.json")
+
+
+def _stamp(checkpoint: str | os.PathLike, top_k: int) -> dict[str, Any]:
+    """The checkpoint file's sha256, as `flowerid info` shows it (one read of a few MB, once a run)."""
+    return {"checkpoint": os.fspath(checkpoint), "sha256": file_sha256(checkpoint), "top_k": top_k}
+
+
+def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
+    """Refuse to add one model's rows to a file another model (or another --top-k) began.
+
+    Only a file that already holds rows is checked; one without a stamp (written before stamps, or by
+    a library call without `checkpoint`) resumes as it always did.
+    """
+    path = stamp_path(out)
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        sha, top_k, was = str(old["sha256"]), int(old["top_k"]), str(old.get("checkpoint", "?"))
+    except (OSError, ValueError, TypeError, KeyError):
+        raise ResultsFileError(
+            f"{path} cannot be read; remove it to resume {out} without checking which checkpoint wrote it"
+        ) from None
+    if sha != stamp["sha256"]:
+        raise UsageError(
+            f"{out} was written by checkpoint {was} (sha256 {sha[:12]}…); resume with it, or write to another --out"
+        )
+    if top_k != stamp["top_k"]:
+        raise UsageError(
+            f"{out} was written with --top-k {top_k}; run with the same --top-k, or write to another --out"
+        )
 
 
 def part_path(out: Path, rank: int) -> Path:
@@ -136,8 +174,12 @@ def predict_to_file(
     progress: bool | None = None,
     warn: Warn | None = None,
     log: Log | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> BatchSummary:
     """Name every photo in `inputs` (files and folders) into `out`, skipping those it already names.
+
+    `checkpoint`, the file `clf` was loaded from, is recorded beside a new `out` (stamp_path) so that
+    resuming it with another model is refused rather than mixing two models' answers.
 
     Under torchrun, call it in every process: each takes its share, and on return
     the main process's `out` holds every photo exactly once. `progress` None shows a
@@ -165,6 +207,16 @@ def predict_to_file(
         if part != part_path(out, w.rank):
             for record in read_jsonl(part):
                 done.add(record["image"])
+    if checkpoint is not None:
+        try:
+            stamp = _stamp(checkpoint, top_k)
+            if len(done):
+                _check_stamp(out, stamp)
+            elif w.is_main:
+                atomic_write_json(stamp_path(out), stamp)
+        except BaseException:
+            writer.close()
+            raise
     distributed.barrier()  # every process knows what is done before any writes more
     summary = BatchSummary(out)
     streams = max(1, threads or default_threads())
