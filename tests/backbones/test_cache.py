@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from flowerid.backbones.cache import FeatureCache, decode_entry, encode_entry
 
@@ -87,3 +88,12 @@ def test_cache_keys_are_those_warm_caches_were_written_under(monkeypatch, tmp_pa
     member = CacheKey(f"{ens.name}.efficientnet_lite0", "cd" * 32, ens.preprocessing, ens.input_size, 1)
     assert member.namespace() == "4f73dfa41d0b647a0ce8cede"
     assert dataclasses.replace(member, stages=0).namespace() != member.namespace()
+
+
+def test_a_cache_place_that_names_no_home_is_a_clear_error(monkeypatch):
+    from flowerid.backbones.cache import cache_root
+    from flowerid.errors import OutputError
+
+    monkeypatch.setenv("FLOWERID_CACHE", "~no_such_user_here_xyz/cache")
+    with pytest.raises(OutputError, match="set FLOWERID_CACHE"):
+        cache_root()

@@ -45,10 +45,16 @@ _HEADER = struct.Struct("<8sII")  # magic, crc32 of payload, element count
 def cache_root() -> Path:
     """`FLOWERID_CACHE`, else `$XDG_CACHE_HOME/flowerid`, else `~/.cache/flowerid`."""
     env = os.environ.get("FLOWERID_CACHE")
-    if env:
-        return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    try:
+        if env:
+            return Path(env).expanduser()
+        base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    except RuntimeError:  # ~someone who does not exist, or no home at all
+        where = f"FLOWERID_CACHE={env}" if env else "the home folder"
+        raise OutputError(
+            f"the feature cache's place cannot be found ({where}); set FLOWERID_CACHE to a folder"
+        ) from None
     return base / "flowerid"
 
 

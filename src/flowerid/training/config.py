@@ -247,10 +247,13 @@ class TrainConfig:
         get_spec(self.arch, setting="arch")  # an unknown name is the user's to fix: exit 2, the names listed
         if self.epochs < 1:
             raise UsageError("epochs must be at least 1", setting="epochs")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise UsageError("learning_rate must be a positive number", setting="learning_rate")
-        if self.hidden_units < 0:
-            raise UsageError("hidden_units must be 0 (a linear head) or more", setting="hidden_units")
+        if not (0 < self.learning_rate <= 10 and math.isfinite(self.learning_rate)):
+            # past 10 every optimiser here diverges at once, and past 3e38 float32 cannot hold it
+            raise UsageError("learning_rate must be a positive number of at most 10", setting="learning_rate")
+        if not 0 <= self.hidden_units <= 65536:
+            raise UsageError("hidden_units must be 0 (a linear head) to 65536", setting="hidden_units")
+        if not 0 <= self.seed < 2**32:
+            raise UsageError("seed must be a whole number from 0 to 4294967295", setting="seed")
         if self.batch_size < 1:
             raise UsageError("batch_size must be at least 1", setting="batch_size")
         if not 0.0 <= self.dropout < 1.0:

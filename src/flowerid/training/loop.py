@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from .. import distributed
 from .._text import Log
+from ..errors import UsageError
 from .config import Fit
 from .schedule import warmup_cosine
 
@@ -251,6 +253,12 @@ def run_epochs(
     for epoch in range(len(history) + 1, fit.epochs + 1):
         t0 = time.perf_counter()
         loss_sum, correct, seen = train_epoch(epoch)
+        if not math.isfinite(loss_sum):  # diverged: every later epoch and the calibration would be NaN too
+            raise UsageError(
+                f"training diverged in epoch {epoch} (its loss is not a number); use a lower learning_rate "
+                f"than {fit.learning_rate:g}",
+                setting="learning_rate",
+            )
         v_loss, v_acc, improved = validate(epoch)
         stats = EpochStats(
             epoch, loss_sum / seen, correct / seen, v_loss, v_acc, stepper.last_lr, time.perf_counter() - t0
