@@ -200,3 +200,21 @@ def test_kill_while_writing_a_checkpoint_leaves_one_that_loads(trained, tmp_path
         ckpt = load_checkpoint(path)
         assert ckpt["names"][0].startswith("version ")
         assert ckpt["padding"].shape == (6_000_000,)
+
+
+@pytest.mark.parametrize("damage", ["optimizer", "rng", "head"])
+def test_a_state_whose_entries_are_damaged_is_refused_in_one_line(image_folder, tmp_path, damage):
+    """The fingerprint still matches, but an entry is missing or the wrong shape: it was a KeyError or a
+    size-mismatch traceback."""
+    with pytest.raises(KeyboardInterrupt):
+        train(image_folder, tmp_path, CFG, log=_stop_after_epoch(2))
+    path = tmp_path / STATE_FILE
+    state = torch.load(path, weights_only=True)
+    if damage == "head":
+        key = next(iter(state["head"]))
+        state["head"][key] = torch.zeros(3, 3)
+    else:
+        state.pop(damage)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="is damaged.*without --resume"):
+        train(image_folder, tmp_path, dataclasses.replace(CFG, resume=True), log=_quiet)

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from .. import distributed
-from .._text import Log
+from .._text import Log, first_line
 from ..backbones import BackboneSpec, get_spec
 from ..backbones.cache import cache_root
 from ..backbones.engines import Backbone, load_backbone
 from ..backbones.features import Rows
 from ..data.folders import DataSet, ImageFolder
-from ..errors import DataError, UsageError
+from ..errors import CheckpointError, DataError, UsageError
 from ..model.head import HeadConfig, build_head
 from .calibrate import calibrate
 from .common import (
@@ -83,7 +83,14 @@ def fit_head(
         )
         saved = load_train_state(state_path, digest) if resume else None
         if saved is not None:
-            history = _restore(saved, head, stepper, gen, best, x_train.device)
+            try:
+                history = _restore(saved, head, stepper, gen, best, x_train.device)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+                # the fingerprint matched, but the state's own entries are not as save_train_state wrote them
+                raise CheckpointError(
+                    f"{state_path} is damaged ({first_line(exc)}); delete it, or run without --resume to start "
+                    "head training over"
+                ) from None
             log(f"resuming head training after epoch {len(history)}/{fit.epochs} from {state_path}")
         elif resume:
             log(f"no saved training state in {state_path.parent}; starting head training at epoch 1")
