@@ -285,3 +285,53 @@ def test_train_prints_the_folders_it_names_escaped(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "\x1b" not in out and "\x07" not in out
     assert "run\\x1b[2J" in out  # the save folder, named in the skipped-photos and saved lines
+
+
+def _train(data, run, *more):
+    return main(["train", str(data), "--save-dir", str(run), "--arch", TINY, "--epochs", "1", *more])
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--learning-rate", "1e38"), ("--hidden-units", "20000000"), ("--seed", "18446744073709551616"), ("--seed", "-1")],
+)
+def test_numbers_too_big_for_training_are_bad_arguments(tmp_path, capsys, flag, value):
+    data = build_folder(tmp_path / "d", {"train": 3, "valid": 1})
+    assert _train(data, tmp_path / "run", flag, value) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
+
+
+def test_a_run_that_diverges_stops_and_names_the_learning_rate():
+    """A NaN loss went on for every epoch and ended in 'setting the unknown threshold needs finite scores'."""
+    from flowerid.training.config import TrainConfig
+    from flowerid.training.loop import run_epochs
+
+    fit = TrainConfig(arch=TINY, epochs=2).fit
+    with pytest.raises(UsageError, match="diverged in epoch 1") as exc:
+        run_epochs(fit, None, [], lambda e: (float("nan"), 0, 1), lambda e: (0.0, 0.0, False), print)
+    assert exc.value.setting == "learning_rate"
+
+
+def test_the_save_folder_cannot_be_among_the_photos(tmp_path, capsys):
+    flat = build_folder(tmp_path / "flat", {"x": 4}) / "x"  # one folder per category, no split
+    assert _train(flat, flat / "1" / "run") == 2
+    assert _train(flat, flat) == 2
+    assert "whose photos train reads" in capsys.readouterr().err
+    split = build_folder(tmp_path / "split", {"train": 3, "valid": 1})
+    assert _train(split, split / "runs" / "a") == 0  # beside the splits: nothing reads it
+
+
+def test_a_names_file_for_other_categories_is_said(tmp_path, capsys):
+    data = build_folder(tmp_path / "d", {"train": 3, "valid": 1}, names=False)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"99": "x", "98": "y"}))
+    assert _train(data, tmp_path / "run", "--category-names", str(other)) == 0
+    assert "names none of the 3 categories" in capsys.readouterr().out
+
+
+def test_a_newline_in_the_save_folder_prints_escaped(tmp_path, capsys):
+    data = build_folder(tmp_path / "d", {"train": 3, "valid": 1})
+    assert _train(data, tmp_path / "nl\ndir") == 0
+    out = capsys.readouterr().out
+    assert "nl\\ndir" in out and not any(line.startswith("dir") for line in out.splitlines())

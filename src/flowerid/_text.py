@@ -32,11 +32,6 @@ def shown(text: object) -> str:
     )
 
 
-def shown_lines(text: object) -> str:
-    """`shown` for a message of several lines of the program's own: its line breaks stay, nothing else does."""
-    return "\n".join(shown(line) for line in str(text).split("\n"))
-
-
 def utf8_safe(text: str) -> str:
     """Text that can be written as UTF-8 or drawn: bytes of a name that is not UTF-8 (which Python holds as
     surrogates) as `\\xNN`, any other lone surrogate (a JSON `\\ud800`) as `\\ud800`."""

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .._text import shown, shown_lines
+from .._text import shown
 from ..errors import UsageError
 from .options import DATA_DIR_HELP, add_category_names, add_device, add_engine, add_json, add_valid_fraction
 
@@ -135,7 +135,7 @@ def run_train(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
     )
     # The log names folders and files of the user's data: printed escaped, as every other command does.
-    train(args.data_dir, args.save_dir, cfg, log=lambda s: print(shown_lines(s), flush=True))
+    train(args.data_dir, args.save_dir, cfg, log=lambda s: print(shown(s), flush=True))
     return 0
 
 

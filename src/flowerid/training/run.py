@@ -27,7 +27,7 @@ from ..data.folders import (
     read_exclude_list,
 )
 from ..data.layout import describe_split
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from .common import Run, TrainResult, silent
 from .config import TrainConfig, adapt_to_data
 from .modes import MODES, mode_for
@@ -54,6 +54,7 @@ def train(
         log = silent
     data = load_dataset(data_dir, cfg.valid_fraction, cfg.split_seed)
     _check_labelled_by_names(data_dir, data)
+    _check_save_dir(Path(save_dir), data)
     if len(data.categories) == 1:
         log(
             f"one category ({shown(data.categories[0])}): every photo will be named that, and only the "
@@ -73,6 +74,9 @@ def train(
         log(f"small or unbalanced set: {change} (docs/presets.md; --no-adapt keeps the preset as it is)")
     mapping = load_category_names(cfg.category_names) if cfg.category_names else default_category_names(data_dir)
     names = names_for(data.categories, mapping)
+    if mapping and not any(names):
+        where = cfg.category_names or "the data folder's cat_to_name.json"
+        log(f"warning: {shown(where)} names none of the {len(names)} categories (its keys are other ones); no names")
     log(
         f"data: {len(data.train.samples)} train, {len(data.valid.samples)} valid"
         + (f", {len(data.test.samples)} test" if data.test else "")
@@ -80,6 +84,28 @@ def train(
     )
     run = Run(data, data_dir, Path(save_dir), cfg, names, device, log, t_start)
     return mode_for(cfg.mode).train(run)
+
+
+def _check_save_dir(save_dir: Path, data: DataSet) -> None:
+    """The run's files must not land among the photos it reads (a curves.png read as a photo next time, a
+    run/ folder read as a category); and a save folder that cannot be made fails now, not after the work."""
+    layout = data.layout
+    read = (
+        []
+        if layout is None
+        else [layout.root]
+        if layout.flat
+        else [p for p in (layout.train, layout.valid, layout.test) if p]
+    )
+    target = Path(os.path.realpath(save_dir))
+    for folder in read:
+        if target.is_relative_to(os.path.realpath(folder)):
+            raise UsageError(
+                f"{shown(save_dir)} is inside {shown(folder)}, whose photos train reads: its files would be read "
+                "as photos next time; choose a folder outside it",
+                setting="save_dir",
+            )
+    save_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _check_labelled_by_names(data_dir: str | os.PathLike, data: DataSet) -> None:
