@@ -217,10 +217,15 @@ def test_not_right_tell_me_what_it_is(browser, trained, tmp_path):
         assert page.is_visible("#fix")
         labels = page.locator("#fix-pick option").all_inner_texts()
         assert "globe thistle" in labels and len(labels) == 4  # the prompt and the three flowers
+        page.fill("#fix-name", "sun\u202eflower")  # refused by the server: said under the form, answer kept
+        page.click("#fix-send")
+        page.wait_for_selector("#fix-error:not([hidden])", timeout=20_000)
+        assert page.is_visible("#result") and page.is_visible("#fix") and not page.is_visible("#error")
         page.fill("#fix-name", "Sunflower")
         page.click("#fix-send")
         page.wait_for_selector("#fix-done:not([hidden])", timeout=20_000)
         assert "saved as Sunflower" in page.inner_text("#fix-done") and not page.is_visible("#fix")
+        assert not page.is_visible("#fix-error")
         assert [p.read_bytes() for p in (fixes / "sunflower").iterdir()] == [photo.read_bytes()]
 
         # A second photo: pick an existing flower from the list instead.
