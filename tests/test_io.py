@@ -35,3 +35,11 @@ def test_a_place_that_cannot_be_written_is_one_typed_line_and_leaves_nothing(tmp
 
         atomic_write(tmp_path / "out.bin", bad)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no temp file left behind
+
+
+def test_names_print_without_direction_overrides():
+    """A name with U+202E would print reversed ('Trojan Source'); it prints escaped, other scripts as they are."""
+    from flowerid._text import shown
+
+    assert shown("rose\u202egpj.exe") == "rose\\u202egpj.exe"
+    assert shown("שושנה") == "שושנה" and shown("a\x1b[2Jb") == "a\\x1b[2Jb"

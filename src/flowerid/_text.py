@@ -23,13 +23,18 @@ def pct(x: Any, digits: int = 2, missing: str = "-") -> str:
 def shown(text: object) -> str:
     """Text from outside (a file name, a category name from someone's cat_to_name.json) made safe for a
     terminal: control characters, escape sequences and line breaks print as `\\x1b`, `\\n`, ... instead of
-    recolouring, retitling or faking lines."""
+    recolouring, retitling or faking lines; direction overrides as `\\u202e`, so text reads as it is."""
     text = str(text)
     if text.isprintable():
         return text
     return "".join(
-        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch for ch in text
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" or ch in _BIDI else ch
+        for ch in text
     )
+
+
+# Direction overrides and isolates: a name holding U+202E prints "rose.exe" as "exe.esor" (Trojan Source).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def utf8_safe(text: str) -> str:
