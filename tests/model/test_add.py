@@ -200,7 +200,9 @@ def test_the_command_line(trained, tmp_path, capsys):
     new = _new(tmp_path)
     out = tmp_path / "cli.pth"
     assert main(["add", str(trained[1].checkpoint_path), str(new), "--out", str(out), "--method", "imprint"]) == 0
-    assert "added 1 category" in capsys.readouterr().out and out.exists()
+    said = capsys.readouterr().out
+    assert "added 1 category" in said and out.exists()
+    assert "warning: imprint" in said  # it takes the old categories' photos: said when chosen
     (new / "23").mkdir()
     assert main(["add", str(trained[1].checkpoint_path), str(new), "--out", str(tmp_path / "no.pth")]) == 1
     err = capsys.readouterr().err.strip()

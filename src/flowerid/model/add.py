@@ -291,6 +291,11 @@ def add(
     t0 = time.perf_counter()
     if method not in METHODS:
         raise DataError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method == "imprint":
+        log(
+            "warning: imprint sets the new rows from the head alone and takes most old photos to the new "
+            "categories (docs/teach.md: old species fall to 0-1%); refit, the default, keeps them"
+        )
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("class_stats") is None:
         raise CheckpointError(NO_STATS.format(where=checkpoint))
