@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from .._io import os_error_reason
@@ -159,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
+    # matplotlib's layout and missing-glyph notes (an emoji in a name) are for developers, not users
+    warnings.filterwarnings("ignore", category=UserWarning, module="matplotlib")
     code = run(args.func, args)
     try:
         sys.stdout.flush()  # what is still buffered goes now, where a closed pipe can be answered
