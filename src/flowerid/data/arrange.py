@@ -184,8 +184,8 @@ def _index(photos: list[Path], src: Path) -> dict[str, list[Path]]:
 
 
 def _split_of(photo: Path, src: Path) -> str:
-    first = photo.relative_to(src).parts[0]
-    return (split_role(first) or "") if len(photo.relative_to(src).parts) > 1 else ""
+    parts = photo.relative_to(src).parts
+    return (split_role(parts[0]) or "") if len(parts) > 1 else ""
 
 
 def _from_csv(src: Path, labels_csv: Path, result: Arranged) -> dict[Path, tuple[str, str]]:

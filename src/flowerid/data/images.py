@@ -142,9 +142,7 @@ def _from_array(arr: np.ndarray, name: str) -> Image.Image:
     elif arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.integer):
             raise ImageError(name, f"has values of type {arr.dtype}, not numbers of a picture")
-        top = float(arr.max())  # as a 16-bit PNG is read: 0..65535 to 0..255, wider ranges by their top
-        arr = np.clip(arr if top <= 255 else arr * (255.0 / (65535.0 if top <= 65535 else top)), 0, 255)
-        arr = arr.astype(np.uint8)
+        arr = _in_8_bits(arr)  # as a 16-bit PNG is read
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
@@ -325,15 +323,20 @@ def _reduced(img: Image.Image, min_size: int | None) -> Image.Image:
     return img.reduce(factor)
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16/32-bit grey to 8-bit ("L"), a band of rows at a time so a large image is not copied as float64."""
-    arr = np.asarray(img)
+def _in_8_bits(arr: np.ndarray) -> np.ndarray:
+    """Wide values to uint8: 0..65535 scaled to 0..255, a wider range by its top, 0..255 as it is; a band
+    of rows at a time, so a large image is never copied whole as float64."""
     top = float(arr.max()) if arr.size else 0.0
     scale = 255.0 / (65535.0 if top <= 65535.0 else top) if top > 255.0 else 1.0
     out = np.empty(arr.shape, dtype=np.uint8)
     for r in range(0, arr.shape[0], 256):
         out[r : r + 256] = np.clip(arr[r : r + 256].astype(np.float64) * scale, 0, 255)
-    return Image.fromarray(out, mode="L")
+    return out
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit grey to 8-bit ("L")."""
+    return Image.fromarray(_in_8_bits(np.asarray(img)), mode="L")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

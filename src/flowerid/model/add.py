@@ -25,7 +25,14 @@ import numpy as np
 from .._io import atomic_write, file_sha256
 from .._text import Log, shown
 from .._version import __version__
-from ..data.folders import CATEGORY_NAMES_FILE, default_category_names, find_categories, list_images
+from ..data.folders import (
+    CATEGORY_NAMES_FILE,
+    default_category_names,
+    find_categories,
+    list_images,
+    names_for,
+    same_name,
+)
 from ..data.layout import find_layout
 from ..errors import CheckpointError, DataError
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -91,11 +98,11 @@ def read_new_data(
         raise DataError(f"{root} {what}; expected {root}/<category>/<photos>")
     found: dict[str, list[Path]] = {}
     for cat, where in _category_folders(root, log).items():
-        found.setdefault(unicodedata.normalize("NFC", cat), []).extend(where)
+        found.setdefault(same_name(cat), []).extend(where)
     mapping = default_category_names(root, *{p.parent for ps in found.values() for p in ps}) or {}
     index = {c: i for i, c in enumerate(categories)}
     # A folder copied through a Mac spells 'rosé' in another composition than the model's category: the same one.
-    same = {unicodedata.normalize("NFC", c): c for c in categories}
+    same = {same_name(c): c for c in categories}
     owner = {_norm(c): c for c in categories} | {_norm(n): c for c, n in zip(categories, names, strict=True) if n}
     groups = []
     for cat, where in found.items():
@@ -103,7 +110,7 @@ def read_new_data(
         if not paths:
             shown = " and ".join(str(d) for d in where)
             raise DataError(f"{shown} holds no photos; put the category's photos in it or remove it")
-        name = mapping.get(cat) or next((n for c, n in mapping.items() if unicodedata.normalize("NFC", c) == cat), None)
+        name = names_for([cat], mapping)[0]
         cat = same.get(cat, cat)
         if cat in index:
             old = names[index[cat]]
